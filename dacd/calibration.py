@@ -1,0 +1,64 @@
+"""Calibration: requested difficulty -> measured difficulty, per class, and its inverse.
+
+`bench/controllability.py` measures, for each class, the mean measured `s` (evaluation
+classifier) of images generated at a grid of requested `s`. With `calibrated=True`
+the pipeline inverts that curve: the user asks for a *measured* difficulty and the
+encoder is conditioned on the value that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CALIBRATION_NAME = "calibration.json"
+
+
+@dataclass
+class Calibration:
+    requested: list[float]  # grid of requested s (increasing)
+    measured: dict[str, list[float]]  # class index (as str) -> mean measured s at each grid value
+    meta: dict = field(default_factory=dict)
+
+    def curve(self, class_label: int) -> tuple[np.ndarray, np.ndarray]:
+        key = str(int(class_label))
+        if key not in self.measured:
+            raise ValueError(f"calibration has no curve for class {class_label}")
+        x = np.asarray(self.requested, float)
+        # Enforce a non-decreasing curve (running max), so the inverse is a function.
+        y = np.maximum.accumulate(np.asarray(self.measured[key], float))
+        return x, y
+
+    def invert(self, class_label: int, target: float) -> float:
+        """The requested s whose images measure `target` on average (clipped to the grid)."""
+        x, y = self.curve(class_label)
+        if y[-1] - y[0] < 1e-6:
+            return float(np.clip(target, x[0], x[-1]))
+        # np.interp needs strictly increasing xp: drop flat steps, keep their first point.
+        keep = np.concatenate([[True], np.diff(y) > 1e-9])
+        return float(np.interp(target, y[keep], x[keep]))
+
+    def forward(self, class_label: int, requested: float) -> float:
+        x, y = self.curve(class_label)
+        return float(np.interp(requested, x, y))
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / CALIBRATION_NAME
+        path.write_text(json.dumps({"requested": list(map(float, self.requested)),
+                                    "measured": {k: list(map(float, v)) for k, v in self.measured.items()},
+                                    "meta": self.meta}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Calibration | None":
+        path = Path(folder) / CALIBRATION_NAME
+        if not path.is_file():
+            return None
+        try:
+            d = json.loads(path.read_text())
+            return cls(d["requested"], d["measured"], d.get("meta", {}))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"calibration file {path} is invalid ({e}); rerun bench/controllability.py") from e

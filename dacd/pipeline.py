@@ -1,0 +1,352 @@
+"""DifficultyControlledPipeline: Stable Diffusion + LoRA + difficulty encoder.
+
+Owning the denoising loop is what three-branch guidance needs:
+
+    e = e(∅,∅) + g_t·(e(p,∅) − e(∅,∅)) + g_d·(e(p,d) − e(p,∅))
+
+with `e(p, d)` the U-Net's prediction for prompt tokens p followed by difficulty
+tokens d, and ∅ the empty prompt or the learned null-difficulty tokens. With
+g_d = g_t it collapses to two-branch CFG (e(∅,∅) vs e(p,d)), a third cheaper, which
+is used whenever it applies. Difficulty-only mode replaces the prompt by the empty
+prompt (the sequence the model saw under text dropout), so only difficulty guides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler)
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from . import __version__
+from .calibration import Calibration
+from .encoder import DifficultyEncoder
+
+DACD_CONFIG_NAME = "dacd_config.json"
+ENCODER_FOLDER = "difficulty_encoder"
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+PROMPT_TEMPLATE = "a photo of a {}"
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "ddpm": DDPMScheduler,
+}
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Sampling defaults in one place (chosen from bench/speed.py figures)."""
+
+    scheduler: str = "dpm++"
+    num_inference_steps: int = 15
+    guidance_scale: float = 3.0
+    difficulty_guidance_scale: float = 3.0
+
+
+DEFAULTS = SamplingDefaults()
+
+
+@dataclass
+class DifficultyPipelineOutput(BaseOutput):
+    images: list | np.ndarray | torch.Tensor
+    class_labels: list[int]
+    difficulties: list[float]  # as requested
+    conditioning_difficulties: list[float]  # what the encoder saw (differs when calibrated=True)
+    prompts: list[str]
+
+
+def _as_list(x, n: int | None = None) -> list:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().reshape(-1).tolist()
+    elif isinstance(x, np.ndarray):
+        x = x.reshape(-1).tolist()
+    elif not isinstance(x, (list, tuple)):
+        return [x] * (n or 1)
+    return list(x)
+
+
+class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    """Generate images of a class at a requested difficulty `s` in [0, 1].
+
+    `difficulty_encoder=None` gives the baseline (LoRA only, text conditioning only).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["difficulty_encoder"]
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, difficulty_encoder=None,
+                 class_names=None, prompt_template: str = PROMPT_TEMPLATE):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler, difficulty_encoder=difficulty_encoder)
+        n = difficulty_encoder.config.num_classes if difficulty_encoder is not None else None
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(n or 0)]
+        if n is not None and len(self.class_names) != n:
+            raise ValueError(f"class_names has {len(self.class_names)} entries, the encoder knows {n} classes")
+        self.prompt_template = prompt_template
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.calibration: Calibration | None = None
+        self.dacd_config: dict = {}
+        self._schedulers = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def has_difficulty(self) -> bool:
+        return self.difficulty_encoder is not None
+
+    # ------------------------------------------------------------ prompts
+    def class_prompt(self, class_label: int) -> str:
+        return self.prompt_template.format(self.class_names[class_label])
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str], device=None) -> torch.Tensor:
+        """Text tokens (B, 77, D) from the last hidden state, as SD does."""
+        device = device or self._execution_device
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(device))[0].to(self.unet.dtype)
+
+    # ------------------------------------------------------------ inputs
+    def check_inputs(self, class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
+                     num_inference_steps, difficulty_only, scheduler):
+        labels = _as_list(class_labels)
+        if not labels:
+            raise ValueError("class_labels is empty: pass at least one class id")
+        for c in labels:
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < self.num_classes:
+                raise ValueError(f"class_labels contains {c!r}: each must be an integer class id in "
+                                 f"[0, {self.num_classes - 1}] ({', '.join(self.class_names)})")
+        diffs = _as_list(difficulty)
+        for s in diffs:
+            try:
+                s = float(s)
+            except (TypeError, ValueError):
+                raise ValueError(f"difficulty contains {s!r}: each must be a number in [0, 1]") from None
+            if math.isnan(s) or not 0.0 <= s <= 1.0:
+                raise ValueError(f"difficulty contains {s}: each must be a number in [0, 1] (not NaN)")
+        if len(labels) > 1 and len(diffs) > 1 and len(labels) != len(diffs):
+            raise ValueError(f"class_labels has {len(labels)} entries but difficulty has {len(diffs)}: "
+                             "pass one of each per image, or a single value to broadcast")
+        n = max(len(labels), len(diffs))
+        if prompt is not None:
+            prompts = _as_list(prompt)
+            if not all(isinstance(p, str) for p in prompts):
+                raise ValueError("prompt must be a string or a list of strings")
+            if len(prompts) not in (1, n):
+                raise ValueError(f"prompt has {len(prompts)} entries for {n} images: pass one or one per image")
+        for name, g in (("guidance_scale", guidance_scale), ("difficulty_guidance_scale", difficulty_guidance_scale)):
+            if g is not None and (not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {g!r}")
+        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if difficulty_only and not self.has_difficulty:
+            raise ValueError("difficulty_only=True needs a difficulty encoder; this pipeline has none (baseline)")
+        if isinstance(scheduler, str) and scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler {scheduler!r} is unknown: choose one of {sorted(SCHEDULERS)}")
+        return n
+
+    def get_scheduler(self, name: str | None):
+        """A scheduler by name, built from the base's noise schedule (cached)."""
+        if name is None:
+            return self.scheduler
+        if name not in self._schedulers:
+            cls = SCHEDULERS[name]
+            cfg = dict(self.scheduler.config)
+            if name == "dpm++":
+                cfg.update(algorithm_type="dpmsolver++", solver_order=2)
+            self._schedulers[name] = cls.from_config(cfg)
+        return self._schedulers[name]
+
+    def prepare_latents(self, batch_size, generator, latents=None, scheduler=None):
+        size = self.unet.config.sample_size
+        shape = (batch_size, self.unet.config.in_channels, size, size)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"generator is a list of {len(generator)} for {batch_size} images: pass one per image")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(self._execution_device) * (scheduler or self.scheduler).init_noise_sigma
+
+    # ------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(self, class_labels, difficulty=0.5, prompt=None, *, difficulty_only: bool = False,
+                 calibrated: bool = False, guidance_scale: float = DEFAULTS.guidance_scale,
+                 difficulty_guidance_scale: float | None = None,
+                 num_inference_steps: int = DEFAULTS.num_inference_steps, scheduler: str | None = DEFAULTS.scheduler,
+                 generator=None, latents=None, eta: float = 0.0, output_type: str = "pil",
+                 return_dict: bool = True):
+        # 1. check and broadcast inputs
+        n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
+                              num_inference_steps, difficulty_only, scheduler)
+        labels = [int(c) for c in _as_list(class_labels, n)]
+        labels = labels * n if len(labels) == 1 else labels
+        requested = [float(s) for s in _as_list(difficulty, n)]
+        requested = requested * n if len(requested) == 1 else requested
+        cond_s = list(requested)
+        if calibrated:
+            if self.calibration is None:
+                raise ValueError("calibrated=True needs a calibration curve; this checkpoint has none "
+                                 "(bench/controllability.py writes calibration.json into the dacd folder)")
+            cond_s = [self.calibration.invert(c, s) for c, s in zip(labels, requested)]
+        if difficulty_only:
+            prompts = [""] * n
+        elif prompt is None:
+            prompts = [self.class_prompt(c) for c in labels]
+        else:
+            prompts = _as_list(prompt, n)
+            prompts = prompts * n if len(prompts) == 1 else prompts
+        g_t = float(guidance_scale)
+        g_d = g_t if difficulty_guidance_scale is None else float(difficulty_guidance_scale)
+        device = self._execution_device
+        sched = self.get_scheduler(scheduler)
+
+        # 2. conditioning sequences: text tokens, then difficulty tokens
+        text = self.encode_prompt(prompts, device)
+        empty = self.encode_prompt([""], device).expand(n, -1, -1)
+        if self.has_difficulty:
+            d = self.difficulty_encoder(torch.tensor(labels, device=device), torch.tensor(cond_s, device=device))
+            d = d.to(text.dtype)
+            null = self.difficulty_encoder.null(n).to(text.dtype)
+            c_pd, c_p0, c_00 = torch.cat([text, d], 1), torch.cat([text, null], 1), torch.cat([empty, null], 1)
+        else:
+            c_pd = c_p0 = text
+            c_00 = empty
+            g_d = g_t  # no difficulty branch: plain CFG
+        if difficulty_only:  # e(p,∅) = e(∅,∅): only the difficulty term remains
+            g_t = g_d
+        # branch sets: 1 = conditional only, 2 = classic CFG, 3 = separate text/difficulty scales
+        if g_t == g_d:
+            branches = [c_pd] if g_t == 1.0 else [c_00, c_pd]
+        else:
+            branches = [c_00, c_p0, c_pd]
+        context = torch.cat(branches, 0)
+
+        # 3. latents and timesteps
+        sched.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(n, generator, latents, sched)
+        extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
+
+        # 4. denoising loop
+        for t in self.progress_bar(sched.timesteps):
+            x = sched.scale_model_input(latents, t)
+            e = self.unet(torch.cat([x] * len(branches)), t, encoder_hidden_states=context, return_dict=False)[0]
+            if len(branches) == 1:
+                eps = e
+            elif len(branches) == 2:
+                e00, epd = e.chunk(2)
+                eps = e00 + g_t * (epd - e00)
+            else:
+                e00, ep0, epd = e.chunk(3)
+                eps = e00 + g_t * (ep0 - e00) + g_d * (epd - ep0)
+            latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
+
+        # 5. decode
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * n)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, labels, requested
+        return DifficultyPipelineOutput(images=images, class_labels=labels, difficulties=requested,
+                                        conditioning_difficulties=cond_s, prompts=prompts)
+
+    # ------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory, base: str | None = None, lora_config: dict | None = None,
+                        **kwargs):
+        """Write `dacd_config.json`, the LoRA (diffusers format, with adapter metadata) and
+        `difficulty_encoder/`. The base is referenced, not copied: a relative path for a
+        local folder, or a hub id."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        base = base or self.dacd_config.get("base_resolved") or self.dacd_config.get("base")
+        if base is None:
+            raise ValueError("save_pretrained needs `base`: the SD folder or hub id this model was trained on")
+        base_ref = os.path.relpath(base, folder) if Path(base).exists() else base
+        has_lora = getattr(self.unet, "peft_config", None) and "default" in self.unet.peft_config
+        if has_lora:
+            from peft.utils import get_peft_model_state_dict
+
+            meta = self.unet.peft_config["default"].to_dict()
+            self.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(self.unet),
+                                   unet_lora_adapter_metadata=meta, weight_name=LORA_WEIGHTS_NAME)
+            lora_config = lora_config or {"rank": meta["r"], "alpha": meta["lora_alpha"],
+                                          "target_modules": sorted(meta["target_modules"])}
+        if self.has_difficulty:
+            self.difficulty_encoder.save_pretrained(folder / ENCODER_FOLDER)
+        config = {
+            "base": base_ref,
+            "lora": lora_config if has_lora else None,
+            "difficulty_encoder": self.has_difficulty,
+            "class_names": self.class_names,
+            "prompt_template": self.prompt_template,
+            "dacd_version": __version__,
+        }
+        config.update({k: v for k, v in self.dacd_config.items()
+                       if k not in config and k not in ("base_resolved",)})
+        (folder / DACD_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        if self.calibration is not None:
+            self.calibration.save(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder, base: str | None = None, torch_dtype=None, device=None, **kwargs):
+        """Load base + LoRA + encoder (+ calibration) from a dacd folder."""
+        from diffusers import StableDiffusionPipeline
+
+        folder = Path(folder)
+        cfg_path = folder / DACD_CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: {folder} is not a dacd folder "
+                                    "(train one with train/train_dacd.py, or run `make checkpoints`)")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path} is not valid JSON ({e}); restore it or retrain") from e
+        base_ref = base or config.get("base")
+        if not base_ref:
+            raise ValueError(f"{cfg_path} names no base model; pass base=... or fix the file")
+        local = (folder / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
+        base_path = str(local.resolve()) if local.exists() else base_ref
+        try:
+            sd = StableDiffusionPipeline.from_pretrained(base_path, safety_checker=None, feature_extractor=None,
+                                                         requires_safety_checker=False, torch_dtype=torch_dtype)
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise OSError(f"cannot load the base model {base_path!r} named in {cfg_path} ({e}). "
+                          "Check the path, or the hub id and network (HF_HUB_OFFLINE=1 blocks downloads).") from e
+        encoder = None
+        if config.get("difficulty_encoder"):
+            enc_dir = folder / ENCODER_FOLDER
+            if not enc_dir.is_dir():
+                raise FileNotFoundError(f"{enc_dir} is missing but {cfg_path} says the model has a difficulty encoder")
+            encoder = DifficultyEncoder.from_pretrained(enc_dir, torch_dtype=torch_dtype)
+        pipe = cls(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                   scheduler=sd.scheduler, difficulty_encoder=encoder, class_names=config.get("class_names"),
+                   prompt_template=config.get("prompt_template", PROMPT_TEMPLATE))
+        if config.get("lora"):
+            lora_path = folder / LORA_WEIGHTS_NAME
+            if not lora_path.is_file():
+                raise FileNotFoundError(f"{lora_path} is missing but {cfg_path} describes a LoRA")
+            pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS_NAME, adapter_name="default")
+        pipe.calibration = Calibration.load(folder)
+        pipe.dacd_config = dict(config, base_resolved=base_path, folder=str(folder))
+        if device is not None:
+            pipe.to(device)
+        return pipe

@@ -1,0 +1,197 @@
+"""Tiny Stable-Diffusion-architecture components for the embedded default.
+
+Real diffusers/transformers classes (AutoencoderKL, UNet2DConditionModel,
+CLIPTextModel + CLIPTokenizer) at a size that trains on 2 CPU cores; assembled they
+form a regular `StableDiffusionPipeline` folder that stock diffusers loads offline.
+The tokenizer is generated here, offline: a byte-level base vocabulary (every byte,
+alone and as a word end) means any text tokenizes with no unknown token; a few merges
+built from the training prompts make their words single tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+PROMPT_TEMPLATE = "a photo of a {}"
+MAX_LENGTH = 77  # CLIP's context length, as every SD pipeline expects
+
+
+@dataclass
+class TinySDConfig:
+    """Sizes of the embedded tiny SD (see DESIGN.md sizing notes)."""
+
+    image_size: int = 32
+    in_channels: int = 1
+    latent_channels: int = 4
+    vae_channels: tuple = (32, 64, 64)  # 3 blocks -> 2 downsamples -> 8x8 latents
+    unet_channels: tuple = (64, 128)
+    unet_layers_per_block: int = 2
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 64  # = text hidden size
+    text_layers: int = 2
+    text_heads: int = 4
+    text_intermediate: int = 128
+    prediction_type: str = "epsilon"  # "v_prediction" builds an SD2-shaped base
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """Byte -> printable unicode char, the reversible byte-level BPE alphabet (GPT-2/CLIP):
+    printable Latin-1 bytes map to themselves, the others to code points from 256 up."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    mapping, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def word_merges(words) -> list[tuple[str, str]]:
+    """Left-to-right merges that turn each word (lowercase) into one token ending in </w>."""
+    b2u = bytes_to_unicode()
+    merges: list[tuple[str, str]] = []
+    seen = set()
+    for word in words:
+        chars = [b2u[b] for b in word.lower().encode("utf-8")]
+        if len(chars) < 2:
+            continue
+        chars[-1] += "</w>"
+        left = chars[0]
+        for c in chars[1:]:
+            if (left, c) not in seen:
+                seen.add((left, c))
+                merges.append((left, c))
+            left += c
+    return merges
+
+
+def write_tokenizer(folder: str | Path, words=()) -> Path:
+    """Write vocab.json + merges.txt (+ configs) for a byte-level CLIP tokenizer, and
+    save it in the fast format through `CLIPTokenizer.from_pretrained`."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    b2u = bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for ch in b2u.values():
+        vocab.setdefault(ch, len(vocab))
+    for ch in b2u.values():
+        vocab.setdefault(ch + "</w>", len(vocab))
+    merges = word_merges(words)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    for tok in SPECIAL_TOKENS:
+        vocab.setdefault(tok, len(vocab))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        (tmp / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        (tmp / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH,
+            "bos_token": SPECIAL_TOKENS[0], "eos_token": SPECIAL_TOKENS[1],
+            "unk_token": SPECIAL_TOKENS[1], "pad_token": SPECIAL_TOKENS[1],
+        }))
+        tok = CLIPTokenizer.from_pretrained(tmp)
+    if len(tok) != len(vocab):
+        raise RuntimeError(f"tokenizer built with {len(tok)} tokens, expected {len(vocab)}")
+    tok.model_max_length = MAX_LENGTH
+    tok.save_pretrained(folder)
+    return folder
+
+
+def prompt_words(class_names, template: str = PROMPT_TEMPLATE) -> list[str]:
+    import re
+
+    text = " ".join(template.format(c) for c in class_names)
+    return sorted(set(re.findall(r"[a-z]+", text.lower())))
+
+
+def build_tokenizer(class_names=(), template: str = PROMPT_TEMPLATE):
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(tmp, prompt_words(class_names, template))
+        return CLIPTokenizer.from_pretrained(tmp)
+
+
+def build_text_encoder(cfg: TinySDConfig, tokenizer):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.cross_attention_dim, intermediate_size=cfg.text_intermediate,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        projection_dim=cfg.cross_attention_dim,
+    ))
+
+
+def build_vae(cfg: TinySDConfig):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=cfg.in_channels, out_channels=cfg.in_channels, latent_channels=cfg.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_channels), layers_per_block=1, norm_num_groups=16,
+        sample_size=cfg.image_size,
+    )
+
+
+def latent_size(cfg: TinySDConfig) -> int:
+    return cfg.image_size // 2 ** (len(cfg.vae_channels) - 1)
+
+
+def build_unet(cfg: TinySDConfig):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.unet_channels)
+    sd2 = cfg.prediction_type == "v_prediction"
+    return UNet2DConditionModel(
+        sample_size=latent_size(cfg), in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
+        block_out_channels=tuple(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
+        norm_num_groups=32, use_linear_projection=sd2,
+    )
+
+
+def build_scheduler(cfg: TinySDConfig, kind: str = "ddim"):
+    """SD's noise schedule (scaled-linear betas) with `clip_sample=False` (we denoise latents)."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                  prediction_type=cfg.prediction_type, clip_sample=False)
+    if kind == "ddpm":
+        return DDPMScheduler(**common)
+    return DDIMScheduler(**common, set_alpha_to_one=False, steps_offset=1)
+
+
+def build_components(cfg: TinySDConfig | None = None, class_names=(), seed: int = 0) -> dict:
+    """Randomly initialised tiny SD components (deterministic for a seed)."""
+    import torch
+
+    cfg = cfg or TinySDConfig()
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(class_names)
+    return dict(vae=build_vae(cfg), text_encoder=build_text_encoder(cfg, tokenizer), tokenizer=tokenizer,
+                unet=build_unet(cfg), scheduler=build_scheduler(cfg))
+
+
+def save_sd_folder(folder: str | Path, components: dict, tiny_config: TinySDConfig | None = None) -> Path:
+    """Write a regular StableDiffusionPipeline folder (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    if tiny_config is not None:
+        (Path(folder) / "tiny_sd_config.json").write_text(json.dumps(asdict(tiny_config), indent=2) + "\n")
+    return Path(folder)

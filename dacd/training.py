@@ -1,0 +1,542 @@
+"""Training loops shared by the train/ scripts (accelerate; state as safetensors).
+
+* `train_vae` and `train_base_unet`: the tiny SD of the embedded default (it plays
+  the role of the pretrained SD the paper starts from).
+* `train_dacd`: decoupled training. The base U-Net is frozen; peft LoRA on its
+  attention projections learns the domain; the difficulty encoder, trained from
+  scratch with its own learning rate, learns difficulty. Text and difficulty are
+  dropped independently. `no_difficulty=True` trains the baseline (LoRA only).
+
+Every step's randomness (batch, noise, timesteps, dropout) is drawn from generators
+seeded by (seed, step, process), and all state (trainable weights, optimizer, EMA,
+loss log) is saved as safetensors + JSON under `runs/`, so `resume="latest"` continues
+exactly where a killed run stopped, and nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+
+# ---------------------------------------------------------------- helpers
+
+def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, rank, stream)."""
+    mixed = np.random.SeedSequence([seed, step, rank, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed) & ((1 << 63) - 1))
+
+
+def step_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, step, rank])
+
+
+def images_to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [-1, 1], as diffusers' VAEs expect."""
+    return images.float().div(127.5).sub(1.0)
+
+
+class EMA:
+    """Exponential moving average of a module's float parameters, keyed by name."""
+
+    def __init__(self, module: nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.shadow = {k: p.detach().clone().float() for k, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm-up, as is usual for EMA of diffusion models
+        for k, p in module.named_parameters():
+            self.shadow[k].lerp_(p.detach().float(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        for k, p in module.named_parameters():
+            p.copy_(self.shadow[k].to(p.dtype))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
+    for idx, st in sd["state"].items():
+        meta["state_keys"][str(idx)] = {}
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{idx}.{key}"] = val.detach().cpu().contiguous()
+                meta["state_keys"][str(idx)][key] = "tensor"
+            else:
+                meta["state_keys"][str(idx)][key] = val
+    return tensors, meta
+
+
+def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state = {}
+    for idx, keys in meta["state_keys"].items():
+        state[int(idx)] = {k: (tensors[f"{idx}.{k}"] if v == "tensor" else v) for k, v in keys.items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Checkpointer:
+    """Save/restore trainable weights, optimizer, EMA and a JSON state under `run_dir`.
+
+    Only parameters with `requires_grad` (plus EMA shadows) are saved, so a checkpoint
+    of LoRA training holds the LoRA and encoder, not the frozen base.
+    """
+
+    def __init__(self, run_dir: str | Path, modules: dict[str, nn.Module], optimizer, emas: dict | None = None,
+                 keep: int = 2, is_main: bool = True):
+        self.run_dir, self.modules, self.optimizer = Path(run_dir), modules, optimizer
+        self.emas, self.keep, self.is_main = emas or {}, keep, is_main
+
+    def latest(self) -> Path | None:
+        ckpts = sorted(self.run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        ckpts = [p for p in ckpts if (p / "state.json").is_file()]  # state.json is written last
+        return ckpts[-1] if ckpts else None
+
+    def save(self, step: int, state: dict) -> Path:
+        out = self.run_dir / f"checkpoint-{step}"
+        if not self.is_main:
+            return out
+        tmp = self.run_dir / f".tmp-checkpoint-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {}
+        for name, m in self.modules.items():
+            for k, p in m.named_parameters():
+                if p.requires_grad:
+                    weights[f"{name}/{k}"] = p.detach().cpu().contiguous()
+        for name, ema in self.emas.items():
+            for k, v in ema.shadow.items():
+                weights[f"ema:{name}/{k}"] = v.cpu().contiguous()
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        opt_tensors, opt_meta = _optimizer_to_tensors(self.optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        (tmp / "state.json").write_text(json.dumps(dict(state, step=step)))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        for old in sorted(self.run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return out
+
+    def load(self, path: Path) -> dict:
+        weights = load_file(str(path / "trainable.safetensors"))
+        for name, m in self.modules.items():
+            params = dict(m.named_parameters())
+            for k, p in params.items():
+                key = f"{name}/{k}"
+                if p.requires_grad:
+                    if key not in weights:
+                        raise ValueError(f"checkpoint {path} lacks {key}: it was written by another configuration")
+                    with torch.no_grad():
+                        p.copy_(weights[key].to(p.device, p.dtype))
+        for name, ema in self.emas.items():
+            for k in ema.shadow:
+                ema.shadow[k] = weights[f"ema:{name}/{k}"].clone()
+        _optimizer_from_tensors(self.optimizer, load_file(str(path / "optimizer.safetensors")),
+                                json.loads((path / "optimizer.json").read_text()))
+        return json.loads((path / "state.json").read_text())
+
+
+def resolve_resume(checkpointer: Checkpointer, resume: str | None) -> tuple[int, dict]:
+    if not resume:
+        return 0, {}
+    path = checkpointer.latest() if resume == "latest" else Path(resume)
+    if path is None:
+        return 0, {}
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"{path} is not a finished checkpoint (no state.json)")
+    state = checkpointer.load(path)
+    return int(state["step"]), state
+
+
+def write_loss_csv(path: Path, history: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("step,loss\n")
+        for step, loss in history:
+            f.write(f"{step},{loss:.6f}\n")
+
+
+# ---------------------------------------------------------------- latents
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch_size: int = 256, device=None, progress: bool = True):
+    """Posterior mean and std of the VAE for uint8 images (cached once: the VAE is frozen)."""
+    device = device or next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    means, stds = [], []
+    for i in tqdm(range(0, len(images), batch_size), desc="encoding latents", disable=not progress, leave=False):
+        x = images_to_model_range(images[i:i + batch_size]).to(device, dtype)
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def sample_latents(mean, std, idx, gen: torch.Generator, scaling_factor: float) -> torch.Tensor:
+    m, s = mean[idx], std[idx]
+    return (m + s * torch.randn(m.shape, generator=gen)) * scaling_factor
+
+
+def diffusion_target(scheduler, latents, noise, timesteps):
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r} (use 'epsilon' or 'v_prediction')")
+
+
+# ---------------------------------------------------------------- sampling weights
+
+def balanced_weights(s: np.ndarray, power: float = 1.0, bins: int = 10) -> np.ndarray:
+    """Per-image sampling weights that flatten the distribution of s.
+
+    `power=0` is uniform sampling; `power=1` gives every s-bin the same total weight.
+    """
+    s = np.asarray(s, float)
+    if power == 0:
+        return np.full(len(s), 1.0 / len(s))
+    b = np.clip((s * bins).astype(int), 0, bins - 1)
+    counts = np.bincount(b, minlength=bins).astype(float)
+    w = counts[b] ** (-power)
+    return w / w.sum()
+
+
+# ---------------------------------------------------------------- dacd (LoRA + encoder)
+
+@dataclass
+class DacdTrainConfig:
+    max_train_steps: int = 6000
+    batch_size: int = 64
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_targets: tuple = ("to_q", "to_k", "to_v", "to_out.0")
+    lr: float = 5e-4  # LoRA
+    encoder_lr: float = 1e-3  # the encoder starts from scratch
+    warmup_steps: int = 100
+    weight_decay: float = 1e-2
+    text_dropout: float = 0.1  # prompt -> empty prompt
+    difficulty_dropout: float = 0.1  # all K tokens -> null-difficulty tokens
+    balance_power: float = 0.5  # difficulty-balanced sampling (0 = uniform, 1 = flat over s-bins)
+    num_tokens: int = 4
+    s_embedding: str = "fourier"
+    no_difficulty: bool = False  # baseline: LoRA only
+    checkpointing_steps: int = 500
+    log_every: int = 50
+    seed: int = 0
+    mixed_precision: str = "no"
+
+
+@dataclass
+class TrainingData:
+    """Images + labels + difficulty (+ optional per-image prompts) for dacd training."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: np.ndarray
+    s: np.ndarray
+    class_names: list[str]
+    prompts: list[str] | None = None
+    ids: list[str] = field(default_factory=list)
+
+
+def add_lora(unet, cfg: DacdTrainConfig) -> None:
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
+                                target_modules=list(cfg.lora_targets)))
+
+
+def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Path, *, accelerator=None,
+               resume: str | None = "latest", progress: bool = True, log: Callable = print,
+               stop_at: int | None = None) -> dict:
+    """Train LoRA (+ encoder) in place on `pipe` (a DifficultyControlledPipeline whose U-Net
+    has no adapter yet). Returns a summary dict. `stop_at` ends early (tests: simulated kill)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from .encoder import DifficultyEncoder
+    from .tiny import build_scheduler  # noqa: F401  (kept for symmetry with the base trainer)
+
+    accelerator = accelerator or Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    device = accelerator.device
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+    for m in (unet, vae, text_encoder):
+        m.requires_grad_(False)
+        m.to(device)
+        if weight_dtype != torch.float32:
+            m.to(dtype=weight_dtype)
+    add_lora(unet, cfg)
+    for p in unet.parameters():  # trainable LoRA weights stay in fp32
+        if p.requires_grad:
+            p.data = p.data.float()
+    encoder = None
+    if not cfg.no_difficulty:
+        torch.manual_seed(cfg.seed)
+        encoder = DifficultyEncoder(num_classes=len(data.class_names),
+                                    cross_attention_dim=unet.config.cross_attention_dim,
+                                    num_tokens=cfg.num_tokens, s_embedding=cfg.s_embedding).to(device)
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if encoder is not None:
+        groups.append({"params": list(encoder.parameters()), "lr": cfg.encoder_lr})
+    base_lrs = [g["lr"] for g in groups]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    modules = {"unet": unet} if encoder is None else {"unet": unet, "encoder": encoder}
+    checkpointer = Checkpointer(run_dir, modules, opt, is_main=accelerator.is_main_process)
+    start, state = resolve_resume(checkpointer, resume)
+    history = [tuple(x) for x in state.get("history", [])]
+    if start:
+        log(f"resumed from {run_dir}/checkpoint-{start}")
+    if encoder is None:
+        unet, opt = accelerator.prepare(unet, opt)
+    else:
+        unet, encoder, opt = accelerator.prepare(unet, encoder, opt)
+
+    # frozen parts, computed once: latents (VAE) and prompt embeddings (text encoder)
+    t0 = time.time()
+    mean, std = encode_latents(vae, data.images, device=device, progress=progress)
+    scaling = float(vae.config.scaling_factor)
+    prompts = data.prompts or [pipe.class_prompt(int(c)) for c in data.labels]
+    uniq = sorted(set(prompts) | {""})
+    with torch.no_grad():
+        emb = torch.cat([pipe.encode_prompt(uniq[i:i + 256], device).float() for i in range(0, len(uniq), 256)])
+    prompt_index = {p: i for i, p in enumerate(uniq)}
+    per_image_prompt = torch.tensor([prompt_index[p] for p in prompts])
+    empty_idx = prompt_index[""]
+    noise_sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+    T = noise_sched.config.num_train_timesteps
+    weights = balanced_weights(data.s, cfg.balance_power)
+    s_all = torch.as_tensor(np.asarray(data.s, np.float32))
+    labels_all = torch.as_tensor(np.asarray(data.labels, np.int64))
+    log(f"cached {len(mean)} latents and {len(uniq)} prompt embeddings in {time.time() - t0:.0f} s")
+
+    rank = accelerator.process_index
+    end = cfg.max_train_steps if stop_at is None else min(stop_at, cfg.max_train_steps)
+    bar = tqdm(range(start, end), initial=start, total=cfg.max_train_steps, desc="dacd" if encoder else "baseline",
+               disable=not (progress and accelerator.is_local_main_process))
+    unet.train()
+    running, n_running, t_start = 0.0, 0, time.time()
+    for step in bar:
+        rng, gen = step_rng(cfg.seed, step, rank), step_generator(cfg.seed, step, rank)
+        idx = torch.from_numpy(rng.choice(len(weights), size=cfg.batch_size, p=weights))
+        lat = sample_latents(mean, std, idx, gen, scaling)
+        noise = torch.randn(lat.shape, generator=gen)
+        timesteps = torch.randint(0, T, (len(idx),), generator=gen)
+        drop_text = torch.rand(len(idx), generator=gen) < cfg.text_dropout
+        drop_diff = torch.rand(len(idx), generator=gen) < cfg.difficulty_dropout
+        lat, noise, timesteps = lat.to(device), noise.to(device), timesteps.to(device)
+        noisy = noise_sched.add_noise(lat, noise, timesteps)
+        target = diffusion_target(noise_sched, lat, noise, timesteps)
+        pidx = torch.where(drop_text, torch.full_like(per_image_prompt[idx], empty_idx), per_image_prompt[idx])
+        ctx = emb[pidx].to(device)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        with accelerator.autocast():
+            if encoder is not None:
+                enc = accelerator.unwrap_model(encoder)
+                d = encoder(labels_all[idx].to(device), s_all[idx].to(device))
+                d = torch.where(drop_diff.to(device)[:, None, None], enc.null(len(idx)), d)
+                ctx = torch.cat([ctx, d.to(ctx.dtype)], 1)
+            pred = unet(noisy.to(weight_dtype), timesteps, encoder_hidden_states=ctx.to(weight_dtype)).sample
+            loss = F.mse_loss(pred.float(), target.float())
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        running += accelerator.gather(loss.detach()[None]).mean().item()
+        n_running += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end:
+            history.append((done, running / n_running))
+            bar.set_postfix(loss=f"{running / n_running:.4f}")
+            running, n_running = 0.0, 0
+        if done % cfg.checkpointing_steps == 0 or done == end:
+            accelerator.wait_for_everyone()
+            checkpointer.save(done, {"history": history, "config": _jsonable(asdict(cfg))})
+    elapsed = time.time() - t_start
+    unet_u = accelerator.unwrap_model(unet)
+    pipe.unet = unet_u
+    pipe.register_modules(unet=unet_u, difficulty_encoder=accelerator.unwrap_model(encoder) if encoder else None)
+    unet_u.eval()
+    if encoder is not None:
+        pipe.difficulty_encoder.eval()
+    if accelerator.is_main_process:
+        write_loss_csv(run_dir / "loss.csv", history)
+    return {"steps": end, "finished": end >= cfg.max_train_steps, "seconds_this_run": elapsed,
+            "images_per_second": (end - start) * cfg.batch_size * accelerator.num_processes / max(elapsed, 1e-9),
+            "final_loss": history[-1][1] if history else math.nan, "history": history}
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, (tuple, set)) else str(o)))
+
+
+# ---------------------------------------------------------------- tiny base SD
+
+@dataclass
+class BaseTrainConfig:
+    """Training of the tiny base SD (VAE, then U-Net + text encoder)."""
+
+    vae_steps: int = 3000
+    vae_batch_size: int = 64
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6  # SD-style: a light KL keeps latents near-Gaussian without blurring
+    unet_steps: int = 6000
+    unet_batch_size: int = 128
+    unet_lr: float = 5e-4
+    text_dropout: float = 0.1  # the empty prompt is the unconditional branch of CFG
+    ema_decay: float = 0.999
+    warmup_steps: int = 200
+    checkpointing_steps: int = 500
+    log_every: int = 50
+    seed: int = 0
+
+
+def _lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+def train_vae(vae, images: torch.Tensor, cfg: BaseTrainConfig, run_dir: str | Path, *, device="cpu",
+              resume="latest", progress=True, log=print, stop_at: int | None = None) -> dict:
+    """Reconstruction (MSE) + small KL. `images` uint8 (N, C, H, W)."""
+    run_dir = Path(run_dir)
+    vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    ckpt = Checkpointer(run_dir, {"vae": vae}, opt)
+    start, state = resolve_resume(ckpt, resume)
+    history = [tuple(x) for x in state.get("history", [])]
+    end = cfg.vae_steps if stop_at is None else min(stop_at, cfg.vae_steps)
+    running, n_run, t0 = 0.0, 0, time.time()
+    for step in tqdm(range(start, end), initial=start, total=cfg.vae_steps, desc="vae", disable=not progress):
+        rng = step_rng(cfg.seed, step)
+        idx = torch.from_numpy(rng.integers(0, len(images), cfg.vae_batch_size))
+        x = images_to_model_range(images[idx]).to(device)
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=step_generator(cfg.seed, step)).to(device)
+        recon = vae.decode(z).sample
+        loss = F.mse_loss(recon, x) + cfg.kl_weight * dist.kl().mean()
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.vae_lr, cfg.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running, n_run = running + loss.item(), n_run + 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end:
+            history.append((done, running / n_run))
+            running, n_run = 0.0, 0
+        if done % cfg.checkpointing_steps == 0 or done == end:
+            ckpt.save(done, {"history": history})
+    vae.eval()
+    write_loss_csv(run_dir / "loss.csv", history)
+    return {"steps": end, "finished": end >= cfg.vae_steps, "seconds_this_run": time.time() - t0, "history": history}
+
+
+@torch.no_grad()
+def vae_reconstruction_error(vae, images: torch.Tensor, batch_size: int = 256) -> dict:
+    """Mean squared and absolute error of posterior-mean reconstructions, in [0, 1] pixel units."""
+    device = next(vae.parameters()).device
+    se = ae = 0.0
+    for i in range(0, len(images), batch_size):
+        x = images_to_model_range(images[i:i + batch_size]).to(device)
+        r = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        diff = (r - x) / 2
+        se += diff.pow(2).sum().item()
+        ae += diff.abs().sum().item()
+    n = images.numel()
+    return {"mse": se / n, "mae": ae / n, "psnr": 10 * math.log10(1.0 / max(se / n, 1e-12))}
+
+
+def train_base_unet(pipe_parts: dict, images: torch.Tensor, labels: np.ndarray, prompts_by_class: list[str],
+                    cfg: BaseTrainConfig, run_dir: str | Path, *, device="cpu", resume="latest", progress=True,
+                    log=print, stop_at: int | None = None) -> dict:
+    """U-Net and text encoder trained jointly from scratch on class prompts, with EMA.
+
+    At the end the EMA weights are copied into the modules of `pipe_parts`.
+    """
+    run_dir = Path(run_dir)
+    unet, text_encoder, tokenizer, vae = (pipe_parts[k] for k in ("unet", "text_encoder", "tokenizer", "vae"))
+    sched = pipe_parts["scheduler"]
+    for m in (unet, text_encoder):
+        m.to(device).train()
+    vae.to(device).eval().requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    emas = {"unet": EMA(unet, cfg.ema_decay), "text_encoder": EMA(text_encoder, cfg.ema_decay)}
+    ckpt = Checkpointer(run_dir, {"unet": unet, "text_encoder": text_encoder}, opt, emas=emas)
+    start, state = resolve_resume(ckpt, resume)
+    history = [tuple(x) for x in state.get("history", [])]
+    mean, std = encode_latents(vae, images, device=device, progress=progress)
+    scaling = float(vae.config.scaling_factor)
+    ids = tokenizer(list(prompts_by_class) + [""], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    empty = len(prompts_by_class)
+    labels_t = torch.as_tensor(np.asarray(labels, np.int64))
+    T = sched.config.num_train_timesteps
+    end = cfg.unet_steps if stop_at is None else min(stop_at, cfg.unet_steps)
+    running, n_run, t0 = 0.0, 0, time.time()
+    bar = tqdm(range(start, end), initial=start, total=cfg.unet_steps, desc="unet+text", disable=not progress)
+    for step in bar:
+        rng, gen = step_rng(cfg.seed, step, 0), step_generator(cfg.seed, step, 0, stream=1)
+        idx = torch.from_numpy(rng.integers(0, len(labels_t), cfg.unet_batch_size))
+        lat = sample_latents(mean, std, idx, gen, scaling).to(device)
+        noise = torch.randn(lat.shape, generator=gen).to(device)
+        t = torch.randint(0, T, (len(idx),), generator=gen).to(device)
+        drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
+        pidx = torch.where(drop, torch.full_like(labels_t[idx], empty), labels_t[idx]).to(device)
+        ctx = text_encoder(ids[pidx])[0]
+        pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=ctx).sample
+        loss = F.mse_loss(pred, diffusion_target(sched, lat, noise, t))
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.unet_lr, cfg.warmup_steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        emas["unet"].update(unet, step)
+        emas["text_encoder"].update(text_encoder, step)
+        running, n_run = running + loss.item(), n_run + 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end:
+            history.append((done, running / n_run))
+            bar.set_postfix(loss=f"{running / n_run:.4f}")
+            running, n_run = 0.0, 0
+        if done % cfg.checkpointing_steps == 0 or done == end:
+            ckpt.save(done, {"history": history})
+    write_loss_csv(run_dir / "loss.csv", history)
+    if end >= cfg.unet_steps:
+        emas["unet"].copy_to(unet)
+        emas["text_encoder"].copy_to(text_encoder)
+    unet.eval()
+    text_encoder.eval()
+    return {"steps": end, "finished": end >= cfg.unet_steps, "seconds_this_run": time.time() - t0, "history": history}
+
+
+@torch.no_grad()
+def latent_std(vae, images: torch.Tensor, n: int = 4096, seed: int = 0) -> float:
+    """Std of the VAE's latents on a fixed sample: SD's `scaling_factor` is its inverse."""
+    idx = torch.from_numpy(np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False))
+    mean, std = encode_latents(vae, images[idx], progress=False)
+    z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    return float(z.std())

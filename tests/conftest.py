@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny Fashion-MNIST-format dataset written by the tests, tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dacd.data import write_idx  # noqa: E402
+
+
+def make_images(labels: np.ndarray, seed: int, size: int = 28) -> np.ndarray:
+    """Learnable toy images: class c draws a bright bar at a class-specific position, plus noise."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    x = rng.integers(0, 60, size=(n, size, size)).astype(np.float32)
+    for i, c in enumerate(labels):
+        r = 2 + (int(c) * 5) % (size - 6)
+        x[i, r:r + 4, 4:size - 4] += 180 * (0.6 + 0.4 * rng.random())
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def write_fake_fashion_mnist(folder: Path, n_train: int = 300, n_test: int = 100, gz: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    for split, n, seed, (img, lbl) in (("train", n_train, 0, ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")),
+                                       ("test", n_test, 1, ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))):
+        labels = (np.arange(n) * 7 + seed) % 10
+        write_idx(folder / (img + ext), make_images(labels, seed))
+        write_idx(folder / (lbl + ext), labels.astype(np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fake_fmnist(tmp_path_factory) -> Path:
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+def run_script(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
+    """Run a train/ or bench/ script in a subprocess (each owns its accelerate state)."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **(env or {}))
+    proc = subprocess.run([sys.executable, *map(str, args), *([] if "--no-progress" in args else [])],
+                          cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\n"
+                             f"stderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_scores(fake_fmnist, tmp_path_factory) -> Path:
+    """A real (tiny) scoring run over the fake dataset: scores.parquet + classifier/."""
+    out = tmp_path_factory.mktemp("scores")
+    run_script("train/score_difficulty.py", "--data-dir", fake_fmnist, "--k", "2", "--epochs", "1",
+               "--arch", "resnet10t", "--output-dir", out, "--work-dir", out / "work", "--no-progress")
+    return out
+
+
+TINY_BASE_ARGS = ["--vae-steps", "4", "--unet-steps", "4", "--vae-batch-size", "8", "--unet-batch-size", "8",
+                  "--unet-channels", "32", "64", "--checkpointing-steps", "2", "--eval-samples", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(fake_fmnist, tmp_path_factory) -> Path:
+    """A tiny SD folder written by train/train_base.py (a few steps)."""
+    root = tmp_path_factory.mktemp("base")
+    run_script("train/train_base.py", "--data-dir", fake_fmnist, "--output-dir", root / "base",
+               "--run-dir", root / "run", *TINY_BASE_ARGS)
+    return root / "base"

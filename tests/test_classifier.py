@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+
+from dacd.classifier import Classifier, TrainConfig, build_classifier, predict, train_classifier
+from dacd.data import load_fashion_mnist
+
+
+def test_build_train_predict_round_trip(fake_fmnist, tmp_path):
+    ds = load_fashion_mnist("train", fake_fmnist)
+    torch.manual_seed(0)
+    model = build_classifier("resnet10t", in_chans=1, num_classes=10, class_names=ds.class_names, mean=0.2, std=0.3)
+    losses = train_classifier(model, ds.images, ds.labels, TrainConfig(epochs=2, batch_size=32), progress=False)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    probs, feats = predict(model, ds.images[:50], features=True, batch_size=16)
+    assert probs.shape == (50, 10) and feats.ndim == 2 and feats.shape[0] == 50
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    model.save_pretrained(tmp_path / "clf")
+    assert not list((tmp_path / "clf").glob("*.bin")) and not list((tmp_path / "clf").glob("*.pt"))
+    loaded = Classifier.from_pretrained(tmp_path / "clf")
+    assert loaded.config.class_names == list(ds.class_names)
+    np.testing.assert_array_equal(predict(loaded, ds.images[:50]), probs)
+
+
+def test_corrupted_or_missing_weights(tmp_path):
+    model = build_classifier("resnet10t", in_chans=1, num_classes=10)
+    model.save_pretrained(tmp_path / "clf")
+    (tmp_path / "clf" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupted"):
+        Classifier.from_pretrained(tmp_path / "clf")
+    with pytest.raises(FileNotFoundError, match="train_classifier.py"):
+        Classifier.from_pretrained(tmp_path / "nothing")

@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Decoupled training of a difficulty-controlled SD: LoRA (domain) + difficulty encoder.
+
+    python train/train_dacd.py                                   # embedded default -> checkpoints/fashion-mnist/dacd
+    python train/train_dacd.py --no-difficulty --output-dir checkpoints/fashion-mnist/baseline
+    python train/train_dacd.py --base runwayml/stable-diffusion-v1-5 --data my_imagefolder \
+        --scores my_scores.parquet --resolution 512 --mixed-precision bf16 --output-dir out/dacd
+    accelerate launch train/train_dacd.py ...                    # several GPUs / machines
+
+The base is frozen; state goes to --run-dir; rerun with the same arguments (the default
+`--resume-from-checkpoint latest`) to continue after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dacd.training import DacdTrainConfig  # noqa: E402
+
+D = DacdTrainConfig()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", default="checkpoints/fashion-mnist/base", help="SD folder or hub id")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--scores", default="checkpoints/fashion-mnist/scores.parquet",
+                   help="score table with columns id, s (and region) from train/score_difficulty.py")
+    p.add_argument("--resolution", type=int, default=32, help="ImageFolder resolution (SD 1.5: 512)")
+    p.add_argument("--output-dir", default="checkpoints/fashion-mnist/dacd")
+    p.add_argument("--run-dir", default=None, help="training state (default runs/<output-dir name>)")
+    p.add_argument("--no-difficulty", action="store_true", help="baseline: LoRA only, everything else identical")
+    p.add_argument("--exclude-regions", nargs="*", default=[], help="drop images in these data-map regions, "
+                   "e.g. hard-to-learn (where mislabelled images gather)")
+    p.add_argument("--classes", nargs="*", default=None, help="train on these classes only (names or ids)")
+    p.add_argument("--subset", type=int, default=None, help="first N training images")
+    p.add_argument("--max_train_steps", "--max-train-steps", type=int, default=D.max_train_steps)
+    p.add_argument("--train_batch_size", "--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--rank", type=int, default=D.lora_rank)
+    p.add_argument("--alpha", type=float, default=D.lora_alpha)
+    p.add_argument("--lora-targets", nargs="+", default=list(D.lora_targets))
+    p.add_argument("--learning_rate", "--lr", type=float, default=D.lr)
+    p.add_argument("--encoder-lr", type=float, default=D.encoder_lr)
+    p.add_argument("--text-dropout", type=float, default=D.text_dropout)
+    p.add_argument("--difficulty-dropout", type=float, default=D.difficulty_dropout)
+    p.add_argument("--balance-power", type=float, default=D.balance_power,
+                   help="difficulty-balanced sampling: 0 uniform, 1 flat over s bins")
+    p.add_argument("--num-tokens", type=int, default=D.num_tokens)
+    p.add_argument("--s-embedding", default=D.s_embedding, choices=["fourier", "linear"])
+    p.add_argument("--checkpointing_steps", "--checkpointing-steps", type=int, default=D.checkpointing_steps)
+    p.add_argument("--resume_from_checkpoint", "--resume", default="latest",
+                   help="'latest', a checkpoint folder, or 'none' to start over")
+    p.add_argument("--mixed_precision", "--mixed-precision", default=D.mixed_precision, choices=["no", "fp16", "bf16"])
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--save-fp16", action="store_true", help="store LoRA and encoder weights in fp16")
+    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def load_training_data(args):
+    import numpy as np
+    import torch
+
+    from dacd.data import load_dataset, resolve_class
+    from dacd.difficulty import load_scores
+    from dacd.training import TrainingData
+
+    ds = load_dataset(args.data, "train", args.data_dir, args.resolution)
+    if args.subset:
+        ds = ds.subset(range(min(args.subset, len(ds))))
+    table = load_scores(args.scores).set_index("id")
+    missing = [i for i in ds.ids[:1000] if i not in table.index]
+    if missing:
+        raise SystemExit(f"{args.scores} has no score for {len(missing)}+ images (e.g. {missing[0]!r}): "
+                         "score this dataset with train/score_difficulty.py first")
+    rows = table.loc[list(ds.ids)]
+    keep = np.ones(len(ds), bool)
+    if args.exclude_regions:
+        keep &= ~rows["region"].isin(args.exclude_regions).to_numpy()
+    if args.classes:
+        wanted = [resolve_class(c if not str(c).isdigit() else int(c), ds.class_names) for c in args.classes]
+        keep &= np.isin(ds.labels, wanted)
+    idx = np.flatnonzero(keep)
+    s = rows["s"].to_numpy(np.float32)[idx]
+    if np.isnan(s).any():
+        raise SystemExit(f"{args.scores} has NaN scores; rerun train/score_difficulty.py")
+    return TrainingData(images=torch.from_numpy(ds.images[idx]), labels=ds.labels[idx], s=s,
+                        class_names=list(ds.class_names), ids=list(ds.ids[idx])), len(ds) - len(idx)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from dacd.pipeline import DifficultyControlledPipeline
+    from dacd.training import DacdTrainConfig, train_dacd
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    data, dropped = load_training_data(args)
+    cfg = DacdTrainConfig(
+        max_train_steps=args.max_train_steps, batch_size=args.train_batch_size, lora_rank=args.rank,
+        lora_alpha=args.alpha, lora_targets=tuple(args.lora_targets), lr=args.learning_rate,
+        encoder_lr=args.encoder_lr, text_dropout=args.text_dropout, difficulty_dropout=args.difficulty_dropout,
+        balance_power=args.balance_power, num_tokens=args.num_tokens, s_embedding=args.s_embedding,
+        no_difficulty=args.no_difficulty, checkpointing_steps=args.checkpointing_steps,
+        seed=args.seed, mixed_precision=args.mixed_precision)
+    out = Path(args.output_dir)
+    run_dir = Path(args.run_dir or f"runs/{out.name}")
+    from diffusers import StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(args.base, safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False)
+    pipe = DifficultyControlledPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
+                                        unet=sd.unet, scheduler=sd.scheduler, class_names=data.class_names)
+    if accelerator.is_main_process:
+        print(f"training {'baseline (no difficulty)' if cfg.no_difficulty else 'dacd'} on {len(data.labels)} images "
+              f"({dropped} excluded), {accelerator.num_processes} process(es) on {accelerator.device}")
+    resume = None if args.resume_from_checkpoint == "none" else args.resume_from_checkpoint
+    t0 = time.time()
+    result = train_dacd(pipe, data, cfg, run_dir, accelerator=accelerator, resume=resume,
+                        progress=not args.no_progress, stop_at=args.stop_at)
+    if not result["finished"]:
+        print(f"stopped at step {result['steps']}; rerun to continue")
+        return 3
+    if accelerator.is_main_process:
+        pipe.to("cpu", torch.float32)
+        if args.save_fp16 and pipe.difficulty_encoder is not None:
+            pipe.difficulty_encoder.to(torch.float16)
+        pipe.dacd_config = {"train_config": json.loads(json.dumps(asdict(cfg), default=list)),
+                            "scores": str(args.scores), "excluded_images": dropped}
+        pipe.save_pretrained(out, base=args.base)
+        import shutil
+
+        shutil.copy(run_dir / "loss.csv", out / "loss.csv")
+        print(f"final loss {result['final_loss']:.4f}; {result['images_per_second']:.0f} images/s; "
+              f"wrote {out} in {time.time() - t0:.0f} s")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
