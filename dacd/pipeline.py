@@ -191,7 +191,16 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                  difficulty_guidance_scale: float | None = None,
                  num_inference_steps: int = DEFAULTS.num_inference_steps, scheduler: str | None = DEFAULTS.scheduler,
                  generator=None, latents=None, eta: float = 0.0, output_type: str = "pil",
-                 return_dict: bool = True):
+                 guidance_branches: str = "auto", return_dict: bool = True):
+        """Generate one image per (class, difficulty) pair; scalars broadcast.
+
+        `guidance_branches="three"` forces the three-branch formula even where the
+        two-branch shortcut applies (for benchmarks and tests); "auto" picks the cheapest.
+        `generator` may be a list (one per image): equal seeds give equal noise, which is
+        how a sweep holds the noise fixed along a row.
+        """
+        if guidance_branches not in ("auto", "three"):
+            raise ValueError(f"guidance_branches must be 'auto' or 'three', got {guidance_branches!r}")
         # 1. check and broadcast inputs
         n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
                               num_inference_steps, difficulty_only, scheduler)
@@ -232,7 +241,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         if difficulty_only:  # e(p,∅) = e(∅,∅): only the difficulty term remains
             g_t = g_d
         # branch sets: 1 = conditional only, 2 = classic CFG, 3 = separate text/difficulty scales
-        if g_t == g_d:
+        if g_t == g_d and not (guidance_branches == "three" and self.has_difficulty and not difficulty_only):
             branches = [c_pd] if g_t == 1.0 else [c_00, c_pd]
         else:
             branches = [c_00, c_p0, c_pd]

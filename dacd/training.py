@@ -288,13 +288,14 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
         m.to(device)
         if weight_dtype != torch.float32:
             m.to(dtype=weight_dtype)
+    torch.manual_seed(cfg.seed)  # LoRA's initialisation: a resumed run must rebuild the same one
     add_lora(unet, cfg)
     for p in unet.parameters():  # trainable LoRA weights stay in fp32
         if p.requires_grad:
             p.data = p.data.float()
     encoder = None
     if not cfg.no_difficulty:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + 1)
         encoder = DifficultyEncoder(num_classes=len(data.class_names),
                                     cross_attention_dim=unet.config.cross_attention_dim,
                                     num_tokens=cfg.num_tokens, s_embedding=cfg.s_embedding).to(device)

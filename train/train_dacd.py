@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--lora-targets", nargs="+", default=list(D.lora_targets))
     p.add_argument("--learning_rate", "--lr", type=float, default=D.lr)
     p.add_argument("--encoder-lr", type=float, default=D.encoder_lr)
+    p.add_argument("--lr-warmup-steps", type=int, default=D.warmup_steps)
     p.add_argument("--text-dropout", type=float, default=D.text_dropout)
     p.add_argument("--difficulty-dropout", type=float, default=D.difficulty_dropout)
     p.add_argument("--balance-power", type=float, default=D.balance_power,
@@ -112,7 +113,7 @@ def main(argv=None):
     cfg = DacdTrainConfig(
         max_train_steps=args.max_train_steps, batch_size=args.train_batch_size, lora_rank=args.rank,
         lora_alpha=args.alpha, lora_targets=tuple(args.lora_targets), lr=args.learning_rate,
-        encoder_lr=args.encoder_lr, text_dropout=args.text_dropout, difficulty_dropout=args.difficulty_dropout,
+        encoder_lr=args.encoder_lr, warmup_steps=args.lr_warmup_steps, text_dropout=args.text_dropout, difficulty_dropout=args.difficulty_dropout,
         balance_power=args.balance_power, num_tokens=args.num_tokens, s_embedding=args.s_embedding,
         no_difficulty=args.no_difficulty, checkpointing_steps=args.checkpointing_steps,
         seed=args.seed, mixed_precision=args.mixed_precision)

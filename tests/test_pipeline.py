@@ -1,0 +1,149 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dacd.calibration import Calibration
+from dacd.encoder import DifficultyEncoder
+from dacd.pipeline import DifficultyControlledPipeline
+from dacd.tiny import TinySDConfig, build_components
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
+TINY = TinySDConfig(vae_channels=(16, 32, 32), unet_channels=(32, 64), cross_attention_dim=32, text_intermediate=64)
+
+
+def dummy_pipeline(with_encoder=True, config=TINY):
+    c = build_components(config, class_names=CLASSES, seed=0)
+    enc = None
+    if with_encoder:
+        torch.manual_seed(1)
+        enc = DifficultyEncoder(num_classes=len(CLASSES), cross_attention_dim=config.cross_attention_dim,
+                                num_tokens=2, hidden_dim=64)
+        with torch.no_grad():  # a visible null set, so that "null" and "real" tokens differ clearly
+            enc.null_tokens.normal_()
+    pipe = DifficultyControlledPipeline(**c, difficulty_encoder=enc, class_names=CLASSES)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return dummy_pipeline()
+
+
+def run(pipe, labels=(0, 1), s=(0.2, 0.8), seed=0, **kw):
+    kw.setdefault("num_inference_steps", 3)
+    kw.setdefault("output_type", "np")
+    kw.setdefault("scheduler", "ddim")
+    return pipe(list(labels), list(s), generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def test_output_types_and_metadata(pipe):
+    out = run(pipe)
+    assert out.images.shape == (2, 32, 32, 1) and out.images.dtype == np.float32
+    assert out.class_labels == [0, 1] and out.difficulties == [0.2, 0.8]
+    assert out.prompts == ["a photo of a T-shirt/top", "a photo of a Trouser"]
+    pil = run(pipe, output_type="pil").images
+    assert len(pil) == 2 and pil[0].size == (32, 32) and pil[0].mode == "L"
+    broadcast = pipe(2, 0.5, num_inference_steps=2, output_type="np")
+    assert broadcast.images.shape[0] == 1 and broadcast.class_labels == [2]
+    many = pipe(3, [0.1, 0.2, 0.3], num_inference_steps=2, output_type="np", scheduler="dpm++")
+    assert many.class_labels == [3, 3, 3] and many.images.shape[0] == 3
+
+
+def test_seed_reproduces_and_difficulty_changes_images(pipe):
+    a, b = run(pipe).images, run(pipe).images
+    np.testing.assert_array_equal(a, b)
+    lo, hi = run(pipe, (2,), (0.1,)).images, run(pipe, (2,), (0.9,)).images
+    assert np.abs(lo - hi).max() > 1e-4
+
+
+def test_zero_difficulty_guidance_equals_stock_cfg_with_null_tokens(pipe):
+    """g_d = 0 must equal ordinary CFG whose conditional branch carries the null tokens;
+    checked against stock diffusers StableDiffusionPipeline fed those embeddings."""
+    from diffusers import StableDiffusionPipeline
+
+    ours = run(pipe, (1, 3), (0.3, 0.9), guidance_scale=4.0, difficulty_guidance_scale=0.0).images
+    text = pipe.encode_prompt([pipe.class_prompt(1), pipe.class_prompt(3)])
+    empty = pipe.encode_prompt(["", ""])
+    null = pipe.difficulty_encoder.null(2)
+    stock = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                    unet=pipe.unet, scheduler=pipe.get_scheduler("ddim"), safety_checker=None,
+                                    feature_extractor=None, requires_safety_checker=False)
+    stock.set_progress_bar_config(disable=True)
+    ref = stock(prompt_embeds=torch.cat([text, null], 1), negative_prompt_embeds=torch.cat([empty, null], 1),
+                guidance_scale=4.0, num_inference_steps=3, height=32, width=32, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    with_d = run(pipe, (1, 3), (0.3, 0.9), guidance_scale=4.0, difficulty_guidance_scale=4.0).images
+    assert np.abs(with_d - ours).max() > 1e-4  # and the difficulty term does something
+
+
+def test_two_branch_shortcut_equals_three_branch_formula(pipe):
+    two = run(pipe, guidance_scale=3.0, difficulty_guidance_scale=3.0).images
+    three = run(pipe, guidance_scale=3.0, difficulty_guidance_scale=3.0, guidance_branches="three").images
+    np.testing.assert_allclose(two, three, atol=1e-4)
+    other = run(pipe, guidance_scale=3.0, difficulty_guidance_scale=6.0).images
+    assert np.abs(other - two).max() > 1e-4
+
+
+def test_difficulty_only_and_prompts(pipe):
+    out = run(pipe, difficulty_only=True)
+    assert out.prompts == ["", ""] and out.images.shape == (2, 32, 32, 1)
+    custom = run(pipe, prompt="a photo of a striped T-shirt/top")
+    assert custom.prompts == ["a photo of a striped T-shirt/top"] * 2
+    assert np.abs(custom.images - run(pipe).images).max() > 1e-5
+
+
+def test_fixed_noise_per_row_with_generator_list(pipe):
+    gens = [torch.Generator().manual_seed(5) for _ in range(3)]
+    out = pipe([1, 1, 1], [0.5, 0.5, 0.5], generator=gens, num_inference_steps=2, output_type="np").images
+    np.testing.assert_allclose(out[0], out[2], atol=1e-5)  # same seed, same s -> same image
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(class_labels=[0], difficulty=1.5), "difficulty"),
+    (dict(class_labels=[0], difficulty=-0.1), "difficulty"),
+    (dict(class_labels=[0], difficulty=math.nan), "difficulty"),
+    (dict(class_labels=[0], difficulty="hard"), "difficulty"),
+    (dict(class_labels=[7], difficulty=0.5), "class_labels"),
+    (dict(class_labels=[-1], difficulty=0.5), "class_labels"),
+    (dict(class_labels=[0.5], difficulty=0.5), "class_labels"),
+    (dict(class_labels=[], difficulty=0.5), "class_labels"),
+    (dict(class_labels=[0, 1], difficulty=[0.1, 0.2, 0.3]), "same length|has 2 entries"),
+    (dict(class_labels=[0, 1], difficulty=0.5, prompt=["a", "b", "c"]), "prompt"),
+    (dict(class_labels=[0], difficulty=0.5, guidance_scale=math.inf), "guidance_scale"),
+    (dict(class_labels=[0], difficulty=0.5, difficulty_guidance_scale=-1.0), "difficulty_guidance_scale"),
+    (dict(class_labels=[0], difficulty=0.5, num_inference_steps=0), "num_inference_steps"),
+    (dict(class_labels=[0], difficulty=0.5, scheduler="plms"), "scheduler"),
+    (dict(class_labels=[0], difficulty=0.5, calibrated=True), "calibration"),
+])
+def test_bad_inputs_raise_clear_errors(pipe, kwargs, match):
+    kwargs = dict(kwargs)
+    steps = kwargs.pop("num_inference_steps", 2)
+    with pytest.raises(ValueError, match=match):
+        pipe(**kwargs, num_inference_steps=steps, output_type="np")
+
+
+def test_calibrated_maps_through_the_curve():
+    p = dummy_pipeline()
+    p.calibration = Calibration(requested=[0.0, 0.5, 1.0], measured={str(c): [0.0, 0.25, 0.5] for c in range(4)})
+    out = p([1, 2], [0.25, 0.4], calibrated=True, num_inference_steps=2, output_type="np")
+    assert out.difficulties == [0.25, 0.4]
+    assert out.conditioning_difficulties == pytest.approx([0.5, 0.8])
+
+
+def test_baseline_without_encoder():
+    base = dummy_pipeline(with_encoder=False)
+    out = run(base)
+    assert out.images.shape == (2, 32, 32, 1)
+    with pytest.raises(ValueError, match="difficulty_only"):
+        run(base, difficulty_only=True)
+
+
+def test_sd2_shaped_base_generates():
+    cfg = TinySDConfig(**{**TINY.__dict__, "prediction_type": "v_prediction"})
+    p = dummy_pipeline(config=cfg)
+    assert p.unet.config.use_linear_projection and p.scheduler.config.prediction_type == "v_prediction"
+    assert run(p).images.shape == (2, 32, 32, 1)
