@@ -1,0 +1,88 @@
+"""Plotly figures and image grids (no gradio import): one helper for each picture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+REGION_COLORS = {"easy-to-learn": "#2a9d8f", "ambiguous": "#e9c46a", "hard-to-learn": "#e76f51", "n/a": "#999999"}
+
+
+def to_pil(image, scale: int = 1) -> Image.Image:
+    """uint8 or float [0, 1] image, (C, H, W) or (H, W, C) or (H, W) -> PIL, enlarged with
+    nearest-neighbour so pixels stay crisp."""
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    im = Image.fromarray(a)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    return im
+
+
+def image_grid(images, ncols: int, scale: int = 1, pad: int = 2, background: int = 255) -> Image.Image:
+    """Tile images (any form `to_pil` takes) into one grid, row-major."""
+    tiles = [to_pil(im, scale) for im in images]
+    if not tiles:
+        raise ValueError("image_grid needs at least one image")
+    w, h = tiles[0].size
+    mode = "RGB" if any(t.mode == "RGB" for t in tiles) else "L"
+    nrows = int(np.ceil(len(tiles) / ncols))
+    grid = Image.new(mode, (ncols * w + (ncols + 1) * pad, nrows * h + (nrows + 1) * pad),
+                     background if mode == "L" else (background,) * 3)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        grid.paste(t.convert(mode), (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid
+
+
+def difficulty_histogram(table: pd.DataFrame, class_name: str | None = None, bins: int = 20, title: str | None = None):
+    """Histogram (density) of s: one class against all classes."""
+    import plotly.graph_objects as go
+
+    edges = np.linspace(0, 1, bins + 1)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=table.s, xbins=dict(start=0, end=1, size=1 / bins), histnorm="probability",
+                               name="all classes", marker_color="#adb5bd", opacity=0.6))
+    if class_name is not None:
+        sub = table[table.class_name == class_name]
+        fig.add_trace(go.Histogram(x=sub.s, xbins=dict(start=0, end=1, size=1 / bins), histnorm="probability",
+                                   name=class_name, marker_color="#e76f51", opacity=0.7))
+    fig.update_layout(barmode="overlay", title=title or "difficulty s = 1 − p(true class)",
+                      xaxis_title="s", yaxis_title="share of images", yaxis_type="log",
+                      margin=dict(l=40, r=10, t=40, b=40), height=320, legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(range=[edges[0], edges[-1]])
+    return fig
+
+
+def data_map_figure(table: pd.DataFrame, class_name: str | None = None, max_points: int = 4000, seed: int = 0):
+    """Data map: confidence vs variability, coloured by region; hover shows id and s."""
+    import plotly.graph_objects as go
+
+    sub = table[table.confidence.notna()]
+    if class_name is not None:
+        sub = sub[sub.class_name == class_name]
+    if len(sub) > max_points:  # keep every rare (non-easy) point, thin out the easy cloud
+        easy = sub[sub.region == "easy-to-learn"]
+        rest = sub[sub.region != "easy-to-learn"]
+        keep = max(0, max_points - len(rest))
+        sub = pd.concat([rest, easy.sample(min(keep, len(easy)), random_state=seed)])
+    fig = go.Figure()
+    for region, color in REGION_COLORS.items():
+        r = sub[sub.region == region]
+        if not len(r):
+            continue
+        fig.add_trace(go.Scattergl(
+            x=r.variability, y=r.confidence, mode="markers", name=f"{region} ({len(r)})",
+            marker=dict(size=5, color=color, opacity=0.7), customdata=np.stack([r.id, r.s, r.pred_name], -1),
+            hovertemplate="id %{customdata[0]}<br>s %{customdata[1]:.3f}<br>predicted %{customdata[2]}"
+                          "<br>variability %{x:.3f}<br>confidence %{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"data map{': ' + class_name if class_name else ''}", xaxis_title="variability",
+                      yaxis_title="confidence", height=380, margin=dict(l=40, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
