@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 9 * 2**20  # Hugging Face Spaces refuse files over 10 MiB without LFS
 
 
 @dataclass
@@ -76,17 +78,43 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
     # ------------------------------------------------------------ save / load
-    def save_pretrained(self, folder: str | Path) -> None:
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None,
+                        max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+        """Write config.json and safetensors weights (optionally cast, e.g. fp16 for shipping;
+        loading casts back to fp32), sharded with an index when larger than `max_shard_bytes`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        for old in list(folder.glob("model*.safetensors")) + list(folder.glob(INDEX_NAME)):
+            old.unlink()
+        state = {}
+        for k, v in self.state_dict().items():
+            v = v.detach().cpu()
+            state[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        shards, size = [{}], 0
+        for k, v in state.items():
+            nbytes = v.numel() * v.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][k] = v
+            size += nbytes
+        if len(shards) == 1:
+            save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(folder / name), metadata={"format": "pt"})
+                weight_map.update({k: name for k in shard})
+            (folder / INDEX_NAME).write_text(json.dumps({"weight_map": weight_map}, indent=1) + "\n")
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "Classifier":
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        if not w_path.is_file() and (folder / INDEX_NAME).is_file():
+            w_path = folder / INDEX_NAME
         for p in (cfg_path, w_path):
             if not p.is_file():
                 raise FileNotFoundError(
@@ -99,7 +127,13 @@ class Classifier(nn.Module):
             raise ValueError(f"classifier config {cfg_path} is not valid: {e}") from e
         model = cls(config)
         try:
-            state = load_file(str(w_path))
+            if w_path.name == INDEX_NAME:
+                files = sorted(set(json.loads(w_path.read_text())["weight_map"].values()))
+                state = {}
+                for f in files:
+                    state.update(load_file(str(folder / f)))
+            else:
+                state = load_file(str(w_path))
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"classifier weights {w_path} are corrupted ({e}); retrain or restore the file") from e
         missing, unexpected = model.load_state_dict(state, strict=False)

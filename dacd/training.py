@@ -339,6 +339,7 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
                disable=not (progress and accelerator.is_local_main_process))
     unet.train()
     running, n_running, t_start = 0.0, 0, time.time()
+    step_times, t_prev = [], time.time()
     for step in bar:
         rng, gen = step_rng(cfg.seed, step, rank), step_generator(cfg.seed, step, rank)
         idx = torch.from_numpy(rng.choice(len(weights), size=cfg.batch_size, p=weights))
@@ -365,8 +366,10 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
         accelerator.backward(loss)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        running += accelerator.gather(loss.detach()[None]).mean().item()
+        running += accelerator.gather(loss.detach()[None]).mean().item()  # .item() syncs: honest step times
         n_running += 1
+        step_times.append(time.time() - t_prev)
+        t_prev = time.time()
         done = step + 1
         if done % cfg.log_every == 0 or done == end:
             history.append((done, running / n_running))
@@ -386,7 +389,9 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
         write_loss_csv(run_dir / "loss.csv", history)
     return {"steps": end, "finished": end >= cfg.max_train_steps, "seconds_this_run": elapsed,
             "images_per_second": (end - start) * cfg.batch_size * accelerator.num_processes / max(elapsed, 1e-9),
-            "final_loss": history[-1][1] if history else math.nan, "history": history}
+            "final_loss": history[-1][1] if history else math.nan, "history": history,
+            "median_step_seconds": float(np.median(step_times[2:] or step_times)) if step_times else math.nan,
+            "peak_cuda_memory_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None}
 
 
 def _jsonable(d):
@@ -399,11 +404,11 @@ def _jsonable(d):
 class BaseTrainConfig:
     """Training of the tiny base SD (VAE, then U-Net + text encoder)."""
 
-    vae_steps: int = 3000
+    vae_steps: int = 1200
     vae_batch_size: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6  # SD-style: a light KL keeps latents near-Gaussian without blurring
-    unet_steps: int = 6000
+    unet_steps: int = 3000
     unet_batch_size: int = 128
     unet_lr: float = 5e-4
     text_dropout: float = 0.1  # the empty prompt is the unconditional branch of CFG

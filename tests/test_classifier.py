@@ -30,3 +30,15 @@ def test_corrupted_or_missing_weights(tmp_path):
         Classifier.from_pretrained(tmp_path / "clf")
     with pytest.raises(FileNotFoundError, match="train_classifier.py"):
         Classifier.from_pretrained(tmp_path / "nothing")
+
+
+def test_sharded_fp16_save_stays_under_limit_and_loads(tmp_path):
+    torch.manual_seed(0)
+    model = build_classifier("resnet10t", in_chans=1, num_classes=10, mean=0.2, std=0.3).eval()
+    model.save_pretrained(tmp_path / "clf", dtype=torch.float16, max_shard_bytes=5 * 2**20)
+    shards = sorted((tmp_path / "clf").glob("model-*.safetensors"))
+    assert len(shards) >= 2 and all(p.stat().st_size < 5.1 * 2**20 for p in shards)
+    loaded = Classifier.from_pretrained(tmp_path / "clf")
+    assert next(loaded.parameters()).dtype == torch.float32
+    x = torch.rand(8, 1, 32, 32)
+    np.testing.assert_allclose(predict(loaded, x), predict(model, x), atol=2e-3)

@@ -48,6 +48,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
     from accelerate import Accelerator
 
     accelerator = Accelerator()
@@ -75,7 +76,7 @@ def main(argv=None):
     save_scores(table, summary, out)
     if (out / "classifier").exists():
         shutil.rmtree(out / "classifier")
-    model.save_pretrained(out / "classifier")
+    model.save_pretrained(out / "classifier", dtype=torch.float16)  # fp16 on disk: each file < 10 MiB
     print(f"out-of-fold accuracy {summary['oof_accuracy']:.4f}; per fold "
           + ", ".join(f"{a:.4f}" for a in summary["fold_heldout_accuracy"]))
     if summary["test_accuracy"] is not None:

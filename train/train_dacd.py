@@ -145,8 +145,10 @@ def main(argv=None):
         import shutil
 
         shutil.copy(run_dir / "loss.csv", out / "loss.csv")
-        print(f"final loss {result['final_loss']:.4f}; {result['images_per_second']:.0f} images/s; "
-              f"wrote {out} in {time.time() - t0:.0f} s")
+        mem = result["peak_cuda_memory_gib"]
+        print(f"final loss {result['final_loss']:.4f}; {result['images_per_second']:.1f} images/s; median step "
+              f"{result['median_step_seconds']:.3f} s" + (f"; peak CUDA memory {mem:.2f} GiB" if mem else "")
+              + f"; wrote {out} in {time.time() - t0:.0f} s")
     accelerator.end_training()
     return 0
 
