@@ -61,3 +61,7 @@ scores: setup dataset
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Rebuild base SD, evaluator, dacd, baseline and calibration (stage by stage, resumable).
+checkpoints: setup dataset
+	$(PY) train/make_checkpoints.py

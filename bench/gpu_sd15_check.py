@@ -98,7 +98,7 @@ def main():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    pipe = DifficultyControlledPipeline.from_pretrained(out / "dacd", torch_dtype=dtype, device=device)
+    pipe = DifficultyControlledPipeline.from_pretrained(out / "dacd", dtype=dtype, device=device)
     pipe.set_progress_bar_config(disable=True)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -316,10 +316,12 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             self.calibration.save(folder)
 
     @classmethod
-    def from_pretrained(cls, folder, base: str | None = None, torch_dtype=None, device=None, **kwargs):
-        """Load base + LoRA + encoder (+ calibration) from a dacd folder."""
+    def from_pretrained(cls, folder, base: str | None = None, dtype=None, device=None, torch_dtype=None, **kwargs):
+        """Load base + LoRA + encoder (+ calibration) from a dacd folder. `base` overrides
+        the base named in dacd_config.json (e.g. a local copy of a hub model)."""
         from diffusers import StableDiffusionPipeline
 
+        dtype = dtype or torch_dtype
         folder = Path(folder)
         cfg_path = folder / DACD_CONFIG_NAME
         if not cfg_path.is_file():
@@ -336,7 +338,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         base_path = str(local.resolve()) if local.exists() else base_ref
         try:
             sd = StableDiffusionPipeline.from_pretrained(base_path, safety_checker=None, feature_extractor=None,
-                                                         requires_safety_checker=False, torch_dtype=torch_dtype)
+                                                         requires_safety_checker=False, dtype=dtype)
         except (OSError, ValueError, EnvironmentError) as e:
             raise OSError(f"cannot load the base model {base_path!r} named in {cfg_path} ({e}). "
                           "Check the path, or the hub id and network (HF_HUB_OFFLINE=1 blocks downloads).") from e
@@ -345,7 +347,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             enc_dir = folder / ENCODER_FOLDER
             if not enc_dir.is_dir():
                 raise FileNotFoundError(f"{enc_dir} is missing but {cfg_path} says the model has a difficulty encoder")
-            encoder = DifficultyEncoder.from_pretrained(enc_dir, torch_dtype=torch_dtype)
+            encoder = DifficultyEncoder.from_pretrained(enc_dir, dtype=dtype)
         pipe = cls(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                    scheduler=sd.scheduler, difficulty_encoder=encoder, class_names=config.get("class_names"),
                    prompt_template=config.get("prompt_template", PROMPT_TEMPLATE))

@@ -29,7 +29,7 @@ class TinySDConfig:
     latent_channels: int = 4
     vae_channels: tuple = (32, 64, 64)  # 3 blocks -> 2 downsamples -> 8x8 latents
     unet_channels: tuple = (64, 128)
-    unet_layers_per_block: int = 2
+    unet_layers_per_block: int = 1
     attention_head_dim: int = 8
     cross_attention_dim: int = 64  # = text hidden size
     text_layers: int = 2

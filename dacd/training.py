@@ -408,7 +408,7 @@ class BaseTrainConfig:
     vae_batch_size: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6  # SD-style: a light KL keeps latents near-Gaussian without blurring
-    unet_steps: int = 3000
+    unet_steps: int = 2500
     unet_batch_size: int = 128
     unet_lr: float = 5e-4
     text_dropout: float = 0.1  # the empty prompt is the unconditional branch of CFG

@@ -78,3 +78,39 @@ def tiny_base(fake_fmnist, tmp_path_factory) -> Path:
     run_script("train/train_base.py", "--data-dir", fake_fmnist, "--output-dir", root / "base",
                "--run-dir", root / "run", *TINY_BASE_ARGS)
     return root / "base"
+
+
+DACD_ARGS = ["--max-train-steps", "4", "--batch-size", "8", "--checkpointing-steps", "2", "--rank", "4",
+             "--alpha", "8", "--lr", "0.05", "--encoder-lr", "0.01", "--lr-warmup-steps", "0", "--no-progress"]
+
+
+def train_dacd_script(out: Path, base: Path, data_dir: Path, scores: Path, *extra, check=False):
+    run = out.parent / f"run-{out.name}"
+    proc = run_script("train/train_dacd.py", "--base", base, "--data-dir", data_dir, "--scores",
+                      scores / "scores.parquet", "--output-dir", out, "--run-dir", run, *DACD_ARGS, *extra,
+                      check=check)
+    return out, run, proc
+
+
+@pytest.fixture(scope="session")
+def tiny_dacd(tiny_base, fake_fmnist, tiny_scores, tmp_path_factory) -> Path:
+    """A dacd folder (LoRA + encoder) trained for a few steps by train/train_dacd.py."""
+    root = tmp_path_factory.mktemp("models")
+    out, _, _ = train_dacd_script(root / "dacd", tiny_base, fake_fmnist, tiny_scores, check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(tiny_base, fake_fmnist, tiny_scores, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    out, _, _ = train_dacd_script(root / "baseline", tiny_base, fake_fmnist, tiny_scores, "--no-difficulty",
+                                  check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_evaluator(fake_fmnist, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("evaluator")
+    run_script("train/train_classifier.py", "--data-dir", fake_fmnist, "--arch", "resnet10t", "--epochs", "1",
+               "--batch-size", "32", "--output-dir", out, "--no-progress")
+    return out

@@ -7,28 +7,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_BASE_ARGS, run_script
+from conftest import TINY_BASE_ARGS, run_script, train_dacd_script
 
 pytestmark = pytest.mark.slow
 
-DACD_ARGS = ["--max-train-steps", "4", "--batch-size", "8", "--checkpointing-steps", "2", "--rank", "4",
-             "--alpha", "8", "--lr", "0.05", "--encoder-lr", "0.01", "--lr-warmup-steps", "0", "--no-progress"]
-
 
 def train(tmp, name, base, data_dir, scores, *extra):
-    out, run = tmp / name, tmp / f"run-{name}"
-    proc = run_script("train/train_dacd.py", "--base", base, "--data-dir", data_dir, "--scores",
-                      scores / "scores.parquet", "--output-dir", out, "--run-dir", run, *DACD_ARGS, *extra,
-                      check=False)
-    return out, run, proc
+    return train_dacd_script(tmp / name, base, data_dir, scores, *extra)
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_base, fake_fmnist, tiny_scores, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dacd")
-    out, run, proc = train(tmp, "dacd", tiny_base, fake_fmnist, tiny_scores)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"tmp": tmp, "out": out, "run": run}
+def trained(tiny_dacd, tmp_path_factory):
+    return {"tmp": tmp_path_factory.mktemp("dacd"), "out": tiny_dacd}
 
 
 def test_base_folder_loads_in_stock_diffusers_offline(tiny_base):
@@ -136,11 +126,10 @@ def test_resume_equals_uninterrupted(trained, tiny_base, fake_fmnist, tiny_score
         torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=1e-5)
 
 
-def test_baseline_mode(trained, tiny_base, fake_fmnist, tiny_scores):
+def test_baseline_mode(tiny_baseline):
     from dacd.pipeline import DifficultyControlledPipeline
 
-    out, _, proc = train(trained["tmp"], "baseline", tiny_base, fake_fmnist, tiny_scores, "--no-difficulty")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tiny_baseline
     assert not (out / "difficulty_encoder").exists()
     pipe = DifficultyControlledPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)

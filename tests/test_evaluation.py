@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_script
+from dacd.calibration import Calibration
+from dacd.evaluation import (S_BINS, bin_of, confusion_distance, draw_difficulties, error_distribution, kid,
+                             medium_share, nearest_distance, real_ceiling_sample, spearman)
+
+
+def test_spearman_known_answers():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # any monotone map
+    # textbook example with a tie: x=(1,2,3,4,5), y=(2,1,4,3,3) -> ranks y=(2,1,4.5,3.5,3.5)... check vs formula
+    x, y = np.array([1, 2, 3, 4, 5.0]), np.array([5, 6, 7, 8, 7.0])
+    ry = np.array([1, 2, 3.5, 5, 3.5])
+    assert spearman(x, y) == pytest.approx(np.corrcoef(np.arange(1, 6), ry)[0, 1])
+    assert np.isnan(spearman([1, 2, 3], [5, 5, 5]))
+
+
+def test_kid_zero_for_same_distribution_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    assert abs(kid(a, b)) < 0.05
+    assert kid(a, b + 1.0) > 10 * abs(kid(a, b))
+    # hand-computed case: d=1, real={0, 0}, gen={1, 1}: k_rr=1, k_gg=8, k_rg=1 -> 1 + 8 - 2 = 7
+    assert kid(np.zeros((2, 1)), np.ones((2, 1))) == pytest.approx(7.0)
+
+
+def test_confusion_distance():
+    a = error_distribution([0, 0, 1], [1, 1, 0], 3)  # errors 0->1 (2/3), 1->0 (1/3)
+    assert a[0, 1] == pytest.approx(2 / 3) and a[1, 0] == pytest.approx(1 / 3)
+    assert confusion_distance(a, a) == 0
+    b = error_distribution([2], [0], 3)  # disjoint pattern
+    assert confusion_distance(a, b) == pytest.approx(1.0)
+    c = error_distribution([0, 1], [1, 0], 3)  # half/half
+    assert confusion_distance(a, c) == pytest.approx(1 / 6)
+    assert np.isnan(confusion_distance(a, np.zeros((3, 3))))
+
+
+def test_nearest_distance_and_bins_and_share():
+    refs = np.array([[0.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_allclose(nearest_distance(np.array([[3.0, 4.0], [0.0, 1.0]]), refs), [0.0, 1.0])
+    assert list(S_BINS[bin_of([0.0, 0.05, 0.14, 0.16, 0.96, 1.0])]) == [0.05, 0.05, 0.15, 0.15, 0.95, 0.95]
+    assert medium_share([0.1, 0.3, 0.5, 0.7, 0.9]) == pytest.approx(0.6)
+
+
+def test_difficulty_draws_follow_the_asked_distribution():
+    s = draw_difficulties(20000, 0.5, 0.1, seed=3)
+    assert abs(s.mean() - 0.5) < 0.005 and abs(s.std() - 0.1) < 0.005
+    assert medium_share(s) == pytest.approx(0.9545, abs=0.01)  # P(|z| <= 2)
+    assert (draw_difficulties(1000, 0.95, 0.2, seed=0) <= 1).all()
+
+
+def test_real_ceiling_sample_picks_nearest_same_class():
+    scores = pd.DataFrame({"label": [0, 0, 0, 1, 1], "s": [0.1, 0.5, 0.9, 0.2, 0.6]})
+    idx = real_ceiling_sample(scores, np.array([0.45, 0.95, 0.5]), np.array([0, 0, 1]))
+    assert list(idx) == [1, 2, 4]
+
+
+def test_calibration_inverts_a_monotone_curve(tmp_path):
+    cal = Calibration([0.0, 0.5, 1.0], {"0": [0.1, 0.2, 0.6], "1": [0.3, 0.25, 0.5]})
+    assert cal.invert(0, 0.2) == pytest.approx(0.5)
+    assert cal.invert(0, 0.4) == pytest.approx(0.75)
+    assert cal.invert(0, 0.0) == pytest.approx(0.0) and cal.invert(0, 0.9) == pytest.approx(1.0)
+    assert cal.invert(1, 0.3) == pytest.approx(0.0)  # non-monotone dip flattened by the running max
+    assert cal.forward(0, cal.invert(0, 0.33)) == pytest.approx(0.33)
+    cal.save(tmp_path)
+    assert Calibration.load(tmp_path).measured == cal.measured
+    (tmp_path / "calibration.json").write_text("{broken")
+    with pytest.raises(ValueError, match="controllability"):
+        Calibration.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_controllability_quick_on_tiny_models(tiny_dacd, tiny_baseline, tiny_evaluator, tiny_scores, fake_fmnist,
+                                              tmp_path):
+    run_script("bench/controllability.py", "--quick", "--model", tiny_dacd, "--baseline", tiny_baseline,
+               "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--data-dir", fake_fmnist,
+               "--classes", "0", "1", "--steps", "2", "--out", tmp_path, "--write-calibration", "--no-progress")
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert list(cells.columns) == ["source", "label", "class_name", "bin", "n", "measured_mean", "measured_std",
+                                   "accuracy", "abs_error", "real_train_count", "kid"]
+    dacd = cells[cells.source == "dacd"]
+    assert len(dacd) == 2 * 10 and (dacd.n == 3).all() and dacd.measured_mean.between(0, 1).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"dacd", "baseline", "real_ceiling"} <= set(summary["medium_band_share"])
+    assert (tmp_path / "controllability.html").stat().st_size > 10000
+    cal = Calibration.load(tiny_dacd)
+    assert cal is not None and set(cal.measured) == {"0", "1"}

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""Rebuild the embedded default in checkpoints/fashion-mnist/, stage by stage (= `make checkpoints`).
+
+Stages, each skipped when its output exists (delete a folder to redo it) and each resumable
+from its own state under runs/ when interrupted:
+
+  base       train/train_base.py           tiny SD (VAE, then U-Net + text encoder)
+  evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1)
+  dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling)
+  baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data)
+  calibrate  bench/controllability.py --write-calibration
+
+The difficulty scores (scores.parquet, classifier/) are shipped and are not rebuilt here:
+`make scores` does that. Wall-clock seconds per stage go to checkpoints/fashion-mnist/stage_seconds.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CK = ROOT / "checkpoints" / "fashion-mnist"
+DACD_STEPS = 2400  # dacd and baseline train for the same number of steps
+
+STAGES = {
+    "base": (CK / "base" / "model_index.json", ["train/train_base.py"]),
+    "evaluator": (CK / "evaluator" / "config.json", ["train/train_classifier.py"]),
+    "dacd": (CK / "dacd" / "dacd_config.json", ["train/train_dacd.py", "--max-train-steps", str(DACD_STEPS)]),
+    "baseline": (CK / "baseline" / "dacd_config.json",
+                 ["train/train_dacd.py", "--no-difficulty", "--balance-power", "0", "--max-train-steps",
+                  str(DACD_STEPS), "--output-dir", str(CK / "baseline")]),
+    "calibrate": (CK / "dacd" / "calibration.json", ["bench/controllability.py", "--write-calibration"]),
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", nargs="*", default=list(STAGES), choices=list(STAGES))
+    args = p.parse_args(argv)
+    times_path = CK / "stage_seconds.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    for name in args.stages:
+        done_marker, cmd = STAGES[name]
+        if done_marker.exists():
+            print(f"[{name}] done ({done_marker.relative_to(ROOT)} exists)")
+            continue
+        print(f"[{name}] {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        rc = subprocess.call([sys.executable, *cmd], cwd=ROOT)
+        times[name] = times.get(name, 0.0) + time.time() - t0
+        times_path.write_text(json.dumps(times, indent=2) + "\n")
+        if rc != 0:
+            print(f"[{name}] exited {rc}; rerun `make checkpoints` to resume")
+            return rc
+    print("stage seconds:", {k: round(v) for k, v in times.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
