@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from dacd.explore import CHECKPOINT_ENV, Explorer  # noqa: E402
+from dacd.explore import CHECKPOINT_ENV, Generator  # noqa: E402
 from dacd.ui import build_app, launch_kwargs  # noqa: E402
 
 
@@ -19,7 +19,7 @@ def main(argv=None):
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = p.parse_args(argv)
-    demo = build_app(Explorer(args.checkpoint, data_dir=args.data_dir))
+    demo = build_app(Generator(args.checkpoint, data_dir=args.data_dir))
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
 
 

@@ -86,3 +86,66 @@ def data_map_figure(table: pd.DataFrame, class_name: str | None = None, max_poin
                       yaxis_title="confidence", height=380, margin=dict(l=40, r=10, t=40, b=40),
                       legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def measured_histogram(measured, requested: float | None = None, title: str = "measured difficulty"):
+    """Histogram of measured s with the requested value marked."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Histogram(x=list(measured), xbins=dict(start=0, end=1, size=0.05), marker_color="#e76f51",
+                                 name="measured s"))
+    if requested is not None:
+        fig.add_vline(x=requested, line_dash="dash", line_color="#264653", annotation_text=f"requested {requested:.2f}")
+    fig.update_layout(title=title, xaxis_title="s measured by the evaluation classifier", yaxis_title="images",
+                      xaxis_range=[0, 1], height=300, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def sweep_lines(s_values, measured, seeds, baseline_measured=None):
+    """Measured s along each sweep row (noise fixed), against the requested s."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for seed, row in zip(seeds, measured):
+        fig.add_trace(go.Scatter(x=list(s_values), y=list(row), mode="lines+markers", name=f"seed {seed}"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"), name="y = x"))
+    if baseline_measured is not None:
+        for seed, v in zip(seeds, baseline_measured):
+            fig.add_trace(go.Scatter(x=[0.5], y=[float(v)], mode="markers", marker_symbol="x", marker_size=10,
+                                     name=f"baseline, seed {seed}", showlegend=False))
+    fig.update_layout(title="does the sweep get harder? measured s per row", xaxis_title="requested s",
+                      yaxis_title="measured s", xaxis_range=[0, 1], yaxis_range=[0, 1], height=360,
+                      margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def distribution_figure(curves: dict, band=(0.3, 0.7)):
+    """Overlaid histograms of s: requested and each measured set (same instrument)."""
+    import plotly.graph_objects as go
+
+    colors = {"requested": "#adb5bd", "dacd": "#e76f51", "baseline": "#2a9d8f", "real": "#264653"}
+    fig = go.Figure()
+    for name, values in curves.items():
+        fig.add_trace(go.Histogram(x=list(values), xbins=dict(start=0, end=1, size=0.05), histnorm="probability",
+                                   name=name, opacity=0.55, marker_color=colors.get(name)))
+    fig.add_vrect(x0=band[0], x1=band[1], fillcolor="#e9c46a", opacity=0.15, line_width=0,
+                  annotation_text="medium band")
+    fig.update_layout(barmode="overlay", title="requested vs measured difficulty", xaxis_title="s",
+                      yaxis_title="share of images", xaxis_range=[0, 1], height=380, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def calibration_figure(calibration, class_names):
+    """Requested -> measured curves per class (from calibration.json)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if calibration is not None:
+        for key, ys in calibration.measured.items():
+            fig.add_trace(go.Scatter(x=calibration.requested, y=ys, mode="lines+markers",
+                                     name=class_names[int(key)]))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"), name="y = x"))
+    fig.update_layout(title="calibration: requested → measured s" + ("" if calibration else " (none in checkpoint)"),
+                      xaxis_title="requested s", yaxis_title="mean measured s", height=380,
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=40, r=10, t=40, b=40))
+    return fig

@@ -114,3 +114,28 @@ def tiny_evaluator(fake_fmnist, tmp_path_factory) -> Path:
     run_script("train/train_classifier.py", "--data-dir", fake_fmnist, "--arch", "resnet10t", "--epochs", "1",
                "--batch-size", "32", "--output-dir", out, "--no-progress")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_scores, tiny_dacd, tiny_baseline, tiny_evaluator, tmp_path_factory) -> Path:
+    """A checkpoint folder laid out like checkpoints/fashion-mnist/, made of the tiny models."""
+    root = tmp_path_factory.mktemp("checkpoint")
+    (root / "scores.parquet").symlink_to(tiny_scores / "scores.parquet")
+    (root / "classifier").symlink_to(tiny_scores / "classifier", target_is_directory=True)
+    (root / "dacd").symlink_to(tiny_dacd, target_is_directory=True)
+    (root / "baseline").symlink_to(tiny_baseline, target_is_directory=True)
+    (root / "evaluator").symlink_to(tiny_evaluator, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_checkpoint, fake_fmnist):
+    """The dacd app on the tiny checkpoint, launched in this process on a free local port."""
+    from dacd.explore import Generator
+    from dacd.ui import build_app, launch_kwargs
+
+    demo = build_app(Generator(tiny_checkpoint, data_dir=fake_fmnist))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                            **launch_kwargs())
+    yield url
+    demo.close()

@@ -1,0 +1,81 @@
+"""The app through its API (gradio_client), on a tiny checkpoint made by the tests."""
+
+import zipfile
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)
+
+
+GEN = dict(class_name="Trouser", s=0.3, calibrated=False, n=3, seed=7, randomize=False, steps=2, g=3.0, gd=3.0,
+           prompt="")
+
+
+def gen_args(**kw):
+    d = dict(GEN, **kw)
+    return [d[k] for k in ("class_name", "s", "calibrated", "n", "seed", "randomize", "steps", "g", "gd", "prompt")]
+
+
+def test_generate_returns_n_captioned_images(client):
+    gallery, hist, warn, seed, *_ = client.predict(*gen_args(), api_name="/generate")
+    assert len(gallery) == 3
+    for item in gallery:
+        assert "requested s=0.30" in item["caption"] and "measured s=" in item["caption"]
+        assert "predicted" in item["caption"]
+    assert seed == 7
+    assert "real training images" in warn
+
+
+def test_bad_inputs_are_refused_and_the_app_keeps_serving(client):
+    from gradio_client.exceptions import AppError
+
+    for bad, match in ((dict(s=1.5), "difficulty"), (dict(s=float("nan")), "difficulty"),
+                       (dict(class_name="jacket"), "unknown class"), (dict(n=40), "number of images"),
+                       (dict(seed=-3), "seed")):
+        with pytest.raises((AppError, ValueError), match=match):
+            client.predict(*gen_args(**bad), api_name="/generate")
+    gallery, *_ = client.predict(*gen_args(n=1), api_name="/generate")
+    assert len(gallery) == 1
+
+
+def test_export_zip_has_images_and_manifest(client):
+    client.predict(*gen_args(n=2, seed=3), api_name="/generate")
+    # export reads the session state, so do both calls in one job sequence through the same client session
+    path = client.predict(api_name="/export")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        assert {"000.png", "001.png", "manifest.csv"} <= set(names)
+        manifest = pd.read_csv(z.open("manifest.csv"))
+    assert list(manifest.seed) == [3, 4] and (manifest["class"] == "Trouser").all()
+    assert {"requested_s", "measured_s", "steps", "guidance_scale"} <= set(manifest.columns)
+
+
+def test_sweep(client):
+    grid, caption, lines, real, base = client.predict("Trouser", "0, 1", 3, False, 2, api_name="/sweep")
+    assert grid and "rows: seeds 0, 1" in caption
+    assert len(real) == 3 and len(base) == 2
+    with pytest.raises(Exception, match="seed"):
+        client.predict("Trouser", "0, x", 3, False, 2, api_name="/sweep")
+
+
+def test_distribution(client):
+    fig, text = client.predict(0.5, 0.1, 20, "all", 0, api_name="/distribution")
+    for name in ("requested", "dacd", "baseline", "real"):
+        assert f"| {name} |" in text
+    with pytest.raises(Exception, match="sigma"):
+        client.predict(0.5, 2.0, 20, "all", 0, api_name="/distribution")
+
+
+def test_browse(client):
+    gallery, hist, dmap, table = client.predict("Bag", api_name="/browse")
+    assert len(gallery) == 9 and "s=" in gallery[0]["caption"]
+    with pytest.raises(Exception, match="unknown class"):
+        client.predict("jacket", api_name="/browse")

@@ -1,0 +1,62 @@
+"""The shipped embedded default: it loads offline and agrees with its own records."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CK = ROOT / "checkpoints" / "fashion-mnist"
+
+
+def test_every_shipped_file_is_small_enough_for_spaces():
+    files = [p for p in CK.rglob("*") if p.is_file()]
+    assert files
+    too_big = [(str(p.relative_to(CK)), p.stat().st_size) for p in files if p.stat().st_size >= 10 * 2**20]
+    assert not too_big
+    assert sum(p.stat().st_size for p in files) < 100 * 2**20
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]  # no pickles
+
+
+def test_scores_table_matches_the_shipped_classifier():
+    from dacd.classifier import Classifier, predict
+    from dacd.data import load_fashion_mnist
+    from dacd.difficulty import SCORE_COLUMNS, load_scores
+
+    table = load_scores(CK / "scores.parquet")
+    assert list(table.columns) == SCORE_COLUMNS and len(table) == 70_000 and table.id.is_unique
+    summary = json.loads((CK / "scores_summary.json").read_text())
+    assert summary["oof_accuracy"] >= 0.90
+    test = load_fashion_mnist("test").subset(range(300))
+    clf = Classifier.from_pretrained(CK / "classifier")
+    probs = predict(clf, test.images)
+    rows = table.set_index("id").loc[list(test.ids)]
+    assert (rows.fold == -1).all()
+    assert (probs.argmax(1) == rows.pred.to_numpy()).mean() >= 0.99  # stored fp16 weights, same predictions
+    np.testing.assert_allclose(1 - probs[np.arange(300), test.labels], rows.s, atol=0.02)
+
+
+@pytest.mark.skipif(not (CK / "base" / "model_index.json").exists(), reason="base not shipped yet")
+def test_shipped_base_loads_offline_in_stock_diffusers():
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(CK / "base", safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a photo of a Trouser", height=32, width=32, num_inference_steps=3, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 32, 32, 1) and np.isfinite(out).all()
+
+
+@pytest.mark.skipif(not (CK / "dacd" / "dacd_config.json").exists(), reason="dacd model not shipped yet")
+def test_shipped_dacd_generates_and_calibrates():
+    from dacd.pipeline import DifficultyControlledPipeline
+
+    pipe = DifficultyControlledPipeline.from_pretrained(CK / "dacd")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe([6, 6], [0.1, 0.9], num_inference_steps=3, output_type="np")
+    assert out.images.shape == (2, 32, 32, 1)
+    if pipe.calibration is not None:
+        cal = pipe([6], [0.4], calibrated=True, num_inference_steps=2, output_type="np")
+        assert cal.conditioning_difficulties[0] == pytest.approx(pipe.calibration.invert(6, 0.4))
