@@ -32,6 +32,26 @@ CSS = ".dacd-gallery img { image-rendering: pixelated; }"
 THEME = "soft"
 
 
+class _NamesItself:
+    """Out-of-range input through the API is refused with a message naming the control."""
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error as e:
+            raise gr.Error(f"{self.label}: {e.message}") from None
+
+
+class Slider(_NamesItself, gr.Slider):
+    def get_block_name(self) -> str:  # rendered by Gradio's own slider
+        return "slider"
+
+
+class Number(_NamesItself, gr.Number):
+    def get_block_name(self) -> str:
+        return "number"
+
+
 def user_errors(fn):
     """Turn the library's clear errors into a gr.Error the user sees; the app keeps serving."""
 
@@ -81,7 +101,8 @@ def browse_tab(ex: Explorer, class_choices: list[str]):
                     "score histogram against all classes, and its data map. Pick a row of the table, or type an id, "
                     "to see that image.")
         with gr.Row():
-            cls = gr.Dropdown(class_choices, value=class_choices[0] if class_choices else None, label="class")
+            cls = gr.Dropdown(class_choices, value=class_choices[0] if class_choices else None, label="class",
+                              allow_custom_value=True)
             go_btn = gr.Button("Browse", variant="primary")
         gallery = gr.Gallery(label=f"percentiles {', '.join(map(str, BROWSE_PERCENTILES))} of s", columns=9,
                              height="auto", format="png", object_fit="contain", elem_classes="dacd-gallery")
@@ -172,18 +193,18 @@ def generate_tab(ex: Generator, class_choices: list[str]):
         with gr.Row():
             with gr.Column(scale=1):
                 cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None,
-                                  label="class")
-                s = gr.Slider(0, 1, value=0.5, step=0.01, label="difficulty s (0 = easy, 1 = hard)")
+                                  label="class", allow_custom_value=True)
+                s = Slider(0, 1, value=0.5, step=0.01, label="difficulty s (0 = easy, 1 = hard)")
                 calibrated = gr.Checkbox(False, label="calibrated (ask for the measured difficulty)")
-                n = gr.Slider(1, GENERATE_MAX_IMAGES, value=8, step=1, label="number of images")
+                n = Slider(1, GENERATE_MAX_IMAGES, value=8, step=1, label="number of images")
                 with gr.Row():
-                    seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    seed = Number(0, label="seed", precision=0, minimum=0, maximum=MAX_SEED)
                     randomize = gr.Checkbox(False, label="randomize seed")
                 with gr.Accordion("sampling", open=False):
-                    steps = gr.Slider(1, 50, value=DEFAULTS.num_inference_steps, step=1,
+                    steps = Slider(1, 50, value=DEFAULTS.num_inference_steps, step=1,
                                       label=f"steps ({DEFAULTS.scheduler})")
-                    g = gr.Slider(0, 10, value=DEFAULTS.guidance_scale, step=0.5, label="text guidance g_t")
-                    gd = gr.Slider(0, 10, value=DEFAULTS.difficulty_guidance_scale, step=0.5,
+                    g = Slider(0, 10, value=DEFAULTS.guidance_scale, step=0.5, label="text guidance g_t")
+                    gd = Slider(0, 10, value=DEFAULTS.difficulty_guidance_scale, step=0.5,
                                    label="difficulty guidance g_d")
                     prompt = gr.Textbox(label="prompt (empty: 'a photo of a {class}')")
                 btn = gr.Button("Generate", variant="primary")
@@ -194,7 +215,7 @@ def generate_tab(ex: Generator, class_choices: list[str]):
                 with gr.Row():
                     hist = gr.Plot(label="measured s")
                     with gr.Column():
-                        used_seed = gr.Number(label="seed used (reusable)", precision=0, interactive=False)
+                        used_seed = Number(label="seed used (reusable)", precision=0, interactive=False)
                         export_btn = gr.Button("Export images + manifest (zip)")
                         export_file = gr.File(label="export")
         state = gr.State(None)
@@ -242,11 +263,12 @@ def sweep_tab(ex: Generator, class_choices: list[str]):
                     "the class hard. *Difficulty only* drops the prompt (empty prompt + difficulty tokens), as in the "
                     "paper's factor visualisation.")
         with gr.Row():
-            cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None, label="class")
+            cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None, label="class",
+                              allow_custom_value=True)
             seeds = gr.Textbox("0, 1, 2, 3", label="seeds (one row each)")
-            columns = gr.Slider(2, SWEEP_MAX_COLS, value=8, step=1, label="columns (s steps)")
+            columns = Slider(2, SWEEP_MAX_COLS, value=8, step=1, label="columns (s steps)")
             difficulty_only = gr.Checkbox(False, label="difficulty only")
-            steps = gr.Slider(1, 50, value=DEFAULTS.num_inference_steps, step=1, label="steps")
+            steps = Slider(1, 50, value=DEFAULTS.num_inference_steps, step=1, label="steps")
             btn = gr.Button("Sweep", variant="primary")
         with gr.Row():
             with gr.Column(scale=3):
@@ -289,11 +311,11 @@ def distribution_tab(ex: Generator, class_choices: list[str]):
         gr.Markdown("The paper's central figure, live: ask for `s ~ N(mu, sigma)` and compare what dacd, the baseline "
                     "and real test images (same instrument) actually measure.")
         with gr.Row():
-            mu = gr.Slider(0, 1, value=0.5, step=0.05, label="mu")
-            sigma = gr.Slider(0, 0.5, value=0.1, step=0.01, label="sigma")
-            n = gr.Slider(10, DISTRIBUTION_MAX_N, value=200, step=10, label="N")
-            cls = gr.Dropdown(["all"] + class_choices, value="all", label="class")
-            seed = gr.Number(0, label="seed", precision=0, minimum=0, maximum=MAX_SEED)
+            mu = Slider(0, 1, value=0.5, step=0.05, label="mu")
+            sigma = Slider(0, 0.5, value=0.1, step=0.01, label="sigma")
+            n = Slider(10, DISTRIBUTION_MAX_N, value=200, step=10, label="N")
+            cls = gr.Dropdown(["all"] + class_choices, value="all", label="class", allow_custom_value=True)
+            seed = Number(0, label="seed", precision=0, minimum=0, maximum=MAX_SEED)
             btn = gr.Button("Compare", variant="primary")
         with gr.Row():
             fig = gr.Plot(label="histograms")
