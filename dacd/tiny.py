@@ -191,7 +191,7 @@ def save_sd_folder(folder: str | Path, components: dict, tiny_config: TinySDConf
 
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.save_pretrained(folder, safe_serialization=True, max_shard_size="9MB")  # Spaces: files < 10 MiB
     if tiny_config is not None:
         (Path(folder) / "tiny_sd_config.json").write_text(json.dumps(asdict(tiny_config), indent=2) + "\n")
     return Path(folder)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CK = ROOT / "checkpoints" / "fashion-mnist"
-DACD_STEPS = 2400  # dacd and baseline train for the same number of steps
+DACD_STEPS = 1500  # dacd and baseline train for the same number of steps
 
 STAGES = {
     "base": (CK / "base" / "model_index.json", ["train/train_base.py"]),

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Image grids for the model card (fixed seeds).
+
+    python bench/grids.py base       # rows: classes, 8 samples each, from the base SD
+    python bench/grids.py sweep      # rows: classes, columns: requested s 0.05 ... 0.95 (same noise per row)
+    python bench/grids.py real       # rows: classes, columns: real images at the same s
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CK = ROOT / "checkpoints" / "fashion-mnist"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["base", "sweep", "real"])
+    p.add_argument("--checkpoint", default=str(CK))
+    p.add_argument("--out", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty-only", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    from dacd.plots import image_grid
+
+    ck = Path(args.checkpoint)
+    cols = np.round(np.linspace(0.05, 0.95, 8), 3)
+    images = []
+    if args.what == "base":
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        from dacd.tiny import PROMPT_TEMPLATE
+
+        pipe = StableDiffusionPipeline.from_pretrained(ck / "base", safety_checker=None, requires_safety_checker=False)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        names = [json_name for json_name in __import__("dacd.data", fromlist=["x"]).FASHION_MNIST_CLASSES]
+        for c, name in enumerate(names):
+            out = pipe([PROMPT_TEMPLATE.format(name)] * 8, height=32, width=32, num_inference_steps=25,
+                       guidance_scale=3.0, output_type="np",
+                       generator=torch.Generator().manual_seed(args.seed + c)).images
+            images += list(out)
+    elif args.what == "sweep":
+        from dacd.pipeline import DifficultyControlledPipeline
+
+        pipe = DifficultyControlledPipeline.from_pretrained(ck / "dacd")
+        pipe.set_progress_bar_config(disable=True)
+        for c in range(pipe.num_classes):
+            gens = [torch.Generator().manual_seed(args.seed + c) for _ in cols]
+            out = pipe([c] * len(cols), list(cols), generator=gens, output_type="np",
+                       difficulty_only=args.difficulty_only)
+            images += list(out.images)
+    else:
+        from dacd.explore import Explorer
+
+        ex = Explorer(ck)
+        for c in range(len(ex.class_names)):
+            images += [im for im, _ in ex.real_at_difficulty(c, cols)]
+    out = Path(args.out or CK / f"grid_{args.what}{'_difficulty_only' if args.difficulty_only else ''}.png")
+    image_grid(images, ncols=8, scale=3).save(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
