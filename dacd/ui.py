@@ -146,7 +146,7 @@ def refuse(fn):
 
 # ---------------------------------------------------------------- generate
 
-def generate_tab(ex: Generator, class_choices: list[str]):
+def generate_validator(ex: Generator):
     def validate(class_name, s, calibrated, n, seed, randomize, steps, g, gd, prompt):
         _class_ok(ex, class_name)
         check_number("difficulty", s, 0, 1)
@@ -157,6 +157,10 @@ def generate_tab(ex: Generator, class_choices: list[str]):
         check_number("text guidance", g, 0, 30)
         check_number("difficulty guidance", gd, 0, 30)
 
+    return refuse(validate)
+
+
+def generate_tab(ex: Generator, class_choices: list[str]):
     @user_errors
     @gpu
     def generate(class_name, s, calibrated, n, seed, randomize, steps, g, gd, prompt, progress=gr.Progress()):
@@ -207,7 +211,7 @@ def generate_tab(ex: Generator, class_choices: list[str]):
                     gd = Slider(0, 10, value=DEFAULTS.difficulty_guidance_scale, step=0.5,
                                    label="difficulty guidance g_d")
                     prompt = gr.Textbox(label="prompt (empty: 'a photo of a {class}')")
-                btn = gr.Button("Generate", variant="primary")
+                btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="generated", columns=8, height="auto", format="png", object_fit="contain",
                                      elem_id="generate-gallery", elem_classes="dacd-gallery")
@@ -221,7 +225,7 @@ def generate_tab(ex: Generator, class_choices: list[str]):
         state = gr.State(None)
         inputs = [cls, s, calibrated, n, seed, randomize, steps, g, gd, prompt]
         btn.click(generate, inputs, [gallery, hist, warn, used_seed, state], api_name="generate",
-                  validator=refuse(validate))
+                  validator=generate_validator(ex))
         export_btn.click(export, state, export_file, api_name="export")
 
 

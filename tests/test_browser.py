@@ -39,21 +39,20 @@ def test_generate_in_a_real_browser(driver, app_url):
 
     wait = WebDriverWait(driver, 120)
     driver.get(app_url)
-    wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Generate']")))
+    wait.until(EC.element_to_be_clickable((By.ID, "generate-button")))
     # class: type into the dropdown and pick the option
-    dropdown = driver.find_element(By.XPATH, "//label[normalize-space()='class']/following::input[1]")
+    dropdown = next(e for e in driver.find_elements(By.CSS_SELECTOR, "input[aria-label='class']") if e.is_displayed())
     dropdown.click()
     dropdown.send_keys(Keys.CONTROL, "a")
-    dropdown.send_keys("Trouser")
-    wait.until(EC.element_to_be_clickable((By.XPATH, "//li[contains(normalize-space(), 'Trouser')]"))).click()
+    dropdown.send_keys("Trouser", Keys.ENTER)
     # difficulty: the slider's number box
-    s_box = driver.find_element(By.CSS_SELECTOR, "input[type='number'][aria-label*='difficulty']")
+    s_box = driver.find_element(By.CSS_SELECTOR, "input[type='number'][aria-label*='difficulty s']")
     s_box.send_keys(Keys.CONTROL, "a")
     s_box.send_keys("0.8", Keys.TAB)
     n_box = driver.find_element(By.CSS_SELECTOR, "input[type='number'][aria-label*='number of images']")
     n_box.send_keys(Keys.CONTROL, "a")
     n_box.send_keys("4", Keys.TAB)
-    driver.find_element(By.XPATH, "//button[normalize-space()='Generate']").click()
+    driver.find_element(By.ID, "generate-button").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#generate-gallery img")) >= 4)
     html = driver.find_element(By.ID, "generate-gallery").get_attribute("innerText")
     assert html.count("requested s=0.80") == 4, html

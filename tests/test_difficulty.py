@@ -80,7 +80,9 @@ def test_cli_writes_shippable_outputs(tiny_scores):
     assert list(table.columns) == SCORE_COLUMNS
     summary = json.loads((tiny_scores / "scores_summary.json").read_text())
     assert summary["config"]["k"] == 2
-    assert (tiny_scores / "classifier" / "model.safetensors").is_file()
+    from dacd.classifier import Classifier
+
+    assert Classifier.from_pretrained(tiny_scores / "classifier").config.num_classes == 10
 
 
 def test_missing_score_table_is_explained(tmp_path):
