@@ -105,3 +105,27 @@ def test_browse(client):
     gallery, hist, dmap, table = client.predict("Bag", api_name="/browse")
     assert len(gallery) == 9 and "s=" in gallery[0]["caption"]
     refused(lambda: client.predict("jacket", api_name="/browse"), "unknown class")
+
+
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
+
+
+@pytest.mark.skipif(not (SHIPPED / "dacd" / "dacd_config.json").exists(), reason="dacd model not shipped yet")
+def test_generate_on_the_shipped_checkpoint():
+    from gradio_client import Client
+
+    from dacd.explore import Generator
+    from dacd.ui import build_app, launch_kwargs
+
+    demo = build_app(Generator(SHIPPED))
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())
+    try:
+        client = Client(url, verbose=False)
+        gallery, hist, warn, seed, *_ = client.predict(*gen_args(class_name="Shirt", s=0.7, n=2, steps=5),
+                                                       api_name="/generate")
+        assert len(gallery) == 2 and all("requested s=0.70" in g["caption"] for g in gallery)
+        refused(lambda: client.predict(*gen_args(s=2.0), api_name="/generate"), "difficulty")
+        gallery, *_ = client.predict(*gen_args(class_name="Bag", s=0.1, n=1, steps=5), api_name="/generate")
+        assert len(gallery) == 1
+    finally:
+        demo.close()
