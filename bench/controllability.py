@@ -84,8 +84,6 @@ def generate(pipe, labels, s, seeds, args, progress, desc):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-
     from dacd.classifier import Classifier
     from dacd.data import load_dataset
     from dacd.difficulty import load_scores
@@ -177,7 +175,7 @@ def main(argv=None):
                            med_labels)[0].measured_s
         medium["baseline"] = medium_share(med_base)
     te_pos = real_ceiling_sample(te_scores.reset_index(drop=True), med_s, med_labels)
-    medium["real_ceiling"] = medium_share(real_ceiling_measured := rm.measured_s.to_numpy()[te_pos])
+    medium["real_ceiling"] = medium_share(rm.measured_s.to_numpy()[te_pos])
     medium["dacd_over_ceiling"] = medium["dacd"] / medium["real_ceiling"] if medium["real_ceiling"] else float("nan")
 
     # 5. summaries, calibration, files

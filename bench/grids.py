@@ -37,13 +37,13 @@ def main(argv=None):
     if args.what == "base":
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+        from dacd.data import FASHION_MNIST_CLASSES
         from dacd.tiny import PROMPT_TEMPLATE
 
         pipe = StableDiffusionPipeline.from_pretrained(ck / "base", safety_checker=None, requires_safety_checker=False)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
-        names = [json_name for json_name in __import__("dacd.data", fromlist=["x"]).FASHION_MNIST_CLASSES]
-        for c, name in enumerate(names):
+        for c, name in enumerate(FASHION_MNIST_CLASSES):
             out = pipe([PROMPT_TEMPLATE.format(name)] * 8, height=32, width=32, num_inference_steps=25,
                        guidance_scale=3.0, output_type="np",
                        generator=torch.Generator().manual_seed(args.seed + c)).images

@@ -273,7 +273,6 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
     from accelerate.utils import DistributedDataParallelKwargs
 
     from .encoder import DifficultyEncoder
-    from .tiny import build_scheduler  # noqa: F401  (kept for symmetry with the base trainer)
 
     accelerator = accelerator or Accelerator(
         mixed_precision=cfg.mixed_precision,

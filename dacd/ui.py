@@ -4,7 +4,6 @@ no model code lives here."""
 from __future__ import annotations
 
 import functools
-import math
 import random
 import tempfile
 import zipfile

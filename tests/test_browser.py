@@ -1,6 +1,5 @@
 """A real browser (Debian's headless Chromium via Selenium) drives the Generate tab."""
 
-import shutil
 from pathlib import Path
 
 import pytest

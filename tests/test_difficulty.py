@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_script
 from dacd.data import load_fashion_mnist
 from dacd.difficulty import (REGIONS, NO_REGION, SCORE_COLUMNS, ScoreConfig, assign_folds, assign_region,
                              load_scores, run_scoring)

@@ -21,8 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-D = None  # filled in main() to keep imports light for --help
-
 
 def parse_args(argv=None):
     from dacd.training import BaseTrainConfig
