@@ -93,11 +93,6 @@ class ImageDataset:
         return ImageDataset(self.images[index], self.labels[index], self.ids[index],
                             self.class_names, self.split, self.name)
 
-    def first_per_class(self, n: int) -> "ImageDataset":
-        """A deterministic subset: the first `n` images (by position) of each class."""
-        keep = np.concatenate([np.flatnonzero(self.labels == c)[:n] for c in range(self.num_classes)])
-        return self.subset(np.sort(keep))
-
     def as_float(self, index=None) -> np.ndarray:
         """Images as float32 in [0, 1]."""
         x = self.images if index is None else self.images[index]
