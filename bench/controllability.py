@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--n", type=int, default=20, help="images per (class, requested-s) cell")
     p.add_argument("--n-medium", type=int, default=100, help="images per class drawn at s ~ N(0.5, 0.1)")
-    p.add_argument("--classes", nargs="*", type=int, default=None)
+    p.add_argument("--classes", nargs="*", default=None, help="class names or ids (default: all)")
     p.add_argument("--steps", type=int, default=DEFAULTS.num_inference_steps)
     p.add_argument("--scheduler", default=DEFAULTS.scheduler)
     p.add_argument("--guidance", type=float, default=DEFAULTS.guidance_scale)
@@ -102,7 +102,10 @@ def main(argv=None):
     train = load_dataset(args.data, "train", args.data_dir)
     test = load_dataset(args.data, "test", args.data_dir)
     names = list(pipe.class_names)
-    classes = args.classes if args.classes is not None else list(range(len(names)))
+    from dacd.data import resolve_class
+
+    classes = (list(range(len(names))) if not args.classes else
+               sorted({resolve_class(int(c) if str(c).isdigit() else c, names) for c in args.classes}))
     tr_scores = scores[scores.split == "train"].set_index("id").loc[list(train.ids)].reset_index()
     te_scores = scores[scores.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
 

@@ -269,3 +269,22 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wb") as f:
         f.write(header + array.tobytes())
+
+
+def stratified_subset(labels, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a class-stratified random `fraction` of a dataset (at least one
+    image per class that has any): the named "real subset" of the low-data experiments."""
+    if not (np.isfinite(fraction) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    labels = np.asarray(labels)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(idx))))
+        out.append(np.random.default_rng([seed, int(c)]).choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, int)
+
+
+def subset_name(dataset: str, split: str, fraction: float, seed: int) -> str:
+    """The name under which a stratified subset is recorded (manifests, result tables)."""
+    return f"{dataset}/{split}: stratified {fraction:g} (seed {seed})"

@@ -1,0 +1,444 @@
+"""Synthetic training sets at any scale: a deterministic plan, resumable generation, a manifest.
+
+A *plan* is one row per image: id, class, requested `s`, seed, prompt. Every value of a
+row is a function of (plan seed, class, index within the class) only, so
+
+* an image's id determines its seed, its `s` and its prompt;
+* a bigger plan extends a smaller one: the first k ids of a class are the same images
+  whatever the total count (take a 10% set from a 25% set by keeping the first ids).
+
+Generation works in fixed *chunks* of the plan (`batch_size` consecutive rows). Chunk c
+belongs to process `c % num_processes`, so the split is keyed by position in the plan,
+never padded, and any number of processes (or a later run with another number) yields
+each id exactly once. A chunk is done when its part file exists: images are written to
+a temporary name and renamed, then the chunk's rows (with the evaluation classifier's
+measured `s` and predicted class) are written to a hidden `.chunk-XXXXXX.parquet` the
+same way (hidden files at the root keep the folder a clean ImageFolder). A killed run therefore redoes at most the chunks in flight, with the same inputs,
+and the merged `manifest.parquet` is identical to an uninterrupted run's.
+
+Output layout (an ImageFolder that `dacd.data.load_image_folder` and torchvision read):
+
+    out/
+      generation.json          what was planned and how it was sampled
+      manifest.parquet         one row per image (MANIFEST_COLUMNS), in plan order
+      <class-slug>/<id>.png
+      .chunk-000000.parquet ...    one per finished chunk
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import resolve_class, slugify
+
+MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
+                    "measured_s", "predicted_class", "path"]
+PLAN_COLUMNS = ["id", "class", "label", "index", "requested_s", "seed", "prompt"]
+CONFIG_NAME = "generation.json"
+MANIFEST_NAME = "manifest.parquet"
+
+
+class GenerationError(RuntimeError):
+    """A generation request or output folder that cannot be used as asked (the message says why and what to do)."""
+
+
+# ---------------------------------------------------------------- difficulty
+
+@dataclass
+class DifficultySpec:
+    """How requested difficulties are drawn.
+
+    kind="normal": `s ~ N(mu, sigma)` clipped to [0, 1] (the paper's sampling; default
+    mu=0.5, sigma=0.1). kind="fixed": every image gets `value`. kind="table": a per-class
+    entry, either a number (fixed) or `[mu, sigma]`; classes missing from the table fall
+    back to (mu, sigma).
+    """
+
+    kind: str = "normal"
+    mu: float = 0.5
+    sigma: float = 0.1
+    value: float | None = None
+    table: dict = field(default_factory=dict)  # class name -> float or [mu, sigma]
+
+    def __post_init__(self):
+        if self.kind not in ("normal", "fixed", "table"):
+            raise GenerationError(f"difficulty kind must be 'normal', 'fixed' or 'table', got {self.kind!r}")
+        _check_unit("mu", self.mu)
+        if not (np.isfinite(self.sigma) and self.sigma >= 0):
+            raise GenerationError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
+        if self.kind == "fixed":
+            if self.value is None:
+                raise GenerationError("a fixed difficulty needs a value in [0, 1] (e.g. --s 0.5)")
+            _check_unit("difficulty", self.value)
+        for name, entry in self.table.items():
+            vals = entry if isinstance(entry, (list, tuple)) else [entry]
+            if len(vals) not in (1, 2):
+                raise GenerationError(f"difficulty table entry for {name!r} must be a number or [mu, sigma], "
+                                      f"got {entry!r}")
+            _check_unit(f"difficulty for {name!r}", vals[0])
+            if len(vals) == 2 and not (np.isfinite(vals[1]) and vals[1] >= 0):
+                raise GenerationError(f"sigma for {name!r} must be >= 0, got {vals[1]!r}")
+
+    def params_for(self, class_name: str) -> tuple[float, float]:
+        """(mu, sigma) for a class; a fixed value is (value, 0)."""
+        if self.kind == "fixed":
+            return float(self.value), 0.0
+        if self.kind == "table" and class_name in self.table:
+            entry = self.table[class_name]
+            if isinstance(entry, (list, tuple)):
+                return (float(entry[0]), float(entry[1])) if len(entry) == 2 else (float(entry[0]), 0.0)
+            return float(entry), 0.0
+        return float(self.mu), float(self.sigma)
+
+    def describe(self) -> str:
+        if self.kind == "fixed":
+            return f"s = {self.value:g}"
+        base = f"s ~ N({self.mu:g}, {self.sigma:g}) clipped to [0, 1]"
+        return base if self.kind == "normal" else f"per-class table {self.table} (others {base})"
+
+
+def _check_unit(name, v):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        raise GenerationError(f"{name} must be a number in [0, 1], got {v!r}") from None
+    if not (np.isfinite(v) and 0.0 <= v <= 1.0):
+        raise GenerationError(f"{name} must be in [0, 1], got {v!r}")
+
+
+def load_difficulty_table(path: str | Path, class_names) -> dict:
+    """A JSON file {class name or id: s or [mu, sigma]} -> {class name: entry}."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise GenerationError(f"difficulty table {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise GenerationError(f"difficulty table {path} is not valid JSON ({e}); expected "
+                              '{"Shirt": 0.6, "Coat": [0.5, 0.1]}') from None
+    if not isinstance(raw, dict):
+        raise GenerationError(f"difficulty table {path} must be a JSON object of class -> s or [mu, sigma]")
+    return {class_names[_class(k, class_names, path)]: v for k, v in raw.items()}
+
+
+def _class(key, class_names, source) -> int:
+    try:
+        return resolve_class(int(key) if str(key).isdigit() else key, class_names)
+    except ValueError as e:
+        raise GenerationError(f"{source}: {e}") from None
+
+
+# ---------------------------------------------------------------- prompts
+
+def load_prompt_lists(path: str | Path, class_names) -> dict[int, list[str]]:
+    """Per-class caption lists from a JSON file `{class: [caption, ...]}` or a text file of
+    `class<TAB>caption` (or `class: caption`) lines; class names or ids, blank lines and
+    `#` comments ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenerationError(f"prompt file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    out: dict[int, list[str]] = {}
+    if path.suffix.lower() == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenerationError(f"prompt file {path} is not valid JSON ({e})") from None
+        if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
+            raise GenerationError(f"prompt file {path} must map each class to a list of captions")
+        for k, v in raw.items():
+            out.setdefault(_class(k, class_names, path), []).extend(str(x).strip() for x in v if str(x).strip())
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            sep = "\t" if "\t" in line else ":"
+            if sep not in line:
+                raise GenerationError(f"{path}:{n}: expected 'class<TAB>caption' or 'class: caption', got {line!r}")
+            k, caption = line.split(sep, 1)
+            if caption.strip():
+                out.setdefault(_class(k.strip(), class_names, f"{path}:{n}"), []).append(caption.strip())
+    if not out:
+        raise GenerationError(f"prompt file {path} holds no captions")
+    return out
+
+
+# ---------------------------------------------------------------- plan
+
+def counts_from_ratio(real_labels, ratio: float, num_classes: int) -> dict[int, int]:
+    """Images per class for a synthetic set `ratio` times the size of a real set (per class)."""
+    if not (np.isfinite(ratio) and ratio > 0):
+        raise GenerationError(f"ratio must be > 0, got {ratio!r}")
+    per_class = np.bincount(np.asarray(real_labels, int), minlength=num_classes)
+    return {c: int(round(ratio * n)) for c, n in enumerate(per_class)}
+
+
+def _image_seed(plan_seed: int, label: int, index: int) -> int:
+    return int(np.random.SeedSequence([plan_seed, label, index]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def make_plan(class_names, counts: dict[int, int] | int, difficulty: DifficultySpec | None = None, *,
+              prompts: dict[int, list[str]] | None = None, prompt_template: str = "a photo of a {}",
+              seed: int = 0) -> pd.DataFrame:
+    """One row per planned image, classes in order, ids `<class-slug>-<index:06d>`.
+
+    The row of (class c, index k) depends only on (seed, c, k): its noise seed, its
+    requested `s` and (with caption lists) its prompt.
+    """
+    difficulty = difficulty or DifficultySpec()
+    class_names = list(class_names)
+    if isinstance(counts, (int, np.integer)):
+        counts = {c: int(counts) for c in range(len(class_names))}
+    rows = []
+    for c in sorted(counts):
+        if not 0 <= c < len(class_names):
+            raise GenerationError(f"class id {c} out of range for {len(class_names)} classes")
+        n = int(counts[c])
+        if n < 0:
+            raise GenerationError(f"count for {class_names[c]!r} must be >= 0, got {n}")
+        mu, sigma = difficulty.params_for(class_names[c])
+        captions = (prompts or {}).get(c)
+        slug = slugify(class_names[c])
+        for k in range(n):
+            rng = np.random.default_rng([seed, c, k, 1])
+            s = float(np.clip(rng.normal(mu, sigma), 0.0, 1.0)) if sigma > 0 else float(mu)
+            prompt = captions[int(rng.integers(len(captions)))] if captions else prompt_template.format(class_names[c])
+            rows.append((f"{slug}-{k:06d}", class_names[c], c, k, s, _image_seed(seed, c, k), prompt))
+    plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    if plan.id.duplicated().any():
+        dup = plan.id[plan.id.duplicated()].iloc[0]
+        raise GenerationError(f"two classes share the id prefix of {dup!r}: rename a class")
+    return plan
+
+
+def plan_fingerprint(plan: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for col in ("id", "label", "requested_s", "seed", "prompt"):
+        h.update(pd.util.hash_pandas_object(plan[col], index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def take_first(manifest: pd.DataFrame, counts: dict[int, int]) -> pd.DataFrame:
+    """The first `counts[c]` images of each class (plan order): a smaller set taken from a bigger one."""
+    parts = []
+    for c, n in sorted(counts.items()):
+        sub = manifest[manifest.label == c].sort_values("id")
+        if len(sub) < n:
+            raise GenerationError(f"the set holds {len(sub)} images of class {c}, {n} asked: generate more")
+        parts.append(sub.iloc[:n])
+    return pd.concat(parts, ignore_index=True) if parts else manifest.iloc[:0]
+
+
+# ---------------------------------------------------------------- generation
+
+@dataclass
+class SamplingSettings:
+    num_inference_steps: int | None = None
+    scheduler: str | None = None
+    guidance_scale: float | None = None
+    difficulty_guidance_scale: float | None = None
+    calibrated: bool = False
+
+    def pipeline_kwargs(self, has_difficulty: bool) -> dict:
+        kw = {k: v for k, v in asdict(self).items() if v is not None}
+        if not has_difficulty:
+            for k in ("difficulty_guidance_scale", "calibrated"):
+                kw.pop(k, None)
+        elif not self.calibrated:
+            kw.pop("calibrated", None)
+        return kw
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _png_bytes(img: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    arr = img[..., 0] if img.shape[-1] == 1 else img
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """A PNG written by `generate_dataset` -> uint8 (C, H, W)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        a = np.asarray(im)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def chunk_path(out_dir: Path, c: int) -> Path:
+    return out_dir / f".chunk-{c:06d}.parquet"
+
+
+def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) -> None:
+    path = out_dir / CONFIG_NAME
+    if is_main:
+        if path.is_file():
+            old = json.loads(path.read_text())
+            keys = ("plan_fingerprint", "model", "sampling", "batch_size")
+            diff = [k for k in keys if old.get(k) != config.get(k)]
+            if diff:
+                raise GenerationError(
+                    f"{out_dir} holds a generation with other settings ({', '.join(diff)} differ): "
+                    "rerun with the same arguments to continue it, or pass another output folder")
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_bytes(path, json.dumps(config, indent=2).encode())
+        for tmp in out_dir.rglob(".*.tmp-*"):  # leftovers of a killed run: never part of the set
+            tmp.unlink(missing_ok=True)
+    barrier()
+
+
+def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id: str, evaluator=None,
+                     sampling: SamplingSettings | None = None, batch_size: int = 32, extra_config: dict | None = None,
+                     process_index: int = 0, num_processes: int = 1, barrier=lambda: None,
+                     progress: bool = True, stop_after_chunks: int | None = None) -> dict:
+    """Generate the plan's images into `out_dir` (resumable), then merge the manifest.
+
+    Each process calls this with its `process_index`; `barrier` synchronises them (e.g.
+    `accelerate.PartialState().wait_for_everyone`). `stop_after_chunks` ends this process
+    after that many new chunks without merging (tests: a simulated kill). Returns a summary;
+    `summary["complete"]` says whether the manifest was written.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    sampling = sampling or SamplingSettings()
+    if batch_size < 1:
+        raise GenerationError(f"batch_size must be >= 1, got {batch_size}")
+    if not len(plan):
+        raise GenerationError("the plan is empty: ask for at least one image")
+    unknown = sorted(set(plan["class"]) - set(pipe.class_names))
+    if unknown:
+        raise GenerationError(f"the model does not know the classes {unknown}; it has {list(pipe.class_names)}")
+    config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
+              "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
+              "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()},
+              **(extra_config or {})}
+    _check_or_write_config(out_dir, config, process_index == 0, barrier)
+    for name in plan["class"].unique():
+        (out_dir / slugify(name)).mkdir(exist_ok=True)
+
+    n_chunks = -(-len(plan) // batch_size)
+    mine = [c for c in range(process_index, n_chunks, num_processes)]
+    todo = [c for c in mine if not chunk_path(out_dir, c).is_file()]
+    kwargs = sampling.pipeline_kwargs(pipe.has_difficulty)
+    label_of = {n: i for i, n in enumerate(pipe.class_names)}
+    bar = tqdm(total=len(mine) * batch_size, initial=(len(mine) - len(todo)) * batch_size, unit="img",
+               desc=f"generate [{process_index + 1}/{num_processes}]", position=process_index,
+               disable=not progress, dynamic_ncols=True)
+    t0, done_now = time.time(), 0
+    for c in todo:
+        if stop_after_chunks is not None and done_now >= stop_after_chunks:
+            break
+        rows = plan.iloc[c * batch_size:(c + 1) * batch_size]
+        labels = [label_of[n] for n in rows["class"]]
+        gens = [torch.Generator().manual_seed(int(s)) for s in rows.seed]
+        res = pipe(labels, rows.requested_s.tolist(), prompt=rows.prompt.tolist(), generator=gens,
+                   output_type="np", **kwargs)
+        imgs = np.clip(np.rint(np.asarray(res.images) * 255.0), 0, 255).astype(np.uint8)  # (B, H, W, C)
+        paths = [f"{slugify(n)}/{i}.png" for n, i in zip(rows["class"], rows.id)]
+        for img, p in zip(imgs, paths):
+            _atomic_write_bytes(out_dir / p, _png_bytes(img))
+        if evaluator is not None:
+            from .evaluation import measure
+
+            m, _ = measure(evaluator, imgs.transpose(0, 3, 1, 2), labels)
+            ev_names = list(evaluator.config.class_names) or list(pipe.class_names)
+            measured, predicted = m.measured_s.to_numpy(), [ev_names[int(p)] for p in m.pred]
+        else:
+            measured, predicted = np.full(len(rows), np.nan), [None] * len(rows)
+        cond = getattr(res, "conditioning_difficulties", None) or rows.requested_s.tolist()
+        part = pd.DataFrame({"id": rows.id.to_numpy(), "class": rows["class"].to_numpy(), "label": labels,
+                             "requested_s": rows.requested_s.to_numpy(),
+                             "conditioning_s": np.asarray(cond, float) if pipe.has_difficulty
+                             else np.full(len(rows), np.nan),
+                             "seed": rows.seed.to_numpy(), "prompt": rows.prompt.to_numpy(), "model": model_id,
+                             "measured_s": np.asarray(measured, float), "predicted_class": predicted,
+                             "path": paths})
+        _atomic_parquet(part[MANIFEST_COLUMNS], chunk_path(out_dir, c))
+        done_now += 1
+        bar.update(len(rows))
+    bar.close()
+    seconds = time.time() - t0
+    stopped = stop_after_chunks is not None and done_now < len(todo)
+    barrier()
+    summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "generated_this_run_by_this_process":
+               int(sum(min(batch_size, len(plan) - c * batch_size) for c in todo[:done_now])),
+               "seconds": seconds, "complete": False}
+    if process_index == 0 and not stopped:
+        manifest = merge_manifest(out_dir, plan, n_chunks)
+        if manifest is not None:
+            summary.update(complete=True, **manifest_summary(manifest))
+    barrier()
+    return summary
+
+
+def merge_manifest(out_dir: str | Path, plan: pd.DataFrame, n_chunks: int) -> pd.DataFrame | None:
+    """All chunks present -> the manifest in plan order, checked against the plan and written
+    atomically; None while chunks are missing."""
+    out_dir = Path(out_dir)
+    if any(not chunk_path(out_dir, c).is_file() for c in range(n_chunks)):
+        return None
+    manifest = pd.concat([pd.read_parquet(chunk_path(out_dir, c)) for c in range(n_chunks)], ignore_index=True)
+    if manifest.id.duplicated().any() or list(manifest.id) != list(plan.id):
+        raise GenerationError(f"{out_dir}: the chunks do not add up to the plan (duplicated or missing ids); "
+                              "delete the folder and generate again")
+    missing = [p for p in manifest.path if not (out_dir / p).is_file()]
+    if missing:
+        raise GenerationError(f"{out_dir}: {len(missing)} images listed in the chunks are missing (e.g. "
+                              f"{missing[0]}); delete their .chunk-*.parquet files and rerun to regenerate them")
+    _atomic_parquet(manifest, out_dir / MANIFEST_NAME)
+    return manifest
+
+
+def load_manifest(out_dir: str | Path) -> pd.DataFrame:
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise GenerationError(f"{path} does not exist: the generation in {out_dir} has not finished; "
+                              "rerun train/generate.py with the same arguments to complete it")
+    return pd.read_parquet(path)
+
+
+def load_generated_images(out_dir: str | Path, manifest: pd.DataFrame) -> np.ndarray:
+    """uint8 (N, C, H, W) images of the manifest's rows, in row order."""
+    out_dir = Path(out_dir)
+    return np.stack([read_png(out_dir / p) for p in manifest.path])
+
+
+def manifest_summary(manifest: pd.DataFrame) -> dict:
+    from .evaluation import MEDIUM_BAND, medium_share
+
+    m = manifest.measured_s.to_numpy(float)
+    have = ~np.isnan(m)
+    out = {"images": int(len(manifest)), "requested_s_mean": float(manifest.requested_s.mean()),
+           "requested_medium_share": medium_share(manifest.requested_s)}
+    if have.any():
+        out.update(measured_s_mean=float(m[have].mean()), measured_medium_share=medium_share(m[have]),
+                   medium_band=list(MEDIUM_BAND),
+                   evaluator_accuracy=float((manifest["class"][have] == manifest.predicted_class[have]).mean()))
+    return out

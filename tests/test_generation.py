@@ -1,0 +1,167 @@
+"""Synthetic-set generation: deterministic plans, kill-and-resume, multi-process runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, run_script
+
+from dacd.data import FASHION_MNIST_CLASSES, stratified_subset
+from dacd.generation import (MANIFEST_COLUMNS, DifficultySpec, GenerationError, counts_from_ratio,
+                             load_prompt_lists, make_plan, take_first)
+
+NAMES = list(FASHION_MNIST_CLASSES)
+
+
+def test_plan_is_a_function_of_the_id():
+    small = make_plan(NAMES, {0: 3, 6: 2}, seed=7)
+    big = make_plan(NAMES, {0: 10, 6: 8}, seed=7)
+    assert list(small.id) == ["t-shirt-top-000000", "t-shirt-top-000001", "t-shirt-top-000002",
+                              "shirt-000000", "shirt-000001"]
+    pd.testing.assert_frame_equal(small.set_index("id"), big.set_index("id").loc[small.id])
+    assert big.seed.is_unique
+    other_seed = make_plan(NAMES, {0: 3, 6: 2}, seed=8)
+    assert not np.allclose(other_seed.requested_s, small.requested_s)
+
+
+def test_requested_s_follows_the_asked_distribution():
+    from scipy import stats
+
+    plan = make_plan(NAMES, 400, DifficultySpec(mu=0.5, sigma=0.1), seed=0)
+    s = plan.requested_s.to_numpy()
+    assert len(s) == 4000 and s.min() >= 0 and s.max() <= 1
+    assert abs(s.mean() - 0.5) < 0.01 and abs(s.std() - 0.1) < 0.01
+    assert stats.kstest(s, stats.norm(0.5, 0.1).cdf).pvalue > 0.01
+    # a wrong hypothesis is rejected: the test has power
+    assert stats.kstest(s, stats.norm(0.55, 0.1).cdf).pvalue < 1e-6
+    # near the edge the clipping puts mass exactly on the bound
+    edge = make_plan(NAMES, {0: 2000}, DifficultySpec(mu=0.95, sigma=0.1)).requested_s
+    assert 0.25 < (edge == 1.0).mean() < 0.45  # P(N(0.95, 0.1) > 1) = 0.31
+
+
+def test_fixed_and_per_class_difficulty():
+    fixed = make_plan(NAMES, {1: 5}, DifficultySpec(kind="fixed", value=0.7))
+    assert (fixed.requested_s == 0.7).all()
+    table = make_plan(NAMES, {0: 300, 6: 300},
+                      DifficultySpec(kind="table", mu=0.2, sigma=0.05, table={"Shirt": [0.8, 0.05]}))
+    assert abs(table[table.label == 6].requested_s.mean() - 0.8) < 0.02
+    assert abs(table[table.label == 0].requested_s.mean() - 0.2) < 0.02
+    for bad in (dict(mu=1.5), dict(sigma=-0.1), dict(kind="fixed"), dict(kind="fixed", value=float("nan")),
+                dict(kind="table", table={"Shirt": [2, 0.1]})):
+        with pytest.raises(GenerationError):
+            DifficultySpec(**bad)
+
+
+def test_prompt_lists(tmp_path):
+    j = tmp_path / "captions.json"
+    j.write_text(json.dumps({"Shirt": ["a plaid shirt", "a white shirt"], "0": ["a striped tee"]}))
+    lists = load_prompt_lists(j, NAMES)
+    assert lists == {6: ["a plaid shirt", "a white shirt"], 0: ["a striped tee"]}
+    t = tmp_path / "captions.txt"
+    t.write_text("# comment\nshirt\ta plaid shirt\nCoat: a long coat\n\n")
+    assert load_prompt_lists(t, NAMES) == {6: ["a plaid shirt"], 4: ["a long coat"]}
+    plan = make_plan(NAMES, {6: 50, 4: 5}, prompts=lists)
+    assert set(plan[plan.label == 6].prompt) == {"a plaid shirt", "a white shirt"}
+    assert (plan[plan.label == 4].prompt == "a photo of a Coat").all()  # no list: the template
+    (tmp_path / "bad.json").write_text(json.dumps({"Jacket": ["x"]}))
+    with pytest.raises(GenerationError, match="Jacket"):
+        load_prompt_lists(tmp_path / "bad.json", NAMES)
+
+
+def test_counts_subsets_and_take_first():
+    labels = np.repeat(np.arange(3), [100, 40, 8])
+    idx = stratified_subset(labels, 0.25, seed=1)
+    assert np.bincount(labels[idx]).tolist() == [25, 10, 2]
+    assert np.array_equal(idx, stratified_subset(labels, 0.25, seed=1))
+    counts = counts_from_ratio(labels[idx], 0.4, 3)
+    assert counts == {0: 10, 1: 4, 2: 1}
+    big = make_plan(["a", "b", "c"], {0: 10, 1: 10, 2: 10})
+    small = take_first(big, {0: 4, 1: 2, 2: 1})
+    assert list(small.id) == ["a-000000", "a-000001", "a-000002", "a-000003", "b-000000", "b-000001", "c-000000"]
+    with pytest.raises(GenerationError, match="generate more"):
+        take_first(big, {0: 11})
+
+
+# ---------------------------------------------------------------- end to end (tiny model)
+
+def gen_args(out, model, evaluator, *extra):
+    return ["train/generate.py", "--out", out, "--model", model, "--evaluator", evaluator, "--per-class", "3",
+            "--classes", "T-shirt/top", "Shirt", "Bag", "--steps", "2", "--batch-size", "2", "--seed", "5",
+            "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_dacd, tiny_evaluator, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "full"
+    run_script(*gen_args(out, tiny_dacd, tiny_evaluator))
+    return out
+
+
+def read_manifest(out):
+    return pd.read_parquet(out / "manifest.parquet")
+
+
+def test_manifest_schema_and_images(uninterrupted):
+    from dacd.data import load_image_folder
+
+    m = read_manifest(uninterrupted)
+    assert list(m.columns) == MANIFEST_COLUMNS
+    assert len(m) == 9 and m.id.is_unique
+    assert set(m["class"]) == {"T-shirt/top", "Shirt", "Bag"}
+    assert m.measured_s.between(0, 1).all() and m.predicted_class.isin(NAMES).all()
+    assert (m.requested_s == m.conditioning_s).all()
+    folder = load_image_folder(uninterrupted, image_size=32)  # a plain ImageFolder
+    assert len(folder) == 9 and folder.images.shape[1:] == (1, 32, 32)
+    assert sorted(folder.class_names) == ["bag", "shirt", "t-shirt-top"]
+    cfg = json.loads((uninterrupted / "generation.json").read_text())
+    assert cfg["num_images"] == 9 and "N(0.5, 0.1)" in cfg["difficulty"]["description"]
+
+
+def test_kill_and_resume_gives_the_same_manifest(uninterrupted, tiny_dacd, tiny_evaluator, tmp_path):
+    out = tmp_path / "resumed"
+    proc = run_script(*gen_args(out, tiny_dacd, tiny_evaluator, "--stop-after-chunks", "2"), check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert not (out / "manifest.parquet").exists()
+    assert len(list(out.glob(".chunk-*.parquet"))) == 2
+    (out / "shirt" / ".shirt-000001.png.tmp-999").write_bytes(b"half a png")  # killed mid-write
+    run_script(*gen_args(out, tiny_dacd, tiny_evaluator))
+    pd.testing.assert_frame_equal(read_manifest(out), read_manifest(uninterrupted))
+    for p in read_manifest(out).path:
+        assert (out / p).read_bytes() == (uninterrupted / p).read_bytes()
+    assert not list(out.rglob(".*.tmp-*"))
+    # a finished set is not regenerated, and other settings are refused
+    again = run_script(*gen_args(out, tiny_dacd, tiny_evaluator))
+    assert '"complete": true' in again.stdout
+    proc = run_script(*gen_args(out, tiny_dacd, tiny_evaluator, "--mu", "0.8"), check=False)
+    assert proc.returncode != 0 and "other settings" in proc.stderr
+
+
+def test_two_processes_make_each_id_once(uninterrupted, tiny_dacd, tiny_evaluator, tmp_path):
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           *map(str, gen_args(out, tiny_dacd, tiny_evaluator))]
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = read_manifest(out)
+    assert m.id.is_unique and sorted(m.id) == sorted(read_manifest(uninterrupted).id)
+    # the same chunks with the same seeds: the same images as one process made
+    pd.testing.assert_frame_equal(m, read_manifest(uninterrupted), check_exact=False, atol=1e-4)
+
+
+def test_baseline_and_bad_requests(tiny_baseline, tiny_dacd, tiny_evaluator, tmp_path):
+    out = tmp_path / "base"
+    run_script(*gen_args(out, tiny_baseline, tiny_evaluator, "--s", "0.9"))
+    m = read_manifest(out)
+    assert (m.requested_s == 0.9).all() and m.conditioning_s.isna().all()
+    for extra, message in ((["--mu", "1.4"], "mu must be in [0, 1]"),
+                           (["--classes", "Jacket"], "Jacket"),
+                           (["--calibrated"], "calibration")):
+        proc = run_script(*gen_args(tmp_path / "bad", tiny_dacd, tiny_evaluator, *extra), check=False)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]

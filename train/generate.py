@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Generate a synthetic training set with a difficulty dial: ImageFolder + manifest.parquet.
+
+    python train/generate.py --out runs/synth/dacd-mu0.5 --per-class 500              # s ~ N(0.5, 0.1)
+    python train/generate.py --out runs/synth/hard --s 0.8 --per-class 100            # a fixed difficulty
+    python train/generate.py --out runs/synth/r25 --ratio 0.25 --real-fraction 0.1    # 25% of a named real subset
+    python train/generate.py --out runs/synth/base --model baseline --per-class 500   # the baseline LoRA
+    python train/generate.py --model my/dacd --evaluator my/evaluator --prompts captions.json ...
+    accelerate launch --num_processes 4 train/generate.py --out ... --per-class 5000  # GPUs / machines
+    accelerate launch --cpu --num_processes 2 train/generate.py ...                   # CPU processes
+
+An image's id fixes its seed, its requested s and its prompt. Rerun the same command
+after an interruption: finished chunks are kept, the rest is generated, and the manifest
+ends with exactly the planned ids. Every row of the manifest carries the evaluation
+classifier's measured s and predicted class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED = ROOT / "checkpoints" / "fashion-mnist"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (ImageFolder + manifest.parquet)")
+    p.add_argument("--model", default="dacd", help="'dacd', 'baseline' (the embedded ones) or a dacd folder")
+    p.add_argument("--base", default=None, help="override the base SD named in the model folder")
+    p.add_argument("--evaluator", default=str(EMBEDDED / "evaluator"),
+                   help="evaluation classifier folder for measured s ('none' to skip)")
+    g = p.add_argument_group("difficulty (default s ~ N(0.5, 0.1) clipped to [0, 1])")
+    g.add_argument("--mu", type=float, default=0.5)
+    g.add_argument("--sigma", type=float, default=0.1)
+    g.add_argument("--s", type=float, default=None, help="a fixed difficulty for every image")
+    g.add_argument("--s-table", default=None, help='JSON {"class": s or [mu, sigma]}; other classes use --mu/--sigma')
+    c = p.add_argument_group("how many")
+    c.add_argument("--per-class", type=int, default=None, help="images per class")
+    c.add_argument("--ratio", type=float, default=None, help="per class, this times the real subset's count")
+    c.add_argument("--data", default="fashion-mnist", help="real data for --ratio: 'fashion-mnist' or an ImageFolder")
+    c.add_argument("--data-dir", default=None)
+    c.add_argument("--real-fraction", type=float, default=1.0, help="the real subset: a stratified fraction of "
+                   "the training split (recorded in generation.json)")
+    c.add_argument("--real-seed", type=int, default=0)
+    c.add_argument("--classes", nargs="*", default=None, help="only these classes (names or ids)")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--prompts", default=None, help="per-class captions: JSON {class: [captions]} or "
+                   "'class<TAB>caption' lines; default the model's template prompt")
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--scheduler", default=None, help="dpm++ or ddim (default: the pipeline's)")
+    s.add_argument("--guidance", type=float, default=None)
+    s.add_argument("--difficulty-guidance", type=float, default=None)
+    s.add_argument("--calibrated", action="store_true", help="condition on the value that measures as requested")
+    s.add_argument("--batch-size", type=int, default=32, help="images per chunk (keep it fixed when resuming)")
+    s.add_argument("--seed", type=int, default=0, help="plan seed: with the class and index, fixes every image")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated kill
+    return p.parse_args(argv)
+
+
+def resolve_model(name: str) -> Path:
+    if name in ("dacd", "baseline"):
+        return EMBEDDED / name
+    return Path(name)
+
+
+def build_plan(args, class_names):
+    from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
+    from dacd.generation import (DifficultySpec, GenerationError, counts_from_ratio, load_difficulty_table,
+                                 load_prompt_lists, make_plan)
+
+    if (args.per_class is None) == (args.ratio is None):
+        raise GenerationError("give exactly one of --per-class N or --ratio R")
+    if args.s is not None:
+        spec = DifficultySpec(kind="fixed", value=args.s)
+    elif args.s_table:
+        spec = DifficultySpec(kind="table", mu=args.mu, sigma=args.sigma,
+                              table=load_difficulty_table(args.s_table, class_names))
+    else:
+        spec = DifficultySpec(mu=args.mu, sigma=args.sigma)
+    wanted = range(len(class_names))
+    if args.classes:
+        try:
+            wanted = sorted({resolve_class(int(c) if str(c).isdigit() else c, class_names) for c in args.classes})
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+    extra = {"difficulty": {**spec.__dict__, "description": spec.describe()}, "plan_seed": args.seed}
+    if args.per_class is not None:
+        if args.per_class < 1:
+            raise GenerationError(f"--per-class must be >= 1, got {args.per_class}")
+        counts = {c: args.per_class for c in wanted}
+        extra["count"] = f"{args.per_class} per class"
+    else:
+        real = load_dataset(args.data, "train", args.data_dir)
+        if list(real.class_names) != list(class_names):
+            raise GenerationError(f"{args.data} has classes {list(real.class_names)}, the model {list(class_names)}")
+        idx = stratified_subset(real.labels, args.real_fraction, args.real_seed)
+        all_counts = counts_from_ratio(real.labels[idx], args.ratio, len(class_names))
+        counts = {c: all_counts[c] for c in wanted}
+        extra["count"] = f"ratio {args.ratio:g} of the real subset"
+        extra["real_subset"] = {"name": subset_name(real.name, "train", args.real_fraction, args.real_seed),
+                                "fraction": args.real_fraction, "seed": args.real_seed, "images": int(len(idx))}
+    prompts = load_prompt_lists(args.prompts, class_names) if args.prompts else None
+    if prompts:
+        extra["prompts_file"] = str(args.prompts)
+    return make_plan(class_names, counts, spec, prompts=prompts, seed=args.seed), extra
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from accelerate import PartialState
+
+    from dacd.classifier import Classifier
+    from dacd.generation import GenerationError, SamplingSettings, generate_dataset
+    from dacd.pipeline import DifficultyControlledPipeline
+
+    state = PartialState()
+    if state.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ and state.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
+    model_dir = resolve_model(args.model)
+    if not (model_dir / "dacd_config.json").is_file():
+        raise SystemExit(f"{model_dir} is not a dacd model folder (no dacd_config.json): pass 'dacd', 'baseline' "
+                         "or a folder written by train/train_dacd.py (make checkpoints builds the embedded ones)")
+    dtype = torch.float16 if state.device.type == "cuda" else torch.float32
+    pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
+    pipe.set_progress_bar_config(disable=True)
+    evaluator = None
+    if args.evaluator.lower() != "none":
+        evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
+    try:
+        plan, extra = build_plan(args, list(pipe.class_names))
+        if args.calibrated and pipe.calibration is None:
+            raise GenerationError(f"--calibrated needs a calibration curve and {model_dir} has none "
+                                  "(bench/controllability.py --write-calibration makes one)")
+        sampling = SamplingSettings(args.steps, args.scheduler, args.guidance, args.difficulty_guidance,
+                                    args.calibrated)
+        if state.is_main_process:
+            print(f"{len(plan)} images from {model_dir} into {args.out}: {extra['difficulty']['description']}, "
+                  f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
+        summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
+                                   sampling=sampling, batch_size=args.batch_size, extra_config=extra,
+                                   process_index=state.process_index, num_processes=state.num_processes,
+                                   barrier=state.wait_for_everyone, progress=not args.no_progress,
+                                   stop_after_chunks=args.stop_after_chunks)
+    except GenerationError as e:
+        raise SystemExit(f"error: {e}") from None
+    if state.is_main_process:
+        if summary["complete"]:
+            print(json.dumps({k: v for k, v in summary.items() if k != "generated_this_run_by_this_process"},
+                             indent=1))
+        else:
+            print(f"stopped before the end; rerun the same command to finish {args.out}")
+    return 0 if summary["complete"] or not state.is_main_process else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
