@@ -51,6 +51,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     hflip: bool = True  # Fashion-MNIST items are left/right symmetric enough
     seed: int = 0
+    steps: int | None = None  # if set: exactly this many optimizer steps (epochs ignored), e.g. to give
+    #                           every cell of an experiment the same budget whatever its data size
 
 
 class Classifier(nn.Module):
@@ -176,17 +178,19 @@ def train_classifier(model: Classifier, images, labels, cfg: TrainConfig, *, dev
     images = torch.as_tensor(np.asarray(images))
     n = len(labels)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                                pct_start=0.25)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
     gen = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    for epoch in range(cfg.epochs):
+    losses, done = [], 0
+    for epoch in range(epochs):
         model.train()
         order = torch.from_numpy(epoch_order(n, cfg.seed, epoch))
-        total, bar = 0.0, tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+        this_epoch = min(steps_per_epoch, total_steps - done)
+        total, bar = 0.0, tqdm(range(this_epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}",
                                disable=not progress, leave=False)
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -202,7 +206,8 @@ def train_classifier(model: Classifier, images, labels, cfg: TrainConfig, *, dev
             total += loss.item()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-        losses.append(total / steps_per_epoch)
+        done += this_epoch
+        losses.append(total / max(1, this_epoch))
         if epoch_end is not None:
             epoch_end(epoch, model)
     model.eval()

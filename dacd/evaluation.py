@@ -159,3 +159,70 @@ def real_ceiling_sample(scores: pd.DataFrame, requested: np.ndarray, labels: np.
 def draw_difficulties(n: int, mu: float = 0.5, sigma: float = 0.1, seed: int = 0) -> np.ndarray:
     """s ~ N(mu, sigma) clipped to [0, 1] (the paper's sampling)."""
     return np.clip(np.random.default_rng(seed).normal(mu, sigma, n), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------- downstream experiments
+
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval of the mean: (mean, low, high).
+
+    For paired differences (one per seed) this is the paired t-interval; with one value
+    the interval is undefined (NaN bounds)."""
+    from scipy import stats
+
+    v = np.asarray(values, float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def paired_comparison(runs: pd.DataFrame, reference: str = "real-only", confidence: float = 0.95) -> pd.DataFrame:
+    """Per cell: test accuracy mean ± std over seeds, and the paired difference to the
+    reference cell (same seeds) with its confidence interval.
+
+    `runs` has one row per (cell, seed) with columns cell, seed, accuracy. Only seeds
+    present in both a cell and the reference enter its difference."""
+    ref = runs[runs.cell == reference].set_index("seed").accuracy
+    rows = []
+    for cell, sub in runs.groupby("cell", sort=False):
+        acc = sub.set_index("seed").accuracy
+        shared = acc.index.intersection(ref.index)
+        diff = (acc.loc[shared] - ref.loc[shared]).to_numpy()
+        d_mean, lo, hi = t_interval(diff, confidence) if cell != reference else (0.0, 0.0, 0.0)
+        rows.append({"cell": cell, "seeds": int(len(acc)), "accuracy_mean": float(acc.mean()),
+                     "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),
+                     "paired_seeds": int(len(shared)), "diff_mean": d_mean, "diff_ci_low": lo, "diff_ci_high": hi,
+                     "significant": bool(lo > 0 or hi < 0) if np.isfinite(lo) and cell != reference else False})
+    return pd.DataFrame(rows)
+
+
+def train_downstream_cell(real_images, real_labels, synth_images, synth_labels, test_images, test_labels, *,
+                          arch: str, class_names, steps: int, seed: int, batch_size: int = 128, lr: float = 3e-3,
+                          progress: bool = False) -> dict:
+    """Train one classifier on real (+ synthetic) images for exactly `steps` optimizer steps
+    and return its test accuracy. Normalization comes from the real images alone, so every
+    cell sees the same preprocessing."""
+    import time
+
+    from .classifier import TrainConfig, build_classifier, image_stats, predict, train_classifier
+
+    t0 = time.time()
+    mean, std = image_stats(real_images)
+    x = real_images if synth_images is None or not len(synth_images) else np.concatenate([real_images, synth_images])
+    y = real_labels if synth_labels is None or not len(synth_labels) else np.concatenate([real_labels, synth_labels])
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_classifier(arch, in_chans=real_images.shape[1], num_classes=len(class_names),
+                             class_names=class_names, image_size=real_images.shape[-1], mean=mean, std=std)
+    losses = train_classifier(model, x, y, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
+                              progress=progress, desc=f"seed {seed}")
+    probs = predict(model, test_images)
+    return {"accuracy": float((probs.argmax(1) == np.asarray(test_labels)).mean()), "final_loss": float(losses[-1]),
+            "n_real": int(len(real_labels)), "n_synthetic": int(len(y) - len(real_labels)), "steps": int(steps),
+            "seconds": time.time() - t0}

@@ -178,7 +178,7 @@ def counts_from_ratio(real_labels, ratio: float, num_classes: int) -> dict[int, 
     if not (np.isfinite(ratio) and ratio > 0):
         raise GenerationError(f"ratio must be > 0, got {ratio!r}")
     per_class = np.bincount(np.asarray(real_labels, int), minlength=num_classes)
-    return {c: int(round(ratio * n)) for c, n in enumerate(per_class)}
+    return {c: int(np.floor(ratio * n + 0.5)) for c, n in enumerate(per_class)}  # half up, not to even
 
 
 def _image_seed(plan_seed: int, label: int, index: int) -> int:
