@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: app test test-fast setup setup-test dataset browser scores checkpoints clean-venv
+.PHONY: app test test-fast setup setup-test dataset browser scores checkpoints downstream clean-venv
 
 app: setup dataset
 	$(PY) app.py
@@ -64,3 +64,7 @@ clean-venv:
 # Rebuild base SD, evaluator, dacd, baseline and calibration (stage by stage, resumable).
 checkpoints: setup dataset
 	$(PY) train/make_checkpoints.py
+
+# The paper's downstream experiment on Fashion-MNIST (generated sets + cells cached in runs/downstream).
+downstream: setup dataset
+	$(PY) train/downstream.py

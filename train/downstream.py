@@ -17,6 +17,10 @@ Writes to --out: runs.csv (one row per cell and seed), results.csv (per cell: ac
 mean ± std, paired difference to real-only with a 95% t-interval), sets.csv (each
 generated set's measured medium-band share) and downstream.html. Each (cell, seed)
 result is cached under --work-dir, so an interrupted table continues where it stopped.
+
+A set can also be made beforehand, e.g. on GPUs with `accelerate launch train/generate.py
+--out <work-dir>/synthetic/dacd-mu0.5 --ratio 0.25 --real-fraction 0.1 --mu 0.5`: a folder
+with a finished manifest.parquet is used as it is.
 """
 
 from __future__ import annotations
@@ -123,6 +127,12 @@ def make_sets(args, real, work: Path, progress: bool) -> dict:
     return folders
 
 
+def set_identity(folder: Path) -> str:
+    """What a cached cell result depends on in a generated set: its plan and its model."""
+    cfg = json.loads((folder / "generation.json").read_text())
+    return f"{cfg['plan_fingerprint']}:{cfg['model']}"
+
+
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
@@ -150,6 +160,7 @@ def main(argv=None):
                          "measured_s_mean": float(m.measured_s.mean()),
                          "measured_medium_share": medium_share(m.measured_s),
                          "evaluator_accuracy": float((m["class"] == m.predicted_class).mean())})
+    fingerprints = {name: set_identity(f) for name, f in folders.items()}
     run_rows = []
     cells = cell_specs(args)
     todo = [(c, s) for c in cells for s in args.seeds]
@@ -157,7 +168,7 @@ def main(argv=None):
         key = f"{cell['cell'].replace(' ', '_').replace('=', '')}-seed{seed}"
         cache = work / "cells" / f"{key}.json"
         meta = {"real_subset": real.name, "arch": args.arch, "steps": args.steps, "batch_size": args.batch_size,
-                "lr": args.lr}
+                "lr": args.lr, "set": fingerprints.get(cell["set"])}
         if cache.is_file():
             res = json.loads(cache.read_text())
             if res.get("meta") != meta:
