@@ -9,7 +9,11 @@ with the evaluation classifier, and compare with the real-data ceiling.
 
 Prints the figures and writes cells.csv, summary.json and controllability.html to --out;
 --write-calibration stores the requested -> measured curve in the model folder, which
-enables `calibrated=True` in the pipeline.
+enables `calibrated=True` in the pipeline. The curve is measured with the classifier that
+defines s (--scorer), so the evaluator that judges calibrated sampling never fitted it:
+
+    python bench/controllability.py --write-calibration                    # fit the curve (seeds 0)
+    python bench/controllability.py --calibrated --seed 1 --out bench/results/controllability-calibrated
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ def parse_args(argv=None):
     p.add_argument("--model", default=str(CK / "dacd"))
     p.add_argument("--baseline", default=str(CK / "baseline"), help="'' to skip")
     p.add_argument("--evaluator", default=str(CK / "evaluator"))
+    p.add_argument("--scorer", default=str(CK / "classifier"),
+                   help="classifier that defines s (the scoring one): the calibration curve is measured with it, "
+                        "so the evaluator stays independent of calibrated sampling ('' to use the evaluator)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="sample with calibrated=True (the model folder's curve); use another --seed than the "
+                        "run that wrote the curve")
     p.add_argument("--scores", default=str(CK / "scores.parquet"))
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--data-dir", default=None)
@@ -77,6 +87,7 @@ def generate(pipe, labels, s, seeds, args, progress, desc):
                   generator=gens, output_type="np")
         if pipe.has_difficulty:
             kw["difficulty_guidance_scale"] = args.difficulty_guidance
+            kw["calibrated"] = args.calibrated
         res = pipe([int(c) for c in labels[sl]], [float(v) for v in s[sl]], **kw)
         out.append(res.images.transpose(0, 3, 1, 2))
     return np.concatenate(out)
@@ -200,15 +211,20 @@ def main(argv=None):
     }
     from dacd.calibration import Calibration
 
+    # the curve requested -> measured, measured by the classifier that defines s (not the evaluator)
+    scorer_path = args.scorer if args.scorer and Path(args.scorer).is_dir() else args.evaluator
+    scorer = Classifier.from_pretrained(scorer_path) if scorer_path != args.evaluator else evaluator
+    by_scorer = cell_table(grid.assign(**measure(scorer, imgs, labels)[0]), names)
     calib = Calibration(requested=[float(b) for b in S_BINS],
-                        measured={str(c): [float(v) for v in cells[cells.label == c].sort_values("bin").measured_mean]
-                                  for c in classes},
-                        meta={"evaluator": str(args.evaluator), "n_per_cell": args.n, "steps": args.steps,
+                        measured={str(c): [float(v) for v in by_scorer[by_scorer.label == c].sort_values("bin")
+                                           .measured_mean] for c in classes},
+                        meta={"measured_by": str(scorer_path), "n_per_cell": args.n, "steps": args.steps,
                               "scheduler": args.scheduler, "guidance_scale": args.guidance,
-                              "difficulty_guidance_scale": args.difficulty_guidance})
-    calib.save(out)
-    if args.write_calibration:
-        calib.save(args.model)
+                              "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed})
+    if not args.calibrated:  # a calibrated run measures the curve in use, it does not replace it
+        calib.save(out)
+        if args.write_calibration:
+            calib.save(args.model)
     table = pd.concat([cells.assign(source="dacd"), ceil_cells.assign(source="real_ceiling")])[CELL_COLUMNS]
     table.to_csv(out / "cells.csv", index=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

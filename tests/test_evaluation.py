@@ -79,8 +79,9 @@ def test_calibration_inverts_a_monotone_curve(tmp_path):
 def test_controllability_quick_on_tiny_models(tiny_dacd, tiny_baseline, tiny_evaluator, tiny_scores, fake_fmnist,
                                               tmp_path):
     run_script("bench/controllability.py", "--quick", "--model", tiny_dacd, "--baseline", tiny_baseline,
-               "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--data-dir", fake_fmnist,
-               "--classes", "0", "1", "--steps", "2", "--out", tmp_path, "--write-calibration", "--no-progress")
+               "--evaluator", tiny_evaluator, "--scorer", tiny_scores / "classifier",
+               "--scores", tiny_scores / "scores.parquet", "--data-dir", fake_fmnist,
+               "--classes", "0", "Trouser", "--steps", "2", "--out", tmp_path, "--write-calibration", "--no-progress")
     cells = pd.read_csv(tmp_path / "cells.csv")
     assert list(cells.columns) == ["source", "label", "class_name", "bin", "n", "measured_mean", "measured_std",
                                    "accuracy", "abs_error", "real_train_count", "kid"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -160,8 +161,11 @@ def test_baseline_and_bad_requests(tiny_baseline, tiny_dacd, tiny_evaluator, tmp
     run_script(*gen_args(out, tiny_baseline, tiny_evaluator, "--s", "0.9"))
     m = read_manifest(out)
     assert (m.requested_s == 0.9).all() and m.conditioning_s.isna().all()
+    uncalibrated = tmp_path / "dacd"  # another test may write a calibration curve into tiny_dacd
+    shutil.copytree(tiny_dacd, uncalibrated)
+    (uncalibrated / "calibration.json").unlink(missing_ok=True)
     for extra, message in ((["--mu", "1.4"], "mu must be in [0, 1]"),
                            (["--classes", "Jacket"], "Jacket"),
                            (["--calibrated"], "calibration")):
-        proc = run_script(*gen_args(tmp_path / "bad", tiny_dacd, tiny_evaluator, *extra), check=False)
+        proc = run_script(*gen_args(tmp_path / "bad", uncalibrated, tiny_evaluator, *extra), check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
