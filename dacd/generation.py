@@ -241,11 +241,20 @@ def take_first(manifest: pd.DataFrame, counts: dict[int, int]) -> pd.DataFrame:
 
 @dataclass
 class SamplingSettings:
+    """Sampling for a generated set; None takes the project default (`dacd.pipeline.DEFAULTS`)."""
+
     num_inference_steps: int | None = None
     scheduler: str | None = None
     guidance_scale: float | None = None
     difficulty_guidance_scale: float | None = None
     calibrated: bool = False
+
+    def __post_init__(self):
+        from .pipeline import DEFAULTS
+
+        for name in ("num_inference_steps", "scheduler", "guidance_scale", "difficulty_guidance_scale"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(DEFAULTS, name))
 
     def pipeline_kwargs(self, has_difficulty: bool) -> dict:
         kw = {k: v for k, v in asdict(self).items() if v is not None}

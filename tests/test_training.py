@@ -92,7 +92,8 @@ def test_stock_load_lora_weights_reproduces_our_images(trained, tiny_base):
 
     ours = DifficultyControlledPipeline.from_pretrained(trained["out"])
     ours.set_progress_bar_config(disable=True)
-    res = ours([4], [0.7], guidance_scale=3.0, num_inference_steps=3, scheduler="ddim", output_type="np",
+    res = ours([4], [0.7], guidance_scale=3.0, difficulty_guidance_scale=None, num_inference_steps=3,
+               scheduler="ddim", output_type="np",
                generator=torch.Generator().manual_seed(3))
     stock = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
     stock.load_lora_weights(str(trained["out"]), weight_name="pytorch_lora_weights.safetensors")
