@@ -3,6 +3,7 @@
 
     python bench/grids.py base       # rows: classes, 8 samples each, from the base SD
     python bench/grids.py sweep      # rows: classes, columns: requested s 0.05 ... 0.95 (same noise per row)
+    python bench/grids.py sweep --calibrated   # the same through the calibration curve
     python bench/grids.py real       # rows: classes, columns: real images at the same s
 """
 
@@ -26,6 +27,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--difficulty-only", action="store_true")
+    p.add_argument("--calibrated", action="store_true", help="sweep: condition through the shipped calibration curve")
     args = p.parse_args(argv)
     import torch
 
@@ -56,7 +58,7 @@ def main(argv=None):
         for c in range(pipe.num_classes):
             gens = [torch.Generator().manual_seed(args.seed + c) for _ in cols]
             out = pipe([c] * len(cols), list(cols), generator=gens, output_type="np",
-                       difficulty_only=args.difficulty_only)
+                       difficulty_only=args.difficulty_only, calibrated=args.calibrated)
             images += list(out.images)
     else:
         from dacd.explore import Explorer
@@ -64,7 +66,8 @@ def main(argv=None):
         ex = Explorer(ck)
         for c in range(len(ex.class_names)):
             images += [im for im, _ in ex.real_at_difficulty(c, cols)]
-    out = Path(args.out or CK / f"grid_{args.what}{'_difficulty_only' if args.difficulty_only else ''}.png")
+    suffix = ("_difficulty_only" if args.difficulty_only else "") + ("_calibrated" if args.calibrated else "")
+    out = Path(args.out or CK / f"grid_{args.what}{suffix}.png")
     image_grid(images, ncols=8, scale=3).save(out)
     print(f"wrote {out}")
 
