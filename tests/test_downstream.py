@@ -76,6 +76,8 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, f
     sets = pd.read_csv(tmp_path / "out" / "sets.csv")
     assert set(sets["set"]) == {"dacd-mu0.5", "dacd-mu0.9", "baseline"} and (sets.images == 20).all()  # 6 real per class x 0.25, half up
     assert (tmp_path / "out" / "downstream.html").stat().st_size > 10_000
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.count("\n| ") == 8 and "| baseline r=0.25 |" in md  # header + 7 cells
     # the 10% set is the first ids of the 25% set: one generation per set
     m = pd.read_parquet(tmp_path / "work" / "synthetic" / "dacd-mu0.9" / "manifest.parquet")
     assert abs(m.requested_s.mean() - 0.9) < 0.1

@@ -14,8 +14,9 @@ optimizer steps, once per seed (the same seeds in every cell, so differences are
 and is tested on the full test split.
 
 Writes to --out: runs.csv (one row per cell and seed), results.csv (per cell: accuracy
-mean ± std, paired difference to real-only with a 95% t-interval), sets.csv (each
-generated set's measured medium-band share) and downstream.html. Each (cell, seed)
+mean ± std, paired difference to real-only with a 95% t-interval), results.md (the same
+as a markdown table), sets.csv (each generated set's measured medium-band share) and
+downstream.html. Each (cell, seed)
 result is cached under --work-dir, so an interrupted table continues where it stopped.
 
 A set can also be made beforehand, e.g. on GPUs with `accelerate launch train/generate.py
@@ -220,10 +221,25 @@ def main(argv=None):
                                      zip(table.diff_mean, table.diff_ci_low, table.diff_ci_high)],
                         medium=[f"{x:.3f}" for x in table.measured_medium_share])
     print(show[["cell", "accuracy", "paired_diff", "significant", "n_synthetic", "medium"]].to_string(index=False))
+    write_markdown(show, args, real, len(test))
     print("\ngenerated sets (measured by the evaluation classifier):")
     print(pd.DataFrame(set_rows).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print(f"\nwrote {args.out}/runs.csv, results.csv, sets.csv, downstream.html in {time.time() - t_start:.0f} s")
+    print(f"\nwrote {args.out}/runs.csv, results.csv, results.md, sets.csv, downstream.html in "
+          f"{time.time() - t_start:.0f} s")
     return 0
+
+
+def write_markdown(show, args, real, n_test: int) -> None:
+    """results.md: the table as printed, for the README."""
+    lines = [f"Real subset: {real.name} ({len(real)} images); {args.arch}, {args.steps} steps x {args.batch_size} "
+             f"for every cell; seeds {' '.join(map(str, args.seeds))}; test accuracy on {n_test} test images.", "",
+             "| cell | test accuracy % (mean ± std) | paired difference to real-only, points [95% CI] | "
+             "CI excludes 0 | synthetic images | set's measured medium-band share |",
+             "|---|---|---|---|---|---|"]
+    for r in show.itertuples():
+        lines.append(f"| {r.cell} | {r.accuracy} | {r.paired_diff if r.cell != 'real-only' else '—'} | "
+                     f"{'yes' if r.significant else 'no'} | {r.n_synthetic} | {r.medium} |")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def write_figure(table, path: Path, real_name: str) -> None:
