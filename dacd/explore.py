@@ -191,6 +191,10 @@ class Generator(Explorer):
     def has_model(self, kind: str) -> bool:
         return (self.checkpoint / kind / "dacd_config.json").is_file()
 
+    def has_calibration(self) -> bool:
+        """Whether the dacd model ships a calibration curve (then the app asks for measured s by default)."""
+        return (self.checkpoint / "dacd" / "calibration.json").is_file()
+
     @property
     def evaluator(self):
         from .classifier import Classifier

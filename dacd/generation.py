@@ -40,7 +40,7 @@ import pandas as pd
 from .data import resolve_class, slugify
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
-                    "measured_s", "predicted_class", "path"]
+                    "measured_s", "predicted_class", "path", "real_subset"]
 PLAN_COLUMNS = ["id", "class", "label", "index", "requested_s", "seed", "prompt"]
 CONFIG_NAME = "generation.json"
 MANIFEST_NAME = "manifest.parquet"
@@ -322,13 +322,16 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
 
 
 def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id: str, evaluator=None,
-                     sampling: SamplingSettings | None = None, batch_size: int = 32, extra_config: dict | None = None,
+                     sampling: SamplingSettings | None = None, batch_size: int = 32, real_subset: str = "",
+                     extra_config: dict | None = None,
                      process_index: int = 0, num_processes: int = 1, barrier=lambda: None,
                      progress: bool = True, stop_after_chunks: int | None = None) -> dict:
     """Generate the plan's images into `out_dir` (resumable), then merge the manifest.
 
     Each process calls this with its `process_index`; `barrier` synchronises them (e.g.
-    `accelerate.PartialState().wait_for_everyone`). `stop_after_chunks` ends this process
+    `accelerate.PartialState().wait_for_everyone`). `real_subset` names the real set whose size
+    the counts were derived from (a manifest column; "" when counts were given directly).
+    `stop_after_chunks` ends this process
     after that many new chunks without merging (tests: a simulated kill). Returns a summary;
     `summary["complete"]` says whether the manifest was written.
     """
@@ -388,7 +391,7 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                              else np.full(len(rows), np.nan),
                              "seed": rows.seed.to_numpy(), "prompt": rows.prompt.to_numpy(), "model": model_id,
                              "measured_s": np.asarray(measured, float), "predicted_class": predicted,
-                             "path": paths})
+                             "path": paths, "real_subset": real_subset})
         _atomic_parquet(part[MANIFEST_COLUMNS], chunk_path(out_dir, c))
         done_now += 1
         bar.update(len(rows))

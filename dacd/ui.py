@@ -198,7 +198,8 @@ def generate_tab(ex: Generator, class_choices: list[str]):
                 cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None,
                                   label="class", allow_custom_value=True)
                 s = Slider(0, 1, value=0.5, step=0.01, label="difficulty s (0 = easy, 1 = hard)")
-                calibrated = gr.Checkbox(False, label="calibrated (ask for the measured difficulty)")
+                calibrated = gr.Checkbox(ex.has_calibration(), label="calibrated (ask for the measured difficulty)",
+                                         info="condition on the value the scoring classifier measures as s")
                 n = Slider(1, GENERATE_MAX_IMAGES, value=8, step=1, label="number of images")
                 with gr.Row():
                     seed = Number(0, label="seed", precision=0, minimum=0, maximum=MAX_SEED)

@@ -81,6 +81,7 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, f
     # the 10% set is the first ids of the 25% set: one generation per set
     m = pd.read_parquet(tmp_path / "work" / "synthetic" / "dacd-mu0.9" / "manifest.parquet")
     assert abs(m.requested_s.mean() - 0.9) < 0.1
+    assert (m.real_subset == "fashion-mnist/train: stratified 0.2 (seed 0)").all()
     # cached: a rerun trains nothing and prints the same table
     again = run_script(*args)
     assert "accuracy" in again.stdout and "seed 0: accuracy" not in again.stdout

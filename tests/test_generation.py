@@ -116,6 +116,7 @@ def test_manifest_schema_and_images(uninterrupted):
     assert set(m["class"]) == {"T-shirt/top", "Shirt", "Bag"}
     assert m.measured_s.between(0, 1).all() and m.predicted_class.isin(NAMES).all()
     assert (m.requested_s == m.conditioning_s).all()
+    assert (m.real_subset == "").all()  # counts given per class, not as a ratio
     folder = load_image_folder(uninterrupted, image_size=32)  # a plain ImageFolder
     assert len(folder) == 9 and folder.images.shape[1:] == (1, 32, 32)
     assert sorted(folder.class_names) == ["bag", "shirt", "t-shirt-top"]

@@ -121,7 +121,7 @@ def make_sets(args, real, work: Path, progress: bool) -> dict:
         with torch.inference_mode():
             generate_dataset(pipe, plan, folder, model_id=str(model), evaluator=evaluator,
                              sampling=SamplingSettings(num_inference_steps=args.gen_steps),
-                             batch_size=args.gen_batch_size, progress=progress,
+                             batch_size=args.gen_batch_size, progress=progress, real_subset=real.name,
                              extra_config={"difficulty": {**spec.__dict__, "description": spec.describe()},
                                            "real_subset": real.name, "ratio": max(args.ratios)})
         load_manifest(folder)

@@ -147,6 +147,7 @@ def main(argv=None):
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
         summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
                                    sampling=sampling, batch_size=args.batch_size, extra_config=extra,
+                                   real_subset=extra.get("real_subset", {}).get("name", ""),
                                    process_index=state.process_index, num_processes=state.num_processes,
                                    barrier=state.wait_for_everyone, progress=not args.no_progress,
                                    stop_after_chunks=args.stop_after_chunks)
