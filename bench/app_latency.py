@@ -32,12 +32,13 @@ def main(argv=None):
     from dacd.pipeline import DEFAULTS
     from dacd.ui import build_app, launch_kwargs
 
-    demo = build_app(Generator(args.checkpoint))
+    gen = Generator(args.checkpoint)
+    demo = build_app(gen)
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())
     client = Client(url, verbose=False)
     d = DEFAULTS
     calls = {
-        "generate (8 images)": (["Shirt", 0.5, False, 8, 0, False, d.num_inference_steps, d.guidance_scale,
+        "generate (8 images)": (["Shirt", 0.5, gen.has_calibration(), 8, 0, False, d.num_inference_steps, d.guidance_scale,
                                  d.difficulty_guidance_scale, ""], "/generate"),
         "sweep (8 columns x 4 seeds)": (["Shirt", "0, 1, 2, 3", 8, False, d.num_inference_steps], "/sweep"),
         "distribution (N=200, all classes)": ([0.5, 0.1, 200, "all", 0], "/distribution"),

@@ -347,6 +347,12 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     unknown = sorted(set(plan["class"]) - set(pipe.class_names))
     if unknown:
         raise GenerationError(f"the model does not know the classes {unknown}; it has {list(pipe.class_names)}")
+    if evaluator is not None:
+        ev_names = list(evaluator.config.class_names)
+        if (ev_names and ev_names != list(pipe.class_names)) or evaluator.config.num_classes != len(pipe.class_names):
+            raise GenerationError(f"the evaluation classifier knows {ev_names or evaluator.config.num_classes} "
+                                  f"classes, the model {list(pipe.class_names)}: pass an evaluator trained on this "
+                                  "model's classes (train/train_classifier.py), or none")
     config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
               "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
               "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()},
@@ -380,8 +386,7 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             from .evaluation import measure
 
             m, _ = measure(evaluator, imgs.transpose(0, 3, 1, 2), labels)
-            ev_names = list(evaluator.config.class_names) or list(pipe.class_names)
-            measured, predicted = m.measured_s.to_numpy(), [ev_names[int(p)] for p in m.pred]
+            measured, predicted = m.measured_s.to_numpy(), [pipe.class_names[int(p)] for p in m.pred]
         else:
             measured, predicted = np.full(len(rows), np.nan), [None] * len(rows)
         cond = getattr(res, "conditioning_difficulties", None) or rows.requested_s.tolist()

@@ -170,3 +170,9 @@ def test_baseline_and_bad_requests(tiny_baseline, tiny_dacd, tiny_evaluator, tmp
                            (["--calibrated"], "calibration")):
         proc = run_script(*gen_args(tmp_path / "bad", uncalibrated, tiny_evaluator, *extra), check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    from dacd.classifier import build_classifier
+
+    other = tmp_path / "three-class-evaluator"  # an evaluator for another label set
+    build_classifier("resnet10t", in_chans=1, num_classes=3, class_names=["a", "b", "c"]).save_pretrained(other)
+    proc = run_script(*gen_args(tmp_path / "bad2", uncalibrated, other), check=False)
+    assert proc.returncode != 0 and "evaluation classifier knows ['a', 'b', 'c']" in proc.stderr, proc.stderr[-2000:]
