@@ -209,15 +209,15 @@ def train_downstream_cell(real_images, real_labels, synth_images, synth_labels, 
     cell sees the same preprocessing."""
     import time
 
+    import torch
+
     from .classifier import TrainConfig, build_classifier, image_stats, predict, train_classifier
 
     t0 = time.time()
     mean, std = image_stats(real_images)
     x = real_images if synth_images is None or not len(synth_images) else np.concatenate([real_images, synth_images])
     y = real_labels if synth_labels is None or not len(synth_labels) else np.concatenate([real_labels, synth_labels])
-    import torch
-
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the classifier's initialisation
     model = build_classifier(arch, in_chans=real_images.shape[1], num_classes=len(class_names),
                              class_names=class_names, image_size=real_images.shape[-1], mean=mean, std=std)
     losses = train_classifier(model, x, y, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed),

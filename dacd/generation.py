@@ -404,9 +404,7 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     seconds = time.time() - t0
     stopped = stop_after_chunks is not None and done_now < len(todo)
     barrier()
-    summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "generated_this_run_by_this_process":
-               int(sum(min(batch_size, len(plan) - c * batch_size) for c in todo[:done_now])),
-               "seconds": seconds, "complete": False}
+    summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "seconds": seconds, "complete": False}
     if process_index == 0 and not stopped:
         manifest = merge_manifest(out_dir, plan, n_chunks)
         if manifest is not None:

@@ -140,8 +140,8 @@ def main(argv=None):
     import pandas as pd
 
     from dacd.data import load_dataset, stratified_subset, subset_name
-    from dacd.evaluation import medium_share, paired_comparison, train_downstream_cell
-    from dacd.generation import counts_from_ratio, load_generated_images, load_manifest, take_first
+    from dacd.evaluation import paired_comparison, train_downstream_cell
+    from dacd.generation import counts_from_ratio, load_generated_images, load_manifest, manifest_summary, take_first
 
     t_start = time.time()
     progress = not args.no_progress
@@ -155,12 +155,8 @@ def main(argv=None):
     folders = make_sets(args, real, work, progress)
 
     manifests = {name: load_manifest(f) for name, f in folders.items()}
-    set_rows = []
-    for name, m in manifests.items():
-        set_rows.append({"set": name, "images": len(m), "requested_s_mean": float(m.requested_s.mean()),
-                         "measured_s_mean": float(m.measured_s.mean()),
-                         "measured_medium_share": medium_share(m.measured_s),
-                         "evaluator_accuracy": float((m["class"] == m.predicted_class).mean())})
+    set_rows = [{"set": name, **{k: v for k, v in manifest_summary(m).items() if k != "medium_band"}}
+                for name, m in manifests.items()]
     fingerprints = {name: set_identity(f) for name, f in folders.items()}
     run_rows = []
     cells = cell_specs(args)
@@ -201,8 +197,8 @@ def main(argv=None):
                                                 n_synthetic=("n_synthetic", "first"))
     table = table.join(info, on="cell")
     shares = {r["set"]: r["measured_medium_share"] for r in set_rows}
-    table["measured_medium_share"] = [shares.get(next((c["set"] for c in cells if c["cell"] == name), None),
-                                                 float("nan")) for name in table.cell]
+    set_of = {c["cell"]: c["set"] for c in cells}
+    table["measured_medium_share"] = [shares.get(set_of[name], float("nan")) for name in table.cell]
     table = table[RESULT_COLUMNS]
     args.out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(args.out / "runs.csv", index=False)

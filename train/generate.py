@@ -155,8 +155,7 @@ def main(argv=None):
         raise SystemExit(f"error: {e}") from None
     if state.is_main_process:
         if summary["complete"]:
-            print(json.dumps({k: v for k, v in summary.items() if k != "generated_this_run_by_this_process"},
-                             indent=1))
+            print(json.dumps(summary, indent=1))
         else:
             print(f"stopped before the end; rerun the same command to finish {args.out}")
     return 0 if summary["complete"] or not state.is_main_process else 3
