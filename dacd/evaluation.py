@@ -183,10 +183,12 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
 
 def paired_comparison(runs: pd.DataFrame, reference: str = "real-only", confidence: float = 0.95) -> pd.DataFrame:
     """Per cell: test accuracy mean ± std over seeds, and the paired difference to the
-    reference cell (same seeds) with its confidence interval.
+    reference cell (same seeds) with its confidence interval and two-sided paired-t p-value.
 
     `runs` has one row per (cell, seed) with columns cell, seed, accuracy. Only seeds
     present in both a cell and the reference enter its difference."""
+    from scipy import stats
+
     ref = runs[runs.cell == reference].set_index("seed").accuracy
     rows = []
     for cell, sub in runs.groupby("cell", sort=False):
@@ -194,19 +196,120 @@ def paired_comparison(runs: pd.DataFrame, reference: str = "real-only", confiden
         shared = acc.index.intersection(ref.index)
         diff = (acc.loc[shared] - ref.loc[shared]).to_numpy()
         d_mean, lo, hi = t_interval(diff, confidence) if cell != reference else (0.0, 0.0, 0.0)
+        p = float("nan")
+        if cell != reference and len(diff) >= 2:
+            p = 0.0 if np.std(diff) == 0 and d_mean != 0 else float(stats.ttest_1samp(diff, 0.0).pvalue)
         rows.append({"cell": cell, "seeds": int(len(acc)), "accuracy_mean": float(acc.mean()),
                      "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),
                      "paired_seeds": int(len(shared)), "diff_mean": d_mean, "diff_ci_low": lo, "diff_ci_high": hi,
-                     "significant": bool(lo > 0 or hi < 0) if np.isfinite(lo) and cell != reference else False})
+                     "significant": bool(lo > 0 or hi < 0) if np.isfinite(lo) and cell != reference else False,
+                     "p_value": p})
+    return pd.DataFrame(rows)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone; NaN stays NaN and is not counted)."""
+    p = np.asarray(p_values, float)
+    out = np.full(len(p), np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    running = 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="mergesort")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def per_class_comparison(per_class: pd.DataFrame, reference: str = "real-only",
+                         confidence: float = 0.95) -> pd.DataFrame:
+    """`paired_comparison` for each class: `per_class` has one row per (cell, seed, class)
+    with columns cell, seed, class, accuracy (that class's test accuracy)."""
+    parts = []
+    for name, sub in per_class.groupby("class", sort=False):
+        t = paired_comparison(sub[["cell", "seed", "accuracy"]], reference, confidence)
+        parts.append(t.assign(**{"class": name}))
+    cols = ["cell", "class", "seeds", "accuracy_mean", "paired_seeds", "diff_mean", "diff_ci_low", "diff_ci_high",
+            "significant"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
+# ---------------------------------------------------------------- reference arms: real images for a plan
+
+def match_to_plan(pool_s, pool_labels, requested_s, requested_labels) -> np.ndarray:
+    """Real images standing in for a generated set: for each requested (class, s), in order,
+    the pool index of the not yet used image of that class whose `s` is nearest (without
+    replacement; ties go to the lower `s`, then the lower index). Deterministic, and greedy
+    in request order, so the first k requests of a class get the same images whatever
+    follows them (a smaller ratio takes the first ids, as for generated sets)."""
+    pool_s, pool_labels = np.asarray(pool_s, float), np.asarray(pool_labels)
+    requested_s, requested_labels = np.asarray(requested_s, float), np.asarray(requested_labels)
+    if np.isnan(pool_s).any() or np.isnan(requested_s).any():
+        raise ValueError("match_to_plan: difficulty scores must not be NaN")
+    out = np.empty(len(requested_s), int)
+    for c in np.unique(requested_labels):
+        want = np.flatnonzero(requested_labels == c)
+        idx = np.flatnonzero(pool_labels == c)
+        if len(idx) < len(want):
+            raise ValueError(f"class {c}: {len(want)} real images requested, only {len(idx)} in the pool")
+        order = idx[np.lexsort((idx, pool_s[idx]))]
+        s_sorted = pool_s[order]
+        used = np.zeros(len(order), bool)
+        for w in want:
+            r = requested_s[w]
+            pos = int(np.searchsorted(s_sorted, r))
+            left, right = pos - 1, pos
+            while left >= 0 and used[left]:
+                left -= 1
+            while right < len(order) and used[right]:
+                right += 1
+            if right >= len(order) or (left >= 0 and r - s_sorted[left] <= s_sorted[right] - r):
+                pick = left
+            else:
+                pick = right
+            used[pick] = True
+            out[w] = order[pick]
+    return out
+
+
+def draw_per_class(labels, counts: dict[int, int], seed: int, cycle: bool = False) -> np.ndarray:
+    """Indices of `counts[c]` images of each class c, in a seeded order per class (the first k of
+    a class are the same whatever the count). With `cycle`, a class with too few images repeats
+    its order; otherwise asking for more than a class has is an error."""
+    labels = np.asarray(labels)
+    out = []
+    for c, n in sorted(counts.items()):
+        idx = np.flatnonzero(labels == c)
+        if n == 0:
+            continue
+        if not len(idx) or (len(idx) < n and not cycle):
+            raise ValueError(f"class {c}: {n} images requested, {len(idx)} available")
+        order = np.random.default_rng([seed, int(c)]).permutation(idx)
+        out.append(np.resize(order, n))
+    return np.concatenate(out) if out else np.zeros(0, int)
+
+
+def match_report(requested_s, matched_s, labels, class_names) -> pd.DataFrame:
+    """How far matched real images are from the plan, per class (and overall)."""
+    df = pd.DataFrame({"label": np.asarray(labels, int), "requested": np.asarray(requested_s, float),
+                       "matched": np.asarray(matched_s, float)})
+    df["gap"] = (df.matched - df.requested).abs()
+    rows = []
+    for label, sub in list(df.groupby("label")) + [(None, df)]:
+        rows.append({"class": "all" if label is None else class_names[int(label)], "n": int(len(sub)),
+                     "requested_mean": sub.requested.mean(), "matched_mean": sub.matched.mean(),
+                     "gap_mean": sub.gap.mean(), "gap_max": sub.gap.max(),
+                     "share_gap_over_0.05": float((sub.gap > 0.05).mean())})
     return pd.DataFrame(rows)
 
 
 def train_downstream_cell(real_images, real_labels, synth_images, synth_labels, test_images, test_labels, *,
                           arch: str, class_names, steps: int, seed: int, batch_size: int = 128, lr: float = 3e-3,
-                          progress: bool = False) -> dict:
-    """Train one classifier on real (+ synthetic) images for exactly `steps` optimizer steps
-    and return its test accuracy. Normalization comes from the real images alone, so every
-    cell sees the same preprocessing."""
+                          include_real: bool = True, progress: bool = False) -> dict:
+    """Train one classifier on real (+ added) images for exactly `steps` optimizer steps and
+    return its test accuracy, per-class accuracy and confusion matrix (rows: true class).
+    With `include_real=False` it trains on the added images alone (classification accuracy
+    score). Normalization always comes from the real images, so every cell sees the same
+    preprocessing."""
     import time
 
     import torch
@@ -215,14 +318,24 @@ def train_downstream_cell(real_images, real_labels, synth_images, synth_labels, 
 
     t0 = time.time()
     mean, std = image_stats(real_images)
-    x = real_images if synth_images is None or not len(synth_images) else np.concatenate([real_images, synth_images])
-    y = real_labels if synth_labels is None or not len(synth_labels) else np.concatenate([real_labels, synth_labels])
+    has_synth = synth_images is not None and len(synth_images) > 0
+    if not include_real and not has_synth:
+        raise ValueError("a cell without real images needs added images to train on")
+    parts_x = ([real_images] if include_real else []) + ([synth_images] if has_synth else [])
+    parts_y = ([real_labels] if include_real else []) + ([synth_labels] if has_synth else [])
+    x, y = np.concatenate(parts_x), np.concatenate(parts_y)
     torch.manual_seed(seed)  # the classifier's initialisation
     model = build_classifier(arch, in_chans=real_images.shape[1], num_classes=len(class_names),
                              class_names=class_names, image_size=real_images.shape[-1], mean=mean, std=std)
     losses = train_classifier(model, x, y, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
                               progress=progress, desc=f"seed {seed}")
-    probs = predict(model, test_images)
-    return {"accuracy": float((probs.argmax(1) == np.asarray(test_labels)).mean()), "final_loss": float(losses[-1]),
-            "n_real": int(len(real_labels)), "n_synthetic": int(len(y) - len(real_labels)), "steps": int(steps),
+    pred = predict(model, test_images).argmax(1)
+    truth = np.asarray(test_labels, int)
+    confusion = np.zeros((len(class_names), len(class_names)), np.int64)
+    np.add.at(confusion, (truth, pred), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    n_real = int(len(real_labels)) if include_real else 0
+    return {"accuracy": float((pred == truth).mean()), "final_loss": float(losses[-1]),
+            "per_class_accuracy": [float(a) for a in per_class], "confusion": confusion.tolist(),
+            "n_real": n_real, "n_synthetic": int(len(y) - n_real), "steps": int(steps),
             "seconds": time.time() - t0}

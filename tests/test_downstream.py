@@ -52,38 +52,136 @@ def test_classifier_trains_an_exact_number_of_steps():
     assert len(calls) == 7
 
 
-RESULT_COLUMNS = ["cell", "model", "mu", "ratio", "seeds", "accuracy_mean", "accuracy_std", "paired_seeds",
-                  "diff_mean", "diff_ci_low", "diff_ci_high", "significant", "n_real", "n_synthetic",
-                  "measured_medium_share"]
+def test_holm_adjustment():
+    from dacd.evaluation import holm
+
+    adj = holm([0.01, 0.04, 0.03, np.nan, 0.005])
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06
+    assert adj[4] == pytest.approx(0.02) and adj[0] == pytest.approx(0.03)
+    assert adj[2] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06) and np.isnan(adj[3])
+    assert holm([0.9, 0.8])[0] == 1.0  # capped at 1
 
 
-def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, fake_fmnist, tmp_path):
+def test_match_to_plan_follows_the_plan_without_replacement():
+    from dacd.evaluation import match_to_plan
+
+    rng = np.random.default_rng(0)
+    pool_labels = np.repeat([0, 1, 2], 200)
+    pool_s = rng.beta(1, 2, len(pool_labels))  # skewed to easy, like out-of-fold s
+    req_labels = np.repeat([0, 1, 2], 40)
+    req_s = np.clip(rng.normal(0.5, 0.1, len(req_labels)), 0, 1)
+    pick = match_to_plan(pool_s, pool_labels, req_s, req_labels)
+    assert len(set(pick)) == len(pick)  # without replacement
+    assert (pool_labels[pick] == req_labels).all()  # per class
+    # nearest available: each request's gap is at most the gap to any image not taken before it
+    taken = set()
+    for w, i in enumerate(pick):
+        free = [j for j in np.flatnonzero(pool_labels == req_labels[w]) if j not in taken]
+        assert abs(pool_s[i] - req_s[w]) <= min(abs(pool_s[free] - req_s[w])) + 1e-12
+        taken.add(i)
+    assert abs(pool_s[pick].mean() - req_s.mean()) < 0.02  # the s values follow the plan
+    # greedy in order: a prefix of the plan gets a prefix of the picks; deterministic
+    first = np.concatenate([np.flatnonzero(req_labels == c)[:10] for c in range(3)])
+    assert (match_to_plan(pool_s, pool_labels, req_s[first], req_labels[first]) == pick[first]).all()
+    with pytest.raises(ValueError, match="only 200 in the pool"):
+        match_to_plan(pool_s, pool_labels, np.full(201, 0.5), np.zeros(201, int))
+
+
+def test_draw_per_class_counts_and_prefix():
+    from dacd.evaluation import draw_per_class
+
+    labels = np.repeat(np.arange(4), [50, 30, 20, 5])
+    pick = draw_per_class(labels, {0: 10, 1: 6, 2: 4, 3: 8}, seed=3, cycle=True)
+    assert np.bincount(labels[pick], minlength=4).tolist() == [10, 6, 4, 8]
+    assert len(set(pick[labels[pick] == 0])) == 10 and len(set(pick[labels[pick] == 3])) == 5  # cycles when short
+    small = draw_per_class(labels, {0: 4, 1: 2, 2: 1, 3: 1}, seed=3, cycle=True)
+    assert (small[labels[small] == 0] == pick[labels[pick] == 0][:4]).all()
+    with pytest.raises(ValueError, match="5 available"):
+        draw_per_class(labels, {3: 8}, seed=3)
+
+
+def test_downstream_cell_per_class_and_alone():
+    from conftest import make_images
+
+    from dacd.evaluation import train_downstream_cell
+
+    labels = np.arange(60) % 10
+    x = make_images(labels, 0, size=32)[:, None]
+    kw = dict(arch="resnet10t", class_names=[str(i) for i in range(10)], steps=2, seed=0, batch_size=16)
+    res = train_downstream_cell(x, labels, x[:20], labels[:20], x, labels, **kw)
+    conf = np.asarray(res["confusion"])
+    assert conf.shape == (10, 10) and conf.sum() == 60 and (conf.sum(1) == 6).all()
+    assert np.allclose(res["per_class_accuracy"], conf.diagonal() / 6)
+    assert res["accuracy"] == pytest.approx(conf.trace() / 60)
+    assert (res["n_real"], res["n_synthetic"]) == (60, 20)
+    alone = train_downstream_cell(x, labels, x[:20], labels[:20], x, labels, include_real=False, **kw)
+    assert (alone["n_real"], alone["n_synthetic"]) == (0, 20)
+    with pytest.raises(ValueError, match="needs added images"):
+        train_downstream_cell(x, labels, None, None, x, labels, include_real=False, **kw)
+
+
+RESULT_COLUMNS = ["cell", "model", "sampling", "mode", "mu", "ratio", "seeds", "accuracy_mean", "accuracy_std",
+                  "paired_seeds", "diff_mean", "diff_ci_low", "diff_ci_high", "significant", "p_value", "p_holm",
+                  "holm_significant", "n_real", "n_synthetic", "measured_medium_share", "evaluator_accuracy"]
+
+
+@pytest.mark.slow
+def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, tiny_scores, fake_fmnist, tmp_path):
     args = ["train/downstream.py", "--data-dir", fake_fmnist, "--model", tiny_dacd, "--baseline", tiny_baseline,
-            "--evaluator", tiny_evaluator, "--real-fraction", "0.2", "--mus", "0.5", "0.9", "--ratios", "0.1", "0.25",
-            "--seeds", "0", "1", "--steps", "3", "--batch-size", "16", "--gen-steps", "2", "--gen-batch-size", "8",
+            "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--real-fraction", "0.2",
+            "--mus", "0.5", "0.9", "--ratios", "0.1", "0.25", "--seeds", "0", "1", "--headline-seeds", "0", "1", "2",
+            "--steps", "3", "--batch-size", "16", "--gen-steps", "2", "--gen-batch-size", "8",
             "--work-dir", tmp_path / "work", "--out", tmp_path / "out", "--no-progress"]
     first = run_script(*args)
-    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    out = tmp_path / "out"
+    table = pd.read_csv(out / "results.csv")
     assert list(table.columns) == RESULT_COLUMNS
-    assert list(table.cell) == ["real-only", "dacd mu=0.5 r=0.1", "dacd mu=0.9 r=0.1", "baseline r=0.1",
-                                "dacd mu=0.5 r=0.25", "dacd mu=0.9 r=0.25", "baseline r=0.25"]
+    added = [f"{arm} mu={mu} r={r}" for r in ("0.1", "0.25") for mu in ("0.5", "0.9") for arm in ("dacd", "real-matched")]
+    assert set(added) | {"baseline r=0.1", "real-random r=0.25", "real-duplicate r=0.1"} <= set(table.cell)
+    assert [c for c in table.cell if c.startswith("alone")] == [
+        "alone: dacd mu=0.5 r=0.25", "alone: baseline r=0.25", "alone: real-matched mu=0.5 r=0.25",
+        "alone: real-random r=0.25"]
     t = table.set_index("cell")
     assert t.loc["real-only", "n_real"] == 60 and t.loc["real-only", "n_synthetic"] == 0
-    assert t.loc["dacd mu=0.5 r=0.1", "n_synthetic"] == 10 and t.loc["dacd mu=0.5 r=0.25", "n_synthetic"] == 20
-    assert (t.seeds == 2).all() and t.accuracy_mean.between(0, 1).all()
-    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
-    assert len(runs) == 14 and (runs.steps == 3).all()
-    sets = pd.read_csv(tmp_path / "out" / "sets.csv")
-    assert set(sets["set"]) == {"dacd-mu0.5", "dacd-mu0.9", "baseline"} and (sets.images == 20).all()  # 6 real per class x 0.25, half up
-    assert (tmp_path / "out" / "downstream.html").stat().st_size > 10_000
-    md = (tmp_path / "out" / "results.md").read_text()
-    assert md.count("\n| ") == 8 and "| baseline r=0.25 |" in md  # header + 7 cells
-    # the 10% set is the first ids of the 25% set: one generation per set
-    m = pd.read_parquet(tmp_path / "work" / "synthetic" / "dacd-mu0.9" / "manifest.parquet")
+    for arm in ("dacd mu=0.5", "real-matched mu=0.9", "real-random", "real-duplicate", "baseline"):
+        assert t.loc[f"{arm} r=0.1", "n_synthetic"] == 10 and t.loc[f"{arm} r=0.25", "n_synthetic"] == 20
+    assert t.loc["alone: real-random r=0.25", "n_real"] == 0 and t.loc["alone: real-random r=0.25", "n_synthetic"] == 20
+    # headline cells run the headline seeds, the rest the first seeds
+    assert t.loc["real-only", "seeds"] == 3 and t.loc["dacd mu=0.5 r=0.25", "seeds"] == 3
+    assert t.loc["baseline r=0.1", "seeds"] == 3 and t.loc["dacd mu=0.9 r=0.25", "seeds"] == 2
+    assert t.loc["real-random r=0.1", "seeds"] == 2
+    assert (t.loc[t["mode"] == "added", "p_holm"] >= t.loc[t["mode"] == "added", "p_value"] - 1e-12).all()
+    assert t.loc["real-only", "p_holm"] != t.loc["real-only", "p_holm"]  # NaN: not in the family
+    assert set(t.loc[added, "sampling"].dropna()) == {"plain"}
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert len(per_class) == 10 * len(table)
+    runs = pd.read_csv(out / "runs.csv")
+    assert (runs.steps == 3).all() and len(runs) == int(t.seeds.sum())
+    sets = pd.read_csv(out / "sets.csv").set_index("set")
+    assert (sets.images == 20).all()  # 6 real per class x 0.25, half up
+    # real-matched follows the plan's s, real-random does not (the scoring s of the training split)
+    assert abs(sets.loc["real-matched-mu0.9", "scoring_s_mean"] - sets.loc["real-matched-mu0.9", "requested_s_mean"]) \
+        < abs(sets.loc["real-random", "scoring_s_mean"] - sets.loc["real-matched-mu0.9", "requested_s_mean"])
+    matched = pd.read_csv(out / "matched.csv")
+    assert set(matched["set"]) == {"real-matched-mu0.5", "real-matched-mu0.9"} and "gap_mean" in matched
+    assert (out / "downstream.html").stat().st_size > 10_000
+    md = (out / "results.md").read_text()
+    assert "| baseline r=0.25 |" in md and "Per-class paired difference" in md
+    # one generation per set; its folder name carries the set's identity
+    folders = sorted(p.name for p in (tmp_path / "work" / "synthetic").iterdir())
+    assert [f.rsplit("-", 1)[0] for f in folders] == ["baseline-plain", "dacd-plain-mu0.5", "dacd-plain-mu0.9"]
+    m = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-plain-mu0.9-*")) / "manifest.parquet")
     assert abs(m.requested_s.mean() - 0.9) < 0.1
     assert (m.real_subset == "fashion-mnist/train: stratified 0.2 (seed 0)").all()
-    # cached: a rerun trains nothing and prints the same table
+    # cache keys differ between arms of the same ratio and seed
+    keys = [p.name.rsplit("-", 1)[1] for p in (out / "cells").glob("*-seed0-*.json")]
+    assert len(keys) == len(set(keys)) == len(table)
+    # cached: a rerun trains nothing and writes the same table, also from the cache alone
     again = run_script(*args)
-    assert "accuracy" in again.stdout and "seed 0: accuracy" not in again.stdout
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "results.csv"), table)
-    assert "seed 0: accuracy" in first.stdout
+    assert "seed 0: accuracy" in first.stdout and "seed 0: accuracy" not in again.stdout
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+    import shutil
+
+    shutil.rmtree(tmp_path / "work")
+    run_script(*args, "--cached-only")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)

@@ -1,52 +1,74 @@
 #!/usr/bin/env python
-"""Does medium-difficulty synthetic data help a classifier? The paper's experiment on Fashion-MNIST.
+"""Does medium-difficulty synthetic data help a classifier? The paper's experiment on Fashion-MNIST,
+with reference arms made of real images.
 
     python train/downstream.py                 # full table (cached: rerun to continue)
+    python train/downstream.py --cached-only   # the table from the cells finished so far; trains nothing
     python train/downstream.py --quick         # minutes, tiny settings (tests / CI)
     python train/downstream.py --seeds 0 1 2 3 4 5 6 7 --mus 0.5 0.9 --ratios 0.25
 
-Cells: the real subset alone (default a stratified 10% of the training split); plus dacd
-sets at s ~ N(mu, sigma) for each mu, and the baseline's set, at each ratio (synthetic
-images per class = ratio x the real subset's). Each generated set is made once, at the
-largest ratio, by dacd.generation (resumable, with a manifest); smaller ratios take its
-first ids per class. Every cell trains the same architecture for the same number of
-optimizer steps, once per seed (the same seeds in every cell, so differences are paired),
-and is tested on the full test split.
+Every cell trains the same architecture for the same number of optimizer steps on the real
+subset (default a stratified 10% of the training split) plus an added set, once per seed (the
+same seeds in every cell, so differences to real-only are paired), and is tested on the full
+test split. The added sets (per class: ratio x the real subset's count):
 
-Writes to --out: runs.csv (one row per cell and seed), results.csv (per cell: accuracy
-mean ± std, paired difference to real-only with a 95% t-interval), results.md (the same
-as a markdown table), sets.csv (each generated set's measured medium-band share) and
-downstream.html. Each (cell, seed)
-result is cached under --work-dir, so an interrupted table continues where it stopped.
+  dacd            generated at s ~ N(mu, sigma) for each mu (sampling `plain`)
+  baseline        the no-difficulty LoRA's images
+  real-matched    real images from the unused part of the training split, matched per class
+                  to the same s plan as the dacd set (nearest out-of-fold s, without replacement)
+  real-random     unused real images at random
+  real-duplicate  copies of the subset's own images (what extra steps on the same data give)
 
-A set can also be made beforehand, e.g. on GPUs with `accelerate launch train/generate.py
---out <work-dir>/synthetic/dacd-mu0.5 --ratio 0.25 --real-fraction 0.1 --mu 0.5`: a folder
-with a finished manifest.parquet is used as it is.
+plus synthetic-only cells ("alone"): a classifier trained on the added set alone (the size of
+the largest ratio's set), the classification accuracy score of a generator. The headline cells
+(real-only, real-matched / dacd at the headline mu, baseline) run --headline-seeds, the rest
+--seeds; all cells' first seeds run before the headline's extra ones.
+
+Writes to --out: runs.csv (one row per cell and seed), results.csv (per cell: accuracy mean ±
+std, paired difference to real-only with a 95% t-interval, paired-t p-value and its Holm
+adjustment over the table's "added" cells), per_class.csv (the same per class), confusion.json
+(mean confusion matrix per cell), sets.csv (each added set measured by the evaluation
+classifier), matched.csv (how far matched real images are from the plan, per class),
+results.md and downstream.html. Each (cell, seed) result is cached under <out>/cells (a small
+JSON, committed with the table), keyed by a hash of everything it depends on (arm, set plan,
+model content, sampling settings, real subset, training settings), so an interrupted table
+continues where it stopped and a changed setting never reuses another's cells. Generated
+images go to --work-dir, made only when a missing cell needs them.
+
+A set can also be made beforehand, e.g. on GPUs with `accelerate launch train/generate.py`: put
+a finished folder where this script would write it (it prints the path).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = ROOT / "checkpoints" / "fashion-mnist"
-RESULT_COLUMNS = ["cell", "model", "mu", "ratio", "seeds", "accuracy_mean", "accuracy_std", "paired_seeds",
-                  "diff_mean", "diff_ci_low", "diff_ci_high", "significant", "n_real", "n_synthetic",
-                  "measured_medium_share"]
-RUN_COLUMNS = ["cell", "model", "mu", "ratio", "seed", "accuracy", "n_real", "n_synthetic", "steps", "seconds"]
+CACHE_VERSION = 2  # v1 caches (before the reference arms) are not read: their keys differ
+RESULT_COLUMNS = ["cell", "model", "sampling", "mode", "mu", "ratio", "seeds", "accuracy_mean", "accuracy_std",
+                  "paired_seeds", "diff_mean", "diff_ci_low", "diff_ci_high", "significant", "p_value", "p_holm",
+                  "holm_significant", "n_real", "n_synthetic", "measured_medium_share", "evaluator_accuracy"]
+RUN_COLUMNS = ["cell", "model", "sampling", "mode", "mu", "ratio", "seed", "accuracy", "n_real", "n_synthetic",
+               "steps", "seconds"]
+REAL_ARMS = ("real-matched", "real-random", "real-duplicate")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--scores", default=str(EMBEDDED / "scores.parquet"),
+                   help="out-of-fold difficulty of the training split (for real-matched)")
     p.add_argument("--real-fraction", type=float, default=0.1, help="stratified fraction of the training split")
     p.add_argument("--real-seed", type=int, default=0)
     p.add_argument("--model", default=str(EMBEDDED / "dacd"))
@@ -55,7 +77,12 @@ def parse_args(argv=None):
     p.add_argument("--mus", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     p.add_argument("--sigma", type=float, default=0.1)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
+    p.add_argument("--arms", nargs="+", default=["dacd", "baseline", *REAL_ARMS, "alone"],
+                   help="which arms to run ('alone' = the synthetic-only cells)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
+                   help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
+    p.add_argument("--headline-mu", type=float, default=0.5)
     p.add_argument("--arch", default="resnet10t", help="timm architecture of the downstream classifier")
     p.add_argument("--steps", type=int, default=400, help="optimizer steps, the same for every cell")
     p.add_argument("--batch-size", type=int, default=128)
@@ -63,52 +90,133 @@ def parse_args(argv=None):
     p.add_argument("--gen-steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
     p.add_argument("--gen-batch-size", type=int, default=50)
     p.add_argument("--gen-seed", type=int, default=0)
-    p.add_argument("--work-dir", default="runs/downstream", help="generated sets and cached cell results")
+    p.add_argument("--arm-seed", type=int, default=0, help="seed of real-random and real-duplicate draws")
+    p.add_argument("--work-dir", default="runs/downstream", help="generated sets (large; not committed)")
     p.add_argument("--out", default=None, help="default bench/results/downstream[-quick]")
+    p.add_argument("--cells-dir", default=None, help="cached cell results (small; default <out>/cells, committed "
+                   "with the table so a later run or session continues it)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="train and generate nothing: the table from the cells already cached")
     p.add_argument("--quick", action="store_true",
                    help="2%% real subset, mu 0.5 and 0.9, ratio 0.25, 2 seeds, 30 steps, 4 sampling steps")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.real_fraction, args.mus, args.ratios, args.seeds = 0.02, [0.5, 0.9], [0.25], [0, 1]
+        args.headline_seeds = args.seeds
         args.steps, args.gen_steps = 30, args.gen_steps or 4
         if args.work_dir == "runs/downstream":
             args.work_dir = "runs/downstream-quick"
+    unknown = sorted(set(args.arms) - {"dacd", "baseline", *REAL_ARMS, "alone"})
+    if unknown:
+        p.error(f"unknown arms {unknown}; choose from dacd, baseline, {', '.join(REAL_ARMS)}, alone")
+    if not args.baseline and "baseline" in args.arms:
+        args.arms = [a for a in args.arms if a != "baseline"]
     args.out = Path(args.out or ROOT / "bench" / "results" / ("downstream-quick" if args.quick else "downstream"))
     return args
 
 
-def cell_specs(args) -> list[dict]:
-    cells = [{"cell": "real-only", "model": "", "mu": float("nan"), "ratio": 0.0, "set": None}]
-    for r in args.ratios:
-        for mu in args.mus:
-            cells.append({"cell": f"dacd mu={mu:g} r={r:g}", "model": "dacd", "mu": mu, "ratio": r,
-                          "set": f"dacd-mu{mu:g}"})
-        if args.baseline:
-            cells.append({"cell": f"baseline r={r:g}", "model": "baseline", "mu": float("nan"), "ratio": r,
-                          "set": "baseline"})
-    return cells
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def make_sets(args, real, work: Path, progress: bool) -> dict:
-    """Generate (or resume) one set per model/mu at the largest ratio; returns {set name: folder}."""
+def model_name(model) -> str:
+    """How a model is recorded: relative to the repository when it lies in it (so a result does not
+    depend on where the repository is), else as given."""
+    path = Path(model).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(model)
+
+
+def model_fingerprint(model) -> str:
+    """A model folder's content (and its base's, when dacd_config.json names a relative base)."""
+    h, folder = hashlib.sha256(), Path(model)
+    folders = [folder]
+    cfg = folder / "dacd_config.json"
+    if cfg.is_file():
+        base = json.loads(cfg.read_text()).get("base", "")
+        if base and (folder / base).is_dir():
+            folders.append(folder / base)
+    for f in folders:
+        for file in sorted(p for p in f.rglob("*") if p.is_file() and p.suffix != ".md" and p.suffix != ".png"):
+            h.update(str(file.relative_to(f)).encode())
+            h.update(file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the added sets
+
+def plan_sets(args, real, counts) -> dict:
+    """Every added set, by name: what it is and what identifies it (no images yet)."""
+    from dacd.generation import DifficultySpec, SamplingSettings, make_plan, plan_fingerprint
+
+    sampling = asdict(SamplingSettings(num_inference_steps=args.gen_steps))
+    sets = {}
+
+    def generated(arm, model, spec, mu):
+        plan = make_plan(real.class_names, counts, spec, seed=args.gen_seed)
+        ident = {"arm": arm, "model": model_fingerprint(model), "sampling": "plain", "settings": sampling,
+                 "plan": plan_fingerprint(plan)}
+        name = f"{arm}-plain" + (f"-mu{mu:g}" if mu is not None else "")
+        sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": "plain", "kind": "generated", "plan": plan,
+                      "model": model, "spec": spec, "identity": _hash(ident),
+                      "folder": Path(args.work_dir) / "synthetic" / f"{name}-{_hash(ident)[:8]}"}
+
+    for mu in args.mus:
+        spec = DifficultySpec(mu=mu, sigma=args.sigma)
+        if "dacd" in args.arms:
+            generated("dacd", args.model, spec, mu)
+        if "real-matched" in args.arms:
+            plan = make_plan(real.class_names, counts, spec, seed=args.gen_seed)
+            sets[f"real-matched-mu{mu:g}"] = {"name": f"real-matched-mu{mu:g}", "arm": "real-matched", "mu": mu,
+                                              "sampling": "", "kind": "real", "plan": plan}
+    if "baseline" in args.arms:  # the plan's s is recorded, not used
+        generated("baseline", args.baseline, DifficultySpec(mu=0.5, sigma=args.sigma), None)
+    for arm in ("real-random", "real-duplicate"):
+        if arm in args.arms:
+            sets[arm] = {"name": arm, "arm": arm, "mu": None, "sampling": "", "kind": "real"}
+    return sets
+
+
+def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
+    """Pick the real images of each real arm (at the largest ratio); returns match-report frames."""
+    import numpy as np
+
+    from dacd.evaluation import draw_per_class, match_report, match_to_plan
+
+    reports = []
+    for st in sets.values():
+        if st["kind"] != "real":
+            continue
+        if st["arm"] == "real-matched":
+            plan = st["plan"]
+            pick = match_to_plan(pool_s, pool.labels, plan.requested_s.to_numpy(), plan.label.to_numpy())
+            src, order_s = pool, pool_s[pick]
+            st["requested_s"] = plan.requested_s.to_numpy()
+            rep = match_report(st["requested_s"], order_s, plan.label.to_numpy(), real.class_names)
+            reports.append(rep.assign(set=st["name"], mu=st["mu"]))
+        elif st["arm"] == "real-random":
+            pick, src = draw_per_class(pool.labels, counts, args.arm_seed), pool
+        else:
+            pick, src = draw_per_class(real.labels, counts, args.arm_seed, cycle=True), real
+        st.update(images=src.images[pick], labels=src.labels[pick], ids=np.asarray(src.ids)[pick],
+                  scoring_s=pool_s[pick] if src is pool else None)
+        st["identity"] = _hash({"arm": st["arm"], "ids": [str(i) for i in st["ids"]]})
+    return reports
+
+
+def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
+    """Generate (or resume) each generated set that a missing cell needs, at the largest ratio."""
     import torch
 
     from dacd.classifier import Classifier
-    from dacd.generation import (DifficultySpec, SamplingSettings, counts_from_ratio, generate_dataset,
-                                 load_manifest, make_plan)
+    from dacd.generation import SamplingSettings, generate_dataset, load_manifest
     from dacd.pipeline import DifficultyControlledPipeline
 
-    counts = counts_from_ratio(real.labels, max(args.ratios), real.num_classes)
-    wanted = {f"dacd-mu{mu:g}": (args.model, DifficultySpec(mu=mu, sigma=args.sigma)) for mu in args.mus}
-    if args.baseline:
-        wanted["baseline"] = (args.baseline, DifficultySpec(mu=0.5, sigma=args.sigma))  # recorded, not used
-    folders, pipes, evaluator = {}, {}, None
-    for name, (model, spec) in wanted.items():
-        folder = work / "synthetic" / name
-        folders[name] = folder
-        if (folder / "manifest.parquet").is_file():
+    pipes, evaluator = {}, None
+    for st in sets.values():
+        if st["kind"] != "generated" or st["name"] not in needed or (st["folder"] / "manifest.parquet").is_file():
             continue
+        model = st["model"]
         if model not in pipes:
             pipes[model] = DifficultyControlledPipeline.from_pretrained(model)
             pipes[model].set_progress_bar_config(disable=True)
@@ -116,22 +224,125 @@ def make_sets(args, real, work: Path, progress: bool) -> dict:
         if list(pipe.class_names) != list(real.class_names):
             raise SystemExit(f"{model} knows classes {list(pipe.class_names)}, the data {list(real.class_names)}")
         evaluator = evaluator or Classifier.from_pretrained(args.evaluator)
-        plan = make_plan(real.class_names, counts, spec, seed=args.gen_seed)
-        print(f"generating {name}: {len(plan)} images ({spec.describe()}) from {model}", flush=True)
+        print(f"generating {st['name']}: {len(st['plan'])} images ({st['spec'].describe()}) from {model} "
+              f"into {st['folder']}", flush=True)
         with torch.inference_mode():
-            generate_dataset(pipe, plan, folder, model_id=str(model), evaluator=evaluator,
+            generate_dataset(pipe, st["plan"], st["folder"], model_id=model_name(model), evaluator=evaluator,
                              sampling=SamplingSettings(num_inference_steps=args.gen_steps),
                              batch_size=args.gen_batch_size, progress=progress, real_subset=real.name,
-                             extra_config={"difficulty": {**spec.__dict__, "description": spec.describe()},
-                                           "real_subset": real.name, "ratio": max(args.ratios)})
-        load_manifest(folder)
-    return folders
+                             extra_config={"difficulty": {**st["spec"].__dict__, "description": st["spec"].describe()},
+                                           "real_subset": real.name, "ratio": max(args.ratios),
+                                           "sampling_mode": st["sampling"]})
+        load_manifest(st["folder"])
 
 
-def set_identity(folder: Path) -> str:
-    """What a cached cell result depends on in a generated set: its plan and its model."""
-    cfg = json.loads((folder / "generation.json").read_text())
-    return f"{cfg['plan_fingerprint']}:{cfg['model']}"
+def set_images(st, counts, real):
+    """(images, labels) of a set's first `counts[c]` images per class."""
+    import numpy as np
+
+    from dacd.generation import load_generated_images, load_manifest, take_first
+
+    if st["kind"] == "generated":
+        m = take_first(load_manifest(st["folder"]), counts)
+        return load_generated_images(st["folder"], m), np.array([real.class_index(c) for c in m["class"]])
+    keep = np.concatenate([np.flatnonzero(st["labels"] == c)[:n] for c, n in sorted(counts.items())])
+    return st["images"][keep], st["labels"][keep]
+
+
+def measure_sets(args, sets, real, cells_dir: Path) -> list[dict]:
+    """Each set's summary, measured by the evaluation classifier (real arms too, so they compare).
+    Summaries are cached beside the cells, so a table can be rebuilt without the images."""
+    import numpy as np
+
+    from dacd.classifier import Classifier
+    from dacd.evaluation import medium_share, measure
+    from dacd.generation import load_manifest, manifest_summary
+
+    rows, evaluator = [], None
+    for st in sets.values():
+        row = {"set": st["name"], "arm": st["arm"], "sampling": st["sampling"], "mu": st["mu"]}
+        cache = cells_dir / f"set-{st['name']}-{st['identity']}.json"
+        if cache.is_file():
+            rows.append(json.loads(cache.read_text()))
+            continue
+        if st["kind"] == "generated":
+            if (st["folder"] / "manifest.parquet").is_file():
+                row.update({k: v for k, v in manifest_summary(load_manifest(st["folder"])).items()
+                            if k != "medium_band"})
+        else:
+            evaluator = evaluator or Classifier.from_pretrained(args.evaluator)
+            m, _ = measure(evaluator, st["images"], st["labels"])
+            s = m.measured_s.to_numpy()
+            row.update(images=int(len(s)), measured_s_mean=float(s.mean()), measured_medium_share=medium_share(s),
+                       evaluator_accuracy=float((m.pred.to_numpy() == st["labels"]).mean()))
+            if "requested_s" in st:
+                row.update(requested_s_mean=float(np.mean(st["requested_s"])),
+                           requested_medium_share=medium_share(st["requested_s"]))
+            if st["scoring_s"] is not None:
+                row.update(scoring_s_mean=float(np.mean(st["scoring_s"])),
+                           scoring_medium_share=medium_share(st["scoring_s"]))
+        if "images" in row:
+            cache.write_text(json.dumps(row, indent=1))
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- the cells
+
+def cell_specs(args, sets) -> list[dict]:
+    """All cells in table order; each knows its set, mode and seeds."""
+    head = set(args.headline_seeds) | set(args.seeds)
+    cells = [{"cell": "real-only", "model": "", "sampling": "", "mode": "real", "mu": float("nan"), "ratio": 0.0,
+              "set": None, "headline": True}]
+    nan = float("nan")
+    for r in args.ratios:
+        for mu in args.mus:
+            for arm in ("dacd", "real-matched"):
+                name = f"{arm}-plain-mu{mu:g}" if arm == "dacd" else f"real-matched-mu{mu:g}"
+                if name in sets:
+                    cells.append({"cell": f"{arm} mu={mu:g} r={r:g}", "model": arm, "sampling": sets[name]["sampling"],
+                                  "mode": "added", "mu": mu, "ratio": r, "set": name,
+                                  "headline": mu == args.headline_mu})
+        for arm, name in (("baseline", "baseline-plain"), ("real-random", "real-random"),
+                          ("real-duplicate", "real-duplicate")):
+            if name in sets:
+                cells.append({"cell": f"{arm} r={r:g}", "model": arm, "sampling": sets[name]["sampling"],
+                              "mode": "added", "mu": nan, "ratio": r, "set": name, "headline": arm == "baseline"})
+    if "alone" in args.arms:
+        r = max(args.ratios)
+        for name, label in ((f"dacd-plain-mu{args.headline_mu:g}", f"dacd mu={args.headline_mu:g}"),
+                            ("baseline-plain", "baseline"),
+                            (f"real-matched-mu{args.headline_mu:g}", f"real-matched mu={args.headline_mu:g}"),
+                            ("real-random", "real-random")):
+            if name in sets:
+                st = sets[name]
+                cells.append({"cell": f"alone: {label} r={r:g}", "model": st["arm"], "sampling": st["sampling"],
+                              "mode": "alone", "mu": nan if st["mu"] is None else st["mu"], "ratio": r, "set": name,
+                              "headline": False})
+    for c in cells:
+        c["seeds"] = sorted(head) if c["headline"] else list(args.seeds)
+    return cells
+
+
+def work_order(cells, first_seeds) -> list[tuple[dict, int]]:
+    """Every cell's first seeds (real-only, then headline cells, largest ratio first), then the
+    headline cells' extra seeds: a run stopped early still gives a table of every arm."""
+    ranked = sorted(cells, key=lambda c: (c["set"] is not None, not c["headline"], c["mode"] == "alone", -c["ratio"]))
+    first = [(c, s) for c in ranked for s in c["seeds"] if s in first_seeds]
+    return first + [(c, s) for c in ranked for s in c["seeds"] if s not in first_seeds]
+
+
+def cell_meta(args, cell, sets, real, test) -> dict:
+    """Everything a cell's result depends on; its hash is part of the cache file name."""
+    return {"version": CACHE_VERSION, "cell": cell["cell"], "mode": cell["mode"], "ratio": cell["ratio"],
+            "real_subset": real.name, "test": f"{test.name}:{len(test)}", "arch": args.arch, "steps": args.steps,
+            "batch_size": args.batch_size, "lr": args.lr,
+            "set": sets[cell["set"]]["identity"] if cell["set"] else None}
+
+
+def cache_path(cells_dir: Path, cell, seed, meta) -> Path:
+    slug = cell["cell"].replace(": ", "-").replace(" ", "_").replace("=", "")
+    return cells_dir / f"{slug}-seed{seed}-{_hash(meta)}.json"
 
 
 def main(argv=None):
@@ -140,121 +351,196 @@ def main(argv=None):
     import pandas as pd
 
     from dacd.data import load_dataset, stratified_subset, subset_name
-    from dacd.evaluation import paired_comparison, train_downstream_cell
-    from dacd.generation import counts_from_ratio, load_generated_images, load_manifest, manifest_summary, take_first
+    from dacd.difficulty import load_scores
+    from dacd.evaluation import holm, paired_comparison, per_class_comparison, train_downstream_cell
+    from dacd.generation import counts_from_ratio
 
     t_start = time.time()
     progress = not args.no_progress
-    work = Path(args.work_dir)
-    (work / "cells").mkdir(parents=True, exist_ok=True)
+    cells_dir = Path(args.cells_dir or args.out / "cells")
+    cells_dir.mkdir(parents=True, exist_ok=True)
     train, test = load_dataset(args.data, "train", args.data_dir), load_dataset(args.data, "test", args.data_dir)
     idx = stratified_subset(train.labels, args.real_fraction, args.real_seed)
     real = train.subset(idx)
     real.name = subset_name(train.name, "train", args.real_fraction, args.real_seed)
-    print(f"real subset: {real.name}, {len(real)} images; test: {len(test)} images", flush=True)
-    folders = make_sets(args, real, work, progress)
-
-    manifests = {name: load_manifest(f) for name, f in folders.items()}
-    set_rows = [{"set": name, **{k: v for k, v in manifest_summary(m).items() if k != "medium_band"}}
-                for name, m in manifests.items()]
-    fingerprints = {name: set_identity(f) for name, f in folders.items()}
-    run_rows = []
-    cells = cell_specs(args)
-    todo = [(c, s) for c in cells for s in args.seeds]
-    for i, (cell, seed) in enumerate(todo):
-        key = f"{cell['cell'].replace(' ', '_').replace('=', '')}-seed{seed}"
-        cache = work / "cells" / f"{key}.json"
-        meta = {"real_subset": real.name, "arch": args.arch, "steps": args.steps, "batch_size": args.batch_size,
-                "lr": args.lr, "set": fingerprints.get(cell["set"])}
+    pool = train.subset(np.setdiff1d(np.arange(len(train)), idx))
+    print(f"real subset: {real.name}, {len(real)} images; unused pool {len(pool)}; test: {len(test)} images",
+          flush=True)
+    counts = counts_from_ratio(real.labels, max(args.ratios), real.num_classes)
+    sets = plan_sets(args, real, counts)
+    reports = []
+    if any(st["kind"] == "real" for st in sets.values()):
+        scores = load_scores(args.scores).set_index("id")
+        missing = [i for i in pool.ids[:5] if i not in scores.index]
+        if missing:
+            raise SystemExit(f"{args.scores} has no score for training images such as {missing[0]!r}: pass the "
+                             "score table of this dataset (--scores; train/score_difficulty.py writes it)")
+        pool_s = scores.loc[list(pool.ids), "s"].to_numpy(float)
+        reports = build_real_sets(args, sets, real, pool, pool_s, counts)
+    cells = cell_specs(args, sets)
+    todo = work_order(cells, set(args.seeds))
+    caches = [cache_path(cells_dir, c, seed, cell_meta(args, c, sets, real, test)) for c, seed in todo]
+    if not args.cached_only:
+        needed = {c["set"] for (c, _), cache in zip(todo, caches) if c["set"] and not cache.is_file()}
+        make_generated_sets(args, sets, real, needed, progress)
+    results, loaded = {}, {}
+    for i, ((cell, seed), cache) in enumerate(zip(todo, caches)):
+        meta = cell_meta(args, cell, sets, real, test)
         if cache.is_file():
-            res = json.loads(cache.read_text())
-            if res.get("meta") != meta:
-                raise SystemExit(f"{cache} was made with other settings ({res.get('meta')}); use another "
-                                 "--work-dir or delete the cells/ folder")
-        else:
-            synth_x = synth_y = None
-            if cell["set"] is not None:
-                m = take_first(manifests[cell["set"]], counts_from_ratio(real.labels, cell["ratio"],
-                                                                         real.num_classes))
-                synth_x = load_generated_images(folders[cell["set"]], m)
-                synth_y = np.array([real.class_index(c) for c in m["class"]])
-            res = train_downstream_cell(real.images, real.labels, synth_x, synth_y, test.images, test.labels,
-                                        arch=args.arch, class_names=list(real.class_names), steps=args.steps,
-                                        seed=seed, batch_size=args.batch_size, lr=args.lr, progress=progress)
-            res["meta"] = meta
-            tmp = cache.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(res, indent=1))
-            os.replace(tmp, cache)
-            print(f"[{i + 1}/{len(todo)}] {cell['cell']:<22} seed {seed}: accuracy {res['accuracy']:.4f} "
-                  f"({res['n_real']} real + {res['n_synthetic']} synthetic, {res['seconds']:.0f} s)", flush=True)
-        run_rows.append({**{k: cell[k] for k in ("cell", "model", "mu", "ratio")}, "seed": seed,
-                         **{k: res[k] for k in ("accuracy", "n_real", "n_synthetic", "steps", "seconds")}})
+            results[cell["cell"], seed] = json.loads(cache.read_text())
+            continue
+        if args.cached_only:
+            continue
+        synth_x = synth_y = None
+        if cell["set"] is not None:
+            key = (cell["set"], cell["ratio"])
+            if key not in loaded:
+                loaded[key] = set_images(sets[cell["set"]], counts_from_ratio(real.labels, cell["ratio"],
+                                                                              real.num_classes), real)
+            synth_x, synth_y = loaded[key]
+        res = train_downstream_cell(real.images, real.labels, synth_x, synth_y, test.images, test.labels,
+                                    arch=args.arch, class_names=list(real.class_names), steps=args.steps,
+                                    seed=seed, batch_size=args.batch_size, lr=args.lr,
+                                    include_real=cell["mode"] != "alone", progress=progress)
+        res["meta"] = meta
+        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(res, indent=1))
+        os.replace(tmp, cache)
+        results[cell["cell"], seed] = res
+        print(f"[{i + 1}/{len(todo)}] {cell['cell']:<28} seed {seed}: accuracy {res['accuracy']:.4f} "
+              f"({res['n_real']} real + {res['n_synthetic']} added, {res['seconds']:.0f} s)", flush=True)
+    print(f"{len(results)} of {len(todo)} cell runs done", flush=True)
+    if not any(cell == "real-only" for cell, _ in results):
+        print("no real-only result yet: nothing to compare; rerun without --cached-only", flush=True)
+        return 0
 
+    run_rows, pc_rows, confusion = [], [], {}
+    for cell in cells:
+        mats = []
+        for seed in cell["seeds"]:
+            res = results.get((cell["cell"], seed))
+            if res is None:
+                continue
+            run_rows.append({**{k: cell[k] for k in ("cell", "model", "sampling", "mode", "mu", "ratio")},
+                             "seed": seed, **{k: res[k] for k in ("accuracy", "n_real", "n_synthetic", "steps",
+                                                                  "seconds")}})
+            pc_rows += [{"cell": cell["cell"], "seed": seed, "class": name, "accuracy": a}
+                        for name, a in zip(real.class_names, res["per_class_accuracy"])]
+            mats.append(np.asarray(res["confusion"], float))
+        if mats:
+            confusion[cell["cell"]] = np.mean(mats, 0).round(2).tolist()
     runs = pd.DataFrame(run_rows, columns=RUN_COLUMNS)
     table = paired_comparison(runs)
-    info = runs.groupby("cell", sort=False).agg(model=("model", "first"), mu=("mu", "first"),
-                                                ratio=("ratio", "first"), n_real=("n_real", "first"),
-                                                n_synthetic=("n_synthetic", "first"))
+    info = runs.groupby("cell", sort=False).agg(**{k: (k, "first") for k in ("model", "sampling", "mode", "mu",
+                                                                                "ratio", "n_real", "n_synthetic")})
     table = table.join(info, on="cell")
-    shares = {r["set"]: r["measured_medium_share"] for r in set_rows}
+    family = (table["mode"] == "added").to_numpy()  # the hypotheses of the table: added sets vs real-only
+    table["p_holm"] = np.nan
+    table.loc[family, "p_holm"] = holm(table.loc[family, "p_value"].to_numpy())
+    table["holm_significant"] = (table.p_holm < 0.05).fillna(False).astype(bool)
+    set_rows = measure_sets(args, sets, real, cells_dir)
+    by_set = {r["set"]: r for r in set_rows}
     set_of = {c["cell"]: c["set"] for c in cells}
-    table["measured_medium_share"] = [shares.get(set_of[name], float("nan")) for name in table.cell]
+    for col in ("measured_medium_share", "evaluator_accuracy"):
+        table[col] = [by_set.get(set_of[name], {}).get(col, float("nan")) for name in table.cell]
     table = table[RESULT_COLUMNS]
+    per_class = per_class_comparison(pd.DataFrame(pc_rows))
+
     args.out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(args.out / "runs.csv", index=False)
     table.to_csv(args.out / "results.csv", index=False)
+    per_class.to_csv(args.out / "per_class.csv", index=False)
     pd.DataFrame(set_rows).to_csv(args.out / "sets.csv", index=False)
-    write_figure(table, args.out / "downstream.html", real.name)
+    if reports:
+        pd.concat(reports, ignore_index=True).to_csv(args.out / "matched.csv", index=False)
+    (args.out / "confusion.json").write_text(json.dumps({"class_names": list(real.class_names),
+                                                         "rows_true_columns_predicted": confusion}, indent=1))
+    write_figure(table, per_class, args.out / "downstream.html", real.name)
     with open(args.out / "settings.json", "w") as f:
         json.dump({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, f, indent=1)
 
-    pd.set_option("display.width", 200)
-    print(f"\nreal subset {real.name} ({len(real)} images), {args.arch}, {args.steps} steps x {args.batch_size}, "
-          f"seeds {args.seeds}; test accuracy on {len(test)} images")
-    show = table.assign(accuracy=[f"{m * 100:.2f} ± {s * 100:.2f}" for m, s in zip(table.accuracy_mean,
-                                                                                     table.accuracy_std)],
-                        paired_diff=[f"{d * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]" for d, lo, hi in
-                                     zip(table.diff_mean, table.diff_ci_low, table.diff_ci_high)],
-                        medium=[f"{x:.3f}" for x in table.measured_medium_share])
-    print(show[["cell", "accuracy", "paired_diff", "significant", "n_synthetic", "medium"]].to_string(index=False))
-    write_markdown(show, args, real, len(test))
-    print("\ngenerated sets (measured by the evaluation classifier):")
-    print(pd.DataFrame(set_rows).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print(f"\nwrote {args.out}/runs.csv, results.csv, results.md, sets.csv, downstream.html in "
-          f"{time.time() - t_start:.0f} s")
+    pd.set_option("display.width", 250)
+    print(f"\nreal subset {real.name} ({len(real)} images), {args.arch}, {args.steps} steps x {args.batch_size}; "
+          f"test accuracy on {len(test)} images; {int(family.sum())} comparisons in the Holm family")
+    show = _formatted(table)
+    print(show[["cell", "seeds", "accuracy", "paired_diff", "p_holm", "n_synthetic", "medium",
+                "eval_acc"]].to_string(index=False))
+    write_markdown(show, per_class, args, real, len(test), int(family.sum()))
+    if reports:
+        rep = pd.concat(reports, ignore_index=True)
+        print("\nreal-matched: how far the matched real images' out-of-fold s is from the plan, per class")
+        print(rep.pivot(index="class", columns="set", values="gap_mean").to_string(float_format=lambda x: f"{x:.3f}"))
+    print("\nadded sets (measured by the evaluation classifier):")
+    print(pd.DataFrame(set_rows).drop(columns=["sampling"]).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"\nwrote {args.out}/runs.csv, results.csv, per_class.csv, sets.csv, matched.csv, confusion.json, "
+          f"results.md, downstream.html in {time.time() - t_start:.0f} s")
     return 0
 
 
-def write_markdown(show, args, real, n_test: int) -> None:
-    """results.md: the table as printed, for the README."""
+def _formatted(table):
+    return table.assign(
+        accuracy=[f"{m * 100:.2f} ± {s * 100:.2f}" for m, s in zip(table.accuracy_mean, table.accuracy_std)],
+        paired_diff=[f"{d * 100:+.2f} [{lo * 100:+.2f}, {hi * 100:+.2f}]" for d, lo, hi in
+                     zip(table.diff_mean, table.diff_ci_low, table.diff_ci_high)],
+        p_holm=["—" if p != p else f"{p:.3g}" for p in table.p_holm],
+        medium=["—" if x != x else f"{x:.3f}" for x in table.measured_medium_share],
+        eval_acc=["—" if x != x else f"{x * 100:.1f}" for x in table.evaluator_accuracy])
+
+
+def write_markdown(show, per_class, args, real, n_test: int, family: int) -> None:
+    """results.md: the tables as printed, for the README."""
     lines = [f"Real subset: {real.name} ({len(real)} images); {args.arch}, {args.steps} steps x {args.batch_size} "
-             f"for every cell; seeds {' '.join(map(str, args.seeds))}; test accuracy on {n_test} test images.", "",
-             "| cell | test accuracy % (mean ± std) | paired difference to real-only, points [95% CI] | "
-             "CI excludes 0 | synthetic images | set's measured medium-band share |",
-             "|---|---|---|---|---|---|"]
+             f"for every cell; test accuracy on {n_test} test images. Holm correction over the {family} "
+             "cells that add a set to the real subset.", "",
+             "| cell | seeds | test accuracy % (mean ± std) | paired difference to real-only, points [95% CI] | "
+             "Holm-adjusted p | added images | set's medium-band share | evaluator accuracy on the set % |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in show.itertuples():
-        lines.append(f"| {r.cell} | {r.accuracy} | {r.paired_diff if r.cell != 'real-only' else '—'} | "
-                     f"{'yes' if r.significant else 'no'} | {r.n_synthetic} | {r.medium} |")
+        diff = "—" if r.cell == "real-only" else r.paired_diff + (" ✱" if r.holm_significant else "")
+        lines.append(f"| {r.cell} | {r.seeds} | {r.accuracy} | {diff} | {r.p_holm} | {r.n_synthetic} | {r.medium} | "
+                     f"{r.eval_acc} |")
+    lines += ["", "✱ the interval excludes 0 after the Holm correction (adjusted p < 0.05).", "",
+              "Per-class paired difference to real-only (points; cells that add a set):", ""]
+    added = [c for c in show.cell if c != "real-only" and not c.startswith("alone")]
+    pc = per_class[per_class.cell.isin(added)]
+    classes = list(dict.fromkeys(pc["class"]))
+    lines += ["| cell | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for cell in added:
+        sub = pc[pc.cell == cell].set_index("class")
+        lines.append(f"| {cell} | " + " | ".join(f"{sub.loc[c, 'diff_mean'] * 100:+.1f}" for c in classes) + " |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def write_figure(table, path: Path, real_name: str) -> None:
+def write_figure(table, per_class, path: Path, real_name: str) -> None:
     import numpy as np
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    t = table[table.cell != "real-only"]
-    fig = go.Figure()
+    t = table[table["mode"] == "added"]
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.18, row_heights=[0.45, 0.55],
+                        subplot_titles=("Test accuracy minus real-only (paired by seed, 95% t-interval)",
+                                        "Per class: paired difference to real-only (points)"))
     for model, sub in t.groupby("model", sort=False):
         fig.add_trace(go.Scatter(
             x=sub.cell, y=sub.diff_mean * 100, mode="markers", name=model,
             error_y=dict(type="data", symmetric=False, array=(sub.diff_ci_high - sub.diff_mean) * 100,
                          arrayminus=(sub.diff_mean - sub.diff_ci_low) * 100),
-            customdata=np.c_[sub.accuracy_mean * 100, sub.measured_medium_share],
+            customdata=np.c_[sub.accuracy_mean * 100, sub.measured_medium_share, sub.p_holm],
             hovertemplate="%{x}<br>paired diff %{y:+.2f} pts<br>accuracy %{customdata[0]:.2f}%"
-                          "<br>medium-band share %{customdata[1]:.3f}<extra></extra>"))
-    fig.add_hline(y=0, line_dash="dot", annotation_text="real only")
-    fig.update_layout(title=f"Test accuracy minus real-only (paired by seed, 95% t-interval); real: {real_name}",
-                      yaxis_title="accuracy difference (points)", template="plotly_white", height=480)
+                          "<br>medium-band share %{customdata[1]:.3f}<br>Holm p %{customdata[2]:.3g}<extra></extra>"),
+            row=1, col=1)
+    fig.add_hline(y=0, line_dash="dot", annotation_text="real only", row=1, col=1)
+    pc = per_class[per_class.cell.isin(t.cell)]
+    if len(pc):
+        z = pc.pivot(index="cell", columns="class", values="diff_mean").reindex(index=list(t.cell),
+                                                                                columns=list(dict.fromkeys(pc["class"])))
+        lim = float(np.nanmax(np.abs(z.to_numpy()))) * 100 if z.size else 1.0
+        fig.add_trace(go.Heatmap(z=z.to_numpy() * 100, x=list(z.columns), y=list(z.index), colorscale="RdBu",
+                                 zmid=0, zmin=-lim, zmax=lim, colorbar=dict(title="points", len=0.5, y=0.25),
+                                 hovertemplate="%{y}<br>%{x}: %{z:+.2f} pts<extra></extra>"), row=2, col=1)
+    fig.update_yaxes(title_text="accuracy difference (points)", row=1, col=1)
+    fig.update_layout(title=f"Downstream accuracy with added sets; real subset: {real_name}",
+                      template="plotly_white", height=480 + 22 * len(t))
     fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
 
 
