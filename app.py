@@ -6,7 +6,8 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from dacd.explore import CHECKPOINT_ENV, Generator  # noqa: E402
+from dacd.defaults import CHECKPOINT_ENV  # noqa: E402
+from dacd.explore import Workbench  # noqa: E402
 from dacd.ui import build_app, launch_kwargs  # noqa: E402
 
 
@@ -19,7 +20,7 @@ def main(argv=None):
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = p.parse_args(argv)
-    demo = build_app(Generator(args.checkpoint, data_dir=args.data_dir))
+    demo = build_app(Workbench(args.checkpoint, data_dir=args.data_dir))
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
 
 

@@ -11,37 +11,37 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, SAMPLING
+from dacd.explore import Workbench
+from dacd.ui import build_app, launch_kwargs
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "fashion-mnist"))
+    p.add_argument("--checkpoint", default=str(EMBEDDED_CHECKPOINT))
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    import torch
     from gradio_client import Client
 
-    from dacd.explore import Generator
-    from dacd.pipeline import DEFAULTS
-    from dacd.ui import build_app, launch_kwargs
 
-    gen = Generator(args.checkpoint)
+    gen = Workbench(args.checkpoint)
     demo = build_app(gen)
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())
     client = Client(url, verbose=False)
-    d = DEFAULTS
+    d = SAMPLING
     calls = {
         "generate (8 images)": (["Shirt", 0.5, gen.has_calibration(), 8, 0, False, d.num_inference_steps, d.guidance_scale,
                                  d.difficulty_guidance_scale, ""], "/generate"),
         "sweep (8 columns x 4 seeds)": (["Shirt", "0, 1, 2, 3", 8, False, d.num_inference_steps], "/sweep"),
-        "distribution (N=200, all classes)": ([0.5, 0.1, 200, "all", 0], "/distribution"),
+        "distribution (N=200, all classes)": ([DIFFICULTY.mu, DIFFICULTY.sigma, 200, "all", 0], "/distribution"),
         "browse": (["Shirt"], "/browse"),
     }
     print(f"{torch.get_num_threads()} torch threads, {d.scheduler} {d.num_inference_steps} steps")

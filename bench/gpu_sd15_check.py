@@ -16,16 +16,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from dacd.pipeline import DifficultyControlledPipeline
+from dacd.tiny import build_tokenizer, save_sd_folder
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def build_sd15(folder: Path, resolution: int):
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dacd.tiny import build_tokenizer, save_sd_folder
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer(["cat", "dog"])
@@ -49,9 +54,6 @@ def build_sd15(folder: Path, resolution: int):
 
 
 def write_data(root: Path, resolution: int, n_per_class: int = 16):
-    import numpy as np
-    import pandas as pd
-    from PIL import Image
 
     rng = np.random.default_rng(0)
     rows = []
@@ -73,7 +75,6 @@ def main():
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--mixed-precision", default="bf16")
     args = p.parse_args()
-    import torch
 
     out = Path(args.out)
     t0 = time.time()
@@ -94,7 +95,6 @@ def main():
         sys.exit(proc.returncode)
     print(f"train_dacd.py: {args.steps} steps in {time.time() - t0:.0f} s (incl. start-up)")
 
-    from dacd.pipeline import DifficultyControlledPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -10,14 +10,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from dacd.defaults import EMBEDDED_CHECKPOINT, PROMPT_TEMPLATE
+from dacd.plots import image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CK = ROOT / "checkpoints" / "fashion-mnist"
+CK = EMBEDDED_CHECKPOINT
 
 
 def main(argv=None):
@@ -29,9 +31,7 @@ def main(argv=None):
     p.add_argument("--difficulty-only", action="store_true")
     p.add_argument("--calibrated", action="store_true", help="sweep: condition through the shipped calibration curve")
     args = p.parse_args(argv)
-    import torch
 
-    from dacd.plots import image_grid
 
     ck = Path(args.checkpoint)
     cols = np.round(np.linspace(0.05, 0.95, 8), 3)
@@ -40,7 +40,7 @@ def main(argv=None):
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         from dacd.data import FASHION_MNIST_CLASSES
-        from dacd.tiny import PROMPT_TEMPLATE
+
 
         pipe = StableDiffusionPipeline.from_pretrained(ck / "base", safety_checker=None, requires_safety_checker=False)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+
+from dacd.classifier import TrainConfig, build_classifier, predict, train_classifier
+from dacd.data import load_fashion_mnist
 
 
 def main(argv=None):
@@ -21,10 +22,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
-    import torch
 
-    from dacd.classifier import TrainConfig, build_classifier, predict, train_classifier
-    from dacd.data import load_fashion_mnist
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -14,22 +14,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+
+from dacd.classifier import Classifier
+from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT
+from dacd.evaluation import S_BINS, cell_table, generate_rows, measure, spearman
+from dacd.pipeline import DifficultyControlledPipeline
+from dacd.sampling import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-CK = ROOT / "checkpoints" / "fashion-mnist"
+CK = EMBEDDED_CHECKPOINT
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(CK / "dacd"))
-    p.add_argument("--baseline", default=str(CK / "baseline"))
-    p.add_argument("--evaluator", default=str(CK / "evaluator"))
+    p.add_argument("--model", default=str(CK / LAYOUT.dacd))
+    p.add_argument("--baseline", default=str(CK / LAYOUT.baseline))
+    p.add_argument("--evaluator", default=str(CK / LAYOUT.evaluator))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--grid-n", type=int, default=8, help="images per (class, s) cell for the control check")
@@ -50,11 +56,7 @@ def timed(fn, repeats):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
 
-    from dacd.classifier import Classifier
-    from dacd.evaluation import S_BINS, cell_table, measure, spearman
-    from dacd.pipeline import DifficultyControlledPipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,15 +94,9 @@ def main(argv=None):
             t = timed(run(pipe, steps=steps, sched=sched), args.repeats)
             row = {"scheduler": sched, "steps": steps, "img_s": 8 / t}
             if evaluator is not None:
-                imgs = []
-                for i in range(0, len(grid_labels), 80):
-                    gens = [torch.Generator().manual_seed(int(k)) for k in range(i, min(i + 80, len(grid_labels)))]
-                    out = pipe([int(c) for c in grid_labels[i:i + 80]], [float(v) for v in grid_s[i:i + 80]],
-                               num_inference_steps=steps, scheduler=sched, generator=gens, output_type="np")
-                    imgs.append(out.images.transpose(0, 3, 1, 2))
-                m, _ = measure(evaluator, np.concatenate(imgs), grid_labels)
-                import pandas as pd
-
+                rows_ = pd.DataFrame({"label": grid_labels, "requested_s": grid_s, "seed": np.arange(len(grid_s))})
+                imgs = generate_rows(pipe, rows_, SamplingSettings(steps, sched), batch_size=80)
+                m, _ = measure(evaluator, imgs, grid_labels)
                 cells = cell_table(pd.DataFrame({"label": grid_labels, "requested_s": grid_s, **m}),
                                    pipe.class_names)
                 row["spearman"] = spearman(cells.bin, cells.measured_mean)

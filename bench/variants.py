@@ -23,6 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from dacd.defaults import EMBEDDED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["Shirt", "T-shirt/top", "Pullover", "Coat"]
 TRAIN_VARIANTS = {  # name -> extra train_dacd.py arguments (defaults: balance power 0.5, 4 tokens, encoder lr 1e-3)
@@ -62,7 +66,6 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--collect-only", action="store_true")
     args = p.parse_args(argv)
-    import pandas as pd
 
     work = ROOT / args.work_dir
     work.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,7 @@ def main(argv=None):
             res = evaluate(model, g, gd, work / f"eval-{name}-g{g:g}-gd{gd:g}", args.collect_only)
             if res:
                 rows.append({"kind": "training", "variant": name, "guidance": g, "difficulty_guidance": gd, **res})
-    shipped = ROOT / "checkpoints" / "fashion-mnist" / "dacd"
+    shipped = EMBEDDED_CHECKPOINT / "dacd"
     for g, gd in SAMPLING:
         res = evaluate(shipped, g, gd, work / f"shipped-g{g:g}-gd{gd:g}", args.collect_only)
         if res:

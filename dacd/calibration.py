@@ -1,9 +1,11 @@
 """Calibration: requested difficulty -> measured difficulty, per class, and its inverse.
 
-`bench/controllability.py` measures, for each class, the mean measured `s` (evaluation
-classifier) of images generated at a grid of requested `s`. With `calibrated=True`
-the pipeline inverts that curve: the user asks for a *measured* difficulty and the
-encoder is conditioned on the value that produced it.
+`Calibration.fit` takes, for each class, the mean measured `s` of images generated at a grid
+of requested `s`, measured by the *scoring* classifier (the one that defines `s`), so the
+evaluation classifier that judges calibrated sampling never fitted it. `train/calibrate.py`
+fits and stores it in a dacd folder. With `calibrated=True` the pipeline inverts the curve:
+the user asks for a *measured* difficulty and the encoder is conditioned on the value that
+produced it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-CALIBRATION_NAME = "calibration.json"
+from .defaults import LAYOUT
+
+CALIBRATION_NAME = LAYOUT.calibration
 
 
 @dataclass
@@ -22,6 +27,22 @@ class Calibration:
     requested: list[float]  # grid of requested s (increasing)
     measured: dict[str, list[float]]  # class index (as str) -> mean measured s at each grid value
     meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, rows: pd.DataFrame, meta: dict | None = None) -> "Calibration":
+        """The curve from generated images: `rows` has one row per image with its class `label`,
+        `requested_s` (a grid of values shared by all classes) and `measured_s`."""
+        missing = [c for c in ("label", "requested_s", "measured_s") if c not in rows.columns]
+        if missing:
+            raise ValueError(f"Calibration.fit needs columns label, requested_s, measured_s; {missing} missing")
+        means = rows.groupby(["label", "requested_s"]).measured_s.mean()
+        grid = sorted(rows.requested_s.unique())
+        measured = {}
+        for c, sub in means.groupby(level=0):
+            if len(sub) != len(grid):
+                raise ValueError(f"class {c} lacks images at some requested s of the grid {grid}")
+            measured[str(int(c))] = [float(v) for v in sub.sort_index(level=1).to_numpy()]
+        return cls([float(v) for v in grid], measured, dict(meta or {}))
 
     def curve(self, class_label: int) -> tuple[np.ndarray, np.ndarray]:
         key = str(int(class_label))
@@ -61,4 +82,5 @@ class Calibration:
             d = json.loads(path.read_text())
             return cls(d["requested"], d["measured"], d.get("meta", {}))
         except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"calibration file {path} is invalid ({e}); rerun bench/controllability.py") from e
+            raise ValueError(f"calibration file {path} is invalid ({e}); rerun train/calibrate.py (it rewrites it; "
+                             "bench/controllability.py measures it)") from e

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -60,7 +61,6 @@ class Classifier(nn.Module):
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
-        import timm
 
         self.config = config
         self.model = timm.create_model(config.arch, pretrained=False, in_chans=config.in_chans,

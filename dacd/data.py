@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 FASHION_MNIST_ENV = "DACD_FASHION_MNIST_DIR"
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -211,7 +212,6 @@ def load_image_folder(root: str | Path, split: str = "train", image_size: int = 
     as splits. Images are resized (shorter side) and centre-cropped to `image_size`;
     `channels` 1 or 3 (default: 1 if every image is greyscale, else 3).
     """
-    from PIL import Image
 
     root = Path(root)
     base = root / split if (root / split).is_dir() else root

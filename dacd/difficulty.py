@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .classifier import Classifier, TrainConfig, build_classifier, image_stats, predict, train_classifier
 from .data import ImageDataset
@@ -112,7 +113,6 @@ def run_scoring(train: ImageDataset, test: ImageDataset | None, cfg: ScoreConfig
     ran = 0
 
     def new_model(stage_seed: int) -> Classifier:
-        import torch
 
         torch.manual_seed(stage_seed)
         return build_classifier(cfg.arch, in_chans=train.in_chans, num_classes=train.num_classes,
@@ -183,7 +183,9 @@ def assemble(train: ImageDataset, test: ImageDataset | None, cfg: ScoreConfig, w
         corr_sum[tr] += z["correct"].mean(1)
         runs[tr] += 1
         seconds[f"fold{fold}"] = float(z["seconds"])
-    assert not np.isnan(probs).any(), "some training image was never held out"
+    if np.isnan(probs).any():
+        raise RuntimeError(f"{int(np.isnan(probs).any(1).sum())} training images were never held out: the fold "
+                           f"results in {work_dir} do not cover the split; rerun with --restart")
     zf = np.load(work_dir / "stage_final.npz")
     seconds["final"] = float(zf["seconds"])
     confidence, variability, correctness = conf_sum / runs, var_sum / runs, corr_sum / runs

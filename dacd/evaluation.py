@@ -8,10 +8,19 @@ and measured by the same evaluator (the real-data ceiling).
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
 
-MEDIUM_BAND = (0.3, 0.7)
+from .classifier import TrainConfig, build_classifier, image_stats, predict, train_classifier
+from .defaults import DIFFICULTY, MEDIUM_BAND
+from .sampling import sample
+
 S_BINS = np.round(np.arange(0.05, 1.0, 0.1), 2)  # requested s: bin centres 0.05 ... 0.95
 BIN_HALF_WIDTH = 0.05
 
@@ -108,10 +117,9 @@ def bin_of(s, centres=S_BINS, half=BIN_HALF_WIDTH) -> np.ndarray:
 
 # ---------------------------------------------------------------- tables
 
-def measure(evaluator, images_uint8_or_float, class_labels, batch_size: int = 512) -> pd.DataFrame:
-    """Measured difficulty of images for their requested classes, the predicted class and features."""
-    from .classifier import predict
-
+def measure(evaluator, images_uint8_or_float, class_labels, batch_size: int = 512) -> tuple[pd.DataFrame, np.ndarray]:
+    """Measured difficulty of images for their requested classes and the predicted class (a
+    DataFrame with columns measured_s, pred), and the classifier's features (N, D)."""
     probs, feats = predict(evaluator, images_uint8_or_float, features=True, batch_size=batch_size)
     y = np.asarray(class_labels, int)
     p_true = probs[np.arange(len(y)), y]
@@ -156,7 +164,7 @@ def real_ceiling_sample(scores: pd.DataFrame, requested: np.ndarray, labels: np.
     return out
 
 
-def draw_difficulties(n: int, mu: float = 0.5, sigma: float = 0.1, seed: int = 0) -> np.ndarray:
+def draw_difficulties(n: int, mu: float = DIFFICULTY.mu, sigma: float = DIFFICULTY.sigma, seed: int = 0) -> np.ndarray:
     """s ~ N(mu, sigma) clipped to [0, 1] (the paper's sampling)."""
     return np.clip(np.random.default_rng(seed).normal(mu, sigma, n), 0.0, 1.0)
 
@@ -168,8 +176,6 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
 
     For paired differences (one per seed) this is the paired t-interval; with one value
     the interval is undefined (NaN bounds)."""
-    from scipy import stats
-
     v = np.asarray(values, float)
     v = v[~np.isnan(v)]
     if len(v) == 0:
@@ -187,8 +193,6 @@ def paired_comparison(runs: pd.DataFrame, reference: str = "real-only", confiden
 
     `runs` has one row per (cell, seed) with columns cell, seed, accuracy. Only seeds
     present in both a cell and the reference enter its difference."""
-    from scipy import stats
-
     ref = runs[runs.cell == reference].set_index("seed").accuracy
     rows = []
     for cell, sub in runs.groupby("cell", sort=False):
@@ -310,12 +314,6 @@ def train_downstream_cell(real_images, real_labels, synth_images, synth_labels, 
     With `include_real=False` it trains on the added images alone (classification accuracy
     score). Normalization always comes from the real images, so every cell sees the same
     preprocessing."""
-    import time
-
-    import torch
-
-    from .classifier import TrainConfig, build_classifier, image_stats, predict, train_classifier
-
     t0 = time.time()
     mean, std = image_stats(real_images)
     has_synth = synth_images is not None and len(synth_images) > 0
@@ -339,3 +337,146 @@ def train_downstream_cell(real_images, real_labels, synth_images, synth_labels, 
             "per_class_accuracy": [float(a) for a in per_class], "confusion": confusion.tolist(),
             "n_real": n_real, "n_synthetic": int(len(y) - n_real), "steps": int(steps),
             "seconds": time.time() - t0}
+
+
+# ---------------------------------------------------------------- the controllability experiment
+
+def grid_rows(classes, n: int, seed: int = 0) -> pd.DataFrame:
+    """The controllability grid: every class x requested bin (S_BINS), n images each; the noise
+    seed of an image is a function of (seed, class, position) only."""
+    labels = np.repeat(classes, len(S_BINS) * n)
+    req = np.tile(np.repeat(S_BINS, n), len(classes))
+    seeds = seed * 10**7 + labels * 10**5 + np.tile(np.arange(len(S_BINS) * n), len(classes))
+    return pd.DataFrame({"label": labels, "requested_s": req, "seed": seeds})
+
+
+def medium_rows(classes, n_per_class: int, seed: int = 0) -> pd.DataFrame:
+    """n_per_class images per class at s ~ N(0.5, 0.1) (the paper's sampling), seeded."""
+    labels = np.repeat(classes, n_per_class)
+    s = draw_difficulties(len(labels), DIFFICULTY.mu, DIFFICULTY.sigma, seed=seed + 1)
+    return pd.DataFrame({"label": labels, "requested_s": s, "seed": 10**9 + np.arange(len(labels)) + seed * 10**7})
+
+
+def generate_rows(pipe, rows: pd.DataFrame, settings, *, batch_size: int = 100, progress: bool = False,
+                  desc: str = "generating") -> np.ndarray:
+    """Float (N, C, H, W) images in [0, 1] of a grid's rows, through the shared sampler."""
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress)
+    res = sample(pipe, rows.label.tolist(), rows.requested_s.tolist(), rows.seed.tolist(), settings,
+                 chunk_size=batch_size, progress=lambda f, d: bar.update(round(f * len(rows)) - bar.n))
+    bar.close()
+    return res.images.transpose(0, 3, 1, 2)
+
+
+def measured_curve_rows(scorer, images, rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with the scorer's measured s and prediction (what `Calibration.fit` takes)."""
+    return rows.assign(**measure(scorer, images, rows.label)[0])
+
+
+@dataclass
+class ControllabilityReport:
+    """The controllability experiment's results: per-cell tables, the summary, the grid rows."""
+
+    cells: pd.DataFrame  # generated (source "dacd") and real-ceiling cells
+    summary: dict
+    grid: pd.DataFrame  # label, requested_s, seed, measured_s, pred (evaluation classifier)
+    images: np.ndarray  # the grid's images, float (N, C, H, W)
+
+
+CELL_COLUMNS = ["source", "label", "class_name", "bin", "n", "measured_mean", "measured_std", "accuracy",
+                "abs_error", "real_train_count", "kid"]
+
+
+def controllability(pipe, evaluator, scores: pd.DataFrame, train, test, settings, *, classes=None, n: int = 20,
+                    n_medium: int = 100, seed: int = 0, baseline=None, batch_size: int = 100,
+                    progress: bool = False) -> ControllabilityReport:
+    """Does the difficulty dial work? A class x requested-s grid measured by the evaluation
+    classifier, against the real-data ceiling, with fidelity (KID), confusions at high s,
+    nearest-neighbour distances and the medium-band share at s ~ N(0.5, 0.1)."""
+    t_start = time.time()
+    names = list(pipe.class_names)
+    classes = list(range(len(names))) if classes is None else list(classes)
+    tr_scores = scores[scores.split == "train"].set_index("id").loc[list(train.ids)].reset_index()
+    te_scores = scores[scores.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
+
+    # 1. the grid: every class x requested bin, n images, fixed seeds
+    grid = grid_rows(classes, n, seed)
+    t0 = time.time()
+    imgs = generate_rows(pipe, grid, settings, batch_size=batch_size, progress=progress, desc="grid")
+    gen_seconds = time.time() - t0
+    m, feats = measure(evaluator, imgs, grid.label)
+    grid = grid.assign(**m)
+    cells = cell_table(grid, names)
+
+    # 2. real-data ceiling: held-out (test) images binned by scoring s, measured by the evaluator
+    rm, _ = measure(evaluator, test.images, test.labels)
+    real = pd.DataFrame({"label": test.labels, "requested_s": te_scores.s.to_numpy(), **rm})
+    ceil_cells = cell_table(real[real.label.isin(classes)], names)
+
+    # counts of real training images per class and bin: where the model has something to learn from
+    tr_bins = S_BINS[bin_of(tr_scores.s)]
+    train_counts = pd.Series(1, index=pd.MultiIndex.from_arrays([train.labels, tr_bins])).groupby(level=[0, 1]).sum()
+    for c in (cells, ceil_cells):
+        c["real_train_count"] = [int(train_counts.get((lab, b), 0)) for lab, b in zip(c.label, c.bin)]
+
+    # 3. fidelity: KID per class and bin against real training images of that class and bin
+    _, train_feats = measure(evaluator, train.images, train.labels)
+    kids = []
+    for r in cells.itertuples():
+        real_idx = np.flatnonzero((train.labels == r.label) & (tr_bins == r.bin))[:500]
+        gen_idx = np.flatnonzero((grid.label == r.label).to_numpy() & np.isclose(grid.requested_s, r.bin))
+        kids.append(kid(train_feats[real_idx], feats[gen_idx]) if len(real_idx) >= 10 else np.nan)
+    cells["kid"] = kids
+    ceil_cells["kid"] = np.nan
+    kid_low = float(np.nanmean(cells[cells.bin <= 0.2].kid))
+    kid_high = float(np.nanmean(cells[cells.bin >= 0.7].kid))
+
+    # wrong predictions at high s: do they follow the real confusions?
+    hi = grid[grid.requested_s >= 0.7]
+    gen_err = error_distribution(hi.label, hi.pred, len(names))
+    tr_hi = tr_scores[tr_scores.s > 0.7]
+    real_err = error_distribution(tr_hi.label, tr_hi.pred, len(names))
+    uniform = np.ones((len(names), len(names))) - np.eye(len(names))
+    conf = {"generated_vs_real": confusion_distance(gen_err, real_err),
+            "uniform_vs_real": confusion_distance(uniform, real_err),
+            "generated_wrong_share_at_high_s": float((hi.pred != hi.label).mean()) if len(hi) else float("nan")}
+
+    # memorisation: pixel distance to the nearest training image of the same class
+    labels = grid.label.to_numpy()
+    nn_gen, nn_real = [], []
+    for c in classes:
+        ref = train.as_float(np.flatnonzero(train.labels == c))
+        nn_gen.append(nearest_distance(imgs[labels == c], ref))
+        nn_real.append(nearest_distance(test.as_float(np.flatnonzero(test.labels == c))[:200], ref))
+    nn = {"generated_median": float(np.median(np.concatenate(nn_gen))),
+          "real_test_median": float(np.median(np.concatenate(nn_real))),
+          "generated_min": float(np.min(np.concatenate(nn_gen)))}
+
+    # 4. medium band at s ~ N(0.5, 0.1): dacd, baseline, real ceiling
+    med = medium_rows(classes, n_medium, seed)
+    med_imgs = generate_rows(pipe, med, settings, batch_size=batch_size, progress=progress, desc="N(0.5,0.1)")
+    medium = {"dacd": medium_share(measure(evaluator, med_imgs, med.label)[0].measured_s)}
+    if baseline is not None:
+        base_imgs = generate_rows(baseline, med, settings, batch_size=batch_size, progress=progress, desc="baseline")
+        medium["baseline"] = medium_share(measure(evaluator, base_imgs, med.label)[0].measured_s)
+    te_pos = real_ceiling_sample(te_scores.reset_index(drop=True), med.requested_s.to_numpy(), med.label.to_numpy())
+    medium["real_ceiling"] = medium_share(rm.measured_s.to_numpy()[te_pos])
+    medium["dacd_over_ceiling"] = medium["dacd"] / medium["real_ceiling"] if medium["real_ceiling"] else float("nan")
+
+    # 5. summary
+    low = grid[grid.requested_s <= 0.2]
+    summary = {
+        "dacd": controllability_summary(cells),
+        "dacd_eligible_cells": controllability_summary(cells[cells.real_train_count >= 50]),
+        "real_ceiling": controllability_summary(ceil_cells),
+        "accuracy_at_s_le_0.2": float((low.pred == low.label).mean()),
+        "medium_band_share": medium,
+        "medium_band": MEDIUM_BAND,
+        "kid_low_s_mean": kid_low, "kid_high_s_mean": kid_high,
+        "kid_high_over_low": kid_high / kid_low if kid_low > 0 else float("nan"),
+        "confusion_at_high_s": conf,
+        "nearest_train_distance": nn,
+        "generation_seconds": gen_seconds, "images_generated": int(len(grid)),
+        "total_seconds": time.time() - t_start,
+    }
+    table = pd.concat([cells.assign(source="dacd"), ceil_cells.assign(source="real_ceiling")])[CELL_COLUMNS]
+    return ControllabilityReport(table, summary, grid, imgs)

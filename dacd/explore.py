@@ -5,19 +5,21 @@ tabs call. Thread-safe: each resource is loaded once, under a lock.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from . import evaluation
+from .classifier import Classifier
 from .data import ImageDataset, load_dataset, resolve_class
+from .defaults import APP_LIMITS, CHECKPOINT_ENV, DIFFICULTY, LAYOUT, MEDIUM_BAND, default_checkpoint
 from .difficulty import load_scores
+from .sampling import SamplingSettings, sample
 
-CHECKPOINT_ENV = "DACD_CHECKPOINT"
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
 BROWSE_PERCENTILES = (0, 10, 25, 50, 75, 90, 95, 99, 100)
 
 
@@ -32,7 +34,7 @@ class Explorer:
     """Owns one checkpoint folder's resources, loads each on first use."""
 
     def __init__(self, checkpoint: str | Path | None = None, data: str = "fashion-mnist", data_dir=None):
-        self.checkpoint = Path(checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+        self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
         self.data, self.data_dir = data, data_dir
         self._lock = threading.RLock()
         self._cache: dict = {}
@@ -46,7 +48,7 @@ class Explorer:
     # ------------------------------------------------------------ resources
     @property
     def scores(self) -> pd.DataFrame:
-        return self._get("scores", lambda: load_scores(self.checkpoint / "scores.parquet"))
+        return self._get("scores", lambda: load_scores(self.checkpoint / LAYOUT.scores))
 
     def dataset(self, split: str) -> ImageDataset:
         return self._get(("data", split), lambda: load_dataset(self.data, split, self.data_dir))
@@ -118,11 +120,9 @@ class Explorer:
 
 # ---------------------------------------------------------------- generation
 
-GENERATE_MAX_IMAGES = 16
-SWEEP_MAX_ROWS, SWEEP_MAX_COLS = 8, 12
-DISTRIBUTION_MAX_N = 2000
-MAX_SEED = 2**31 - 1
 NEAR_WIDTH, NEAR_MIN_COUNT = 0.05, 50  # "few real images near the requested s" below this count
+CHUNK_SIZE = 32  # images per pipeline call
+MODELS = {"dacd": LAYOUT.dacd, "baseline": LAYOUT.baseline}  # model kind -> its folder in the checkpoint
 
 
 @dataclass
@@ -145,40 +145,31 @@ class Generated:
         })
 
 
-def check_number(name: str, value, lo: float, hi: float, integer: bool = False) -> float:
-    """A clear ValueError for anything but a finite number in [lo, hi] (integers if asked)."""
-    import math
-
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}") from None
-    if math.isnan(v) or not lo <= v <= hi:
-        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
-    if integer and v != int(v):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(v) if integer else v
+def app_sampling(steps=None, guidance_scale=None, difficulty_guidance_scale=None,
+                 calibrated: bool = False) -> SamplingSettings:
+    """Sampling settings within the app's limits (`APP_LIMITS`); None takes the project default."""
+    settings = SamplingSettings(num_inference_steps=steps, guidance_scale=guidance_scale,
+                                difficulty_guidance_scale=difficulty_guidance_scale, calibrated=bool(calibrated))
+    for name in ("num_inference_steps", "guidance_scale", "difficulty_guidance_scale"):
+        setattr(settings, name, APP_LIMITS[name].check(getattr(settings, name)))
+    return settings
 
 
-class Generator(Explorer):
+class Workbench(Explorer):
     """Explorer plus the checkpoint's pipelines (dacd, baseline) and evaluation classifier."""
 
     def device(self) -> str:
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def pipeline(self, kind: str = "dacd"):
-        if kind not in ("dacd", "baseline"):
+        if kind not in MODELS:
             raise ValueError(f"unknown model {kind!r}: 'dacd' or 'baseline'")
 
         def load():
-            import torch
+            from .pipeline import DifficultyControlledPipeline  # diffusers: loaded with the first model
 
-            from .pipeline import DifficultyControlledPipeline
-
-            folder = self.checkpoint / kind
-            if not (folder / "dacd_config.json").is_file():
+            folder = self.checkpoint / MODELS[kind]
+            if not (folder / LAYOUT.dacd_config).is_file():
                 raise FileNotFoundError(f"{folder} holds no trained {kind} model: run `make checkpoints`, or point "
                                         f"${CHECKPOINT_ENV} at a checkpoint folder that has one")
             dtype = torch.float16 if self.device() == "cuda" else torch.float32
@@ -189,131 +180,94 @@ class Generator(Explorer):
         return self._get(("pipe", kind), load)
 
     def has_model(self, kind: str) -> bool:
-        return (self.checkpoint / kind / "dacd_config.json").is_file()
+        return (self.checkpoint / MODELS[kind] / LAYOUT.dacd_config).is_file()
 
     def has_calibration(self) -> bool:
         """Whether the dacd model ships a calibration curve (then the app asks for measured s by default)."""
-        return (self.checkpoint / "dacd" / "calibration.json").is_file()
+        return (self.checkpoint / LAYOUT.dacd / LAYOUT.calibration).is_file()
 
     @property
-    def evaluator(self):
-        from .classifier import Classifier
-
-        return self._get("evaluator", lambda: Classifier.from_pretrained(self.checkpoint / "evaluator"))
+    def evaluator(self) -> Classifier:
+        return self._get("evaluator", lambda: Classifier.from_pretrained(self.checkpoint / LAYOUT.evaluator))
 
     def measure(self, images_hwc: np.ndarray, labels) -> tuple[np.ndarray, list[str]]:
-        from .evaluation import measure
-
         x = np.asarray(images_hwc, np.float32).transpose(0, 3, 1, 2)
-        m, _ = measure(self.evaluator, x, labels)
+        m, _ = evaluation.measure(self.evaluator, x, labels)
         names = self.class_names
         return m.measured_s.to_numpy(), [names[int(p)] for p in m.pred]
-
-    def _sample(self, kind, labels, s, seeds, progress=None, desc="generating", **kw):
-        """Generate in chunks, one generator per image; `progress(fraction, desc)` if given."""
-        import torch
-
-        pipe = self.pipeline(kind)
-        out, cond = [], []
-        chunk = 32
-        for i in range(0, len(labels), chunk):
-            if progress is not None:
-                progress(i / len(labels), desc)
-            gens = [torch.Generator().manual_seed(int(x)) for x in seeds[i:i + chunk]]
-            kwargs = dict(kw)
-            if not pipe.has_difficulty:
-                kwargs.pop("difficulty_guidance_scale", None)
-                kwargs.pop("difficulty_only", None)
-                kwargs.pop("calibrated", None)
-            res = pipe(list(labels[i:i + chunk]), list(s[i:i + chunk]), generator=gens, output_type="np", **kwargs)
-            out.append(res.images)
-            cond += res.conditioning_difficulties
-        if progress is not None:
-            progress(1.0, desc)
-        return np.concatenate(out), cond
 
     def generate(self, class_name, difficulty: float, n: int = 8, seed: int = 0, *, steps: int | None = None,
                  guidance_scale: float | None = None, difficulty_guidance_scale: float | None = None,
                  prompt: str | None = None, calibrated: bool = False, progress=None) -> Generated:
-        from .pipeline import DEFAULTS
-
         c = self.class_index(class_name)
-        s = check_number("difficulty", difficulty, 0.0, 1.0)
-        n = check_number("number of images", n, 1, GENERATE_MAX_IMAGES, integer=True)
-        seed = check_number("seed", seed, 0, MAX_SEED, integer=True)
-        steps = check_number("steps", steps or DEFAULTS.num_inference_steps, 1, 100, integer=True)
-        g = check_number("text guidance", DEFAULTS.guidance_scale if guidance_scale is None else guidance_scale, 0, 30)
-        gd = check_number("difficulty guidance",
-                          DEFAULTS.difficulty_guidance_scale if difficulty_guidance_scale is None
-                          else difficulty_guidance_scale, 0, 30)
+        s = APP_LIMITS["difficulty"].check(difficulty)
+        n = APP_LIMITS["num_images"].check(n)
+        seed = APP_LIMITS["seed"].check(seed)
+        settings = app_sampling(steps, guidance_scale, difficulty_guidance_scale, calibrated)
         pipe = self.pipeline("dacd")
         if calibrated and pipe.calibration is None:
             raise ValueError("this checkpoint has no calibration curve (bench/controllability.py "
                              "--write-calibration makes one); switch 'calibrated' off")
         seeds = [seed + i for i in range(n)]
-        imgs, cond = self._sample("dacd", [c] * n, [s] * n, seeds, progress, num_inference_steps=steps,
-                                  guidance_scale=g, difficulty_guidance_scale=gd, prompt=(prompt or None),
-                                  calibrated=calibrated)
-        measured, pred = self.measure(imgs, [c] * n)
-        settings = {"steps": steps, "guidance_scale": g, "difficulty_guidance_scale": gd,
-                    "scheduler": DEFAULTS.scheduler, "prompt": prompt or pipe.class_prompt(c),
-                    "calibrated": bool(calibrated), "checkpoint": str(self.checkpoint)}
-        return Generated(list(imgs), [c] * n, [s] * n, list(cond), measured.tolist(), pred, seeds, settings)
+        out = sample(pipe, [c] * n, [s] * n, seeds, settings, prompts=[prompt] * n if prompt else None,
+                     chunk_size=CHUNK_SIZE, progress=progress, desc="generating")
+        measured, pred = self.measure(out.images, [c] * n)
+        used = {"steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
+                "difficulty_guidance_scale": settings.difficulty_guidance_scale, "scheduler": settings.scheduler,
+                "prompt": prompt or pipe.class_prompt(c), "calibrated": bool(calibrated),
+                "checkpoint": str(self.checkpoint)}
+        return Generated(list(out.images), [c] * n, [s] * n, list(out.conditioning_s), measured.tolist(), pred, seeds,
+                         used)
 
     def sweep(self, class_name, seeds, columns: int = 8, *, difficulty_only: bool = False, steps: int | None = None,
               progress=None) -> dict:
         """Rows = seeds (noise fixed along a row), columns = s from easy to hard."""
-        from .pipeline import DEFAULTS
-
         c = self.class_index(class_name)
-        seeds = [check_number("seed", x, 0, MAX_SEED, integer=True) for x in seeds]
-        if not 1 <= len(seeds) <= SWEEP_MAX_ROWS:
-            raise ValueError(f"a sweep takes 1 to {SWEEP_MAX_ROWS} seeds (rows), got {len(seeds)}")
-        columns = check_number("columns", columns, 2, SWEEP_MAX_COLS, integer=True)
-        steps = check_number("steps", steps or DEFAULTS.num_inference_steps, 1, 100, integer=True)
+        seeds = [APP_LIMITS["seed"].check(x) for x in seeds]
+        APP_LIMITS["sweep_rows"].check(len(seeds))
+        columns = APP_LIMITS["sweep_columns"].check(columns)
+        settings = app_sampling(steps)
         s_values = np.round(np.linspace(0.05, 0.95, columns), 3)
         labels = [c] * (len(seeds) * columns)
         s = np.tile(s_values, len(seeds)).tolist()
         row_seeds = np.repeat(seeds, columns).tolist()
-        imgs, _ = self._sample("dacd", labels, s, row_seeds, progress, "sweep", num_inference_steps=steps,
-                               difficulty_only=difficulty_only)
+        imgs = sample(self.pipeline("dacd"), labels, s, row_seeds, settings, chunk_size=CHUNK_SIZE, progress=progress,
+                      desc="sweep", difficulty_only=bool(difficulty_only)).images
         measured, pred = self.measure(imgs, labels)
         result = {"s_values": s_values.tolist(), "seeds": seeds, "images": imgs.reshape(len(seeds), columns, *imgs.shape[1:]),
                   "measured": measured.reshape(len(seeds), columns), "predicted": np.array(pred).reshape(len(seeds), columns),
                   "real": self.real_at_difficulty(c, s_values)}
         if self.has_model("baseline"):
-            b, _ = self._sample("baseline", [c] * len(seeds), [0.5] * len(seeds), seeds, None,
-                                num_inference_steps=steps)
+            b = sample(self.pipeline("baseline"), [c] * len(seeds), [0.5] * len(seeds), seeds, settings,
+                       chunk_size=CHUNK_SIZE).images
             result["baseline"] = b
             result["baseline_measured"] = self.measure(b, [c] * len(seeds))[0]
         return result
 
-    def distribution(self, mu: float = 0.5, sigma: float = 0.1, n: int = 200, class_name=None, seed: int = 0,
+    def distribution(self, mu: float = DIFFICULTY.mu, sigma: float = DIFFICULTY.sigma, n: int = 200, class_name=None, seed: int = 0,
                      progress=None) -> dict:
         """Requested s ~ N(mu, sigma), and measured s for dacd, the baseline and real test images."""
-        from .evaluation import MEDIUM_BAND, draw_difficulties, measure, medium_share, real_ceiling_sample
-
-        mu = check_number("mu", mu, 0.0, 1.0)
-        sigma = check_number("sigma", sigma, 0.0, 1.0)
-        n = check_number("N", n, 1, DISTRIBUTION_MAX_N, integer=True)
-        seed = check_number("seed", seed, 0, MAX_SEED, integer=True)
+        mu = APP_LIMITS["mu"].check(mu)
+        sigma = APP_LIMITS["sigma"].check(sigma)
+        n = APP_LIMITS["distribution_n"].check(n)
+        seed = APP_LIMITS["seed"].check(seed)
         classes = list(range(len(self.class_names))) if class_name in (None, "", "all") else [self.class_index(class_name)]
         rng = np.random.default_rng(seed)
         labels = rng.choice(classes, n)
-        req = draw_difficulties(n, mu, sigma, seed)
+        req = evaluation.draw_difficulties(n, mu, sigma, seed)
         seeds = (seed * 10_000 + np.arange(n)).tolist()
         out = {"requested": req, "labels": labels}
-        imgs, _ = self._sample("dacd", labels.tolist(), req.tolist(), seeds, progress, "dacd")
-        out["dacd"] = self.measure(imgs, labels)[0]
-        if self.has_model("baseline"):
-            b, _ = self._sample("baseline", labels.tolist(), req.tolist(), seeds, progress, "baseline")
-            out["baseline"] = self.measure(b, labels)[0]
+        for kind in ["dacd"] + (["baseline"] if self.has_model("baseline") else []):
+            imgs = sample(self.pipeline(kind), labels.tolist(), req.tolist(), seeds, SamplingSettings(),
+                          chunk_size=CHUNK_SIZE, progress=progress, desc=kind).images
+            out[kind] = self.measure(imgs, labels)[0]
         test = self.dataset("test")
         t = self.scores
         te = t[t.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
-        pos = real_ceiling_sample(te, req, labels)
-        m, _ = self._get("real_test_measured", lambda: measure(self.evaluator, test.images, test.labels))
+        pos = evaluation.real_ceiling_sample(te, req, labels)
+        m, _ = self._get("real_test_measured", lambda: evaluation.measure(self.evaluator, test.images, test.labels))
         out["real"] = m.measured_s.to_numpy()[pos]
-        out["shares"] = {k: medium_share(v) for k, v in out.items() if k in ("requested", "dacd", "baseline", "real")}
+        out["shares"] = {k: evaluation.medium_share(v, MEDIUM_BAND) for k, v in out.items()
+                         if k in ("requested", "dacd", "baseline", "real")}
         out["band"] = MEDIUM_BAND
         return out

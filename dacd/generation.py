@@ -28,6 +28,7 @@ Output layout (an ImageFolder that `dacd.data.load_image_folder` and torchvision
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -36,8 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
 
 from .data import resolve_class, slugify
+from .defaults import DIFFICULTY, MEDIUM_BAND, PROMPT_TEMPLATE
+from .evaluation import measure, medium_share
+from .sampling import SamplingSettings, sample
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
                     "measured_s", "predicted_class", "path", "real_subset"]
@@ -63,8 +69,8 @@ class DifficultySpec:
     """
 
     kind: str = "normal"
-    mu: float = 0.5
-    sigma: float = 0.1
+    mu: float = DIFFICULTY.mu
+    sigma: float = DIFFICULTY.sigma
     value: float | None = None
     table: dict = field(default_factory=dict)  # class name -> float or [mu, sigma]
 
@@ -186,7 +192,7 @@ def _image_seed(plan_seed: int, label: int, index: int) -> int:
 
 
 def make_plan(class_names, counts: dict[int, int] | int, difficulty: DifficultySpec | None = None, *,
-              prompts: dict[int, list[str]] | None = None, prompt_template: str = "a photo of a {}",
+              prompts: dict[int, list[str]] | None = None, prompt_template: str = PROMPT_TEMPLATE,
               seed: int = 0) -> pd.DataFrame:
     """One row per planned image, classes in order, ids `<class-slug>-<index:06d>`.
 
@@ -239,31 +245,9 @@ def take_first(manifest: pd.DataFrame, counts: dict[int, int]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- generation
 
-@dataclass
-class SamplingSettings:
-    """Sampling for a generated set; None takes the project default (`dacd.pipeline.DEFAULTS`)."""
-
-    num_inference_steps: int | None = None
-    scheduler: str | None = None
-    guidance_scale: float | None = None
-    difficulty_guidance_scale: float | None = None
-    calibrated: bool = False
-
-    def __post_init__(self):
-        from .pipeline import DEFAULTS
-
-        for name in ("num_inference_steps", "scheduler", "guidance_scale", "difficulty_guidance_scale"):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(DEFAULTS, name))
-
-    def pipeline_kwargs(self, has_difficulty: bool) -> dict:
-        kw = {k: v for k, v in asdict(self).items() if v is not None}
-        if not has_difficulty:
-            for k in ("difficulty_guidance_scale", "calibrated"):
-                kw.pop(k, None)
-        elif not self.calibrated:
-            kw.pop("calibrated", None)
-        return kw
+def to_uint8(images) -> np.ndarray:
+    """Float images in [0, 1] -> uint8, rounded to nearest (how sets and exports store them)."""
+    return np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -279,9 +263,7 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
-    import io
 
-    from PIL import Image
 
     arr = img[..., 0] if img.shape[-1] == 1 else img
     buf = io.BytesIO()
@@ -291,7 +273,6 @@ def _png_bytes(img: np.ndarray) -> bytes:
 
 def read_png(path: str | Path) -> np.ndarray:
     """A PNG written by `generate_dataset` -> uint8 (C, H, W)."""
-    from PIL import Image
 
     with Image.open(path) as im:
         a = np.asarray(im)
@@ -335,9 +316,6 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     after that many new chunks without merging (tests: a simulated kill). Returns a summary;
     `summary["complete"]` says whether the manifest was written.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     sampling = sampling or SamplingSettings()
     if batch_size < 1:
@@ -364,7 +342,6 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     n_chunks = -(-len(plan) // batch_size)
     mine = [c for c in range(process_index, n_chunks, num_processes)]
     todo = [c for c in mine if not chunk_path(out_dir, c).is_file()]
-    kwargs = sampling.pipeline_kwargs(pipe.has_difficulty)
     label_of = {n: i for i, n in enumerate(pipe.class_names)}
     bar = tqdm(total=len(mine) * batch_size, initial=(len(mine) - len(todo)) * batch_size, unit="img",
                desc=f"generate [{process_index + 1}/{num_processes}]", position=process_index,
@@ -375,21 +352,18 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             break
         rows = plan.iloc[c * batch_size:(c + 1) * batch_size]
         labels = [label_of[n] for n in rows["class"]]
-        gens = [torch.Generator().manual_seed(int(s)) for s in rows.seed]
-        res = pipe(labels, rows.requested_s.tolist(), prompt=rows.prompt.tolist(), generator=gens,
-                   output_type="np", **kwargs)
-        imgs = np.clip(np.rint(np.asarray(res.images) * 255.0), 0, 255).astype(np.uint8)  # (B, H, W, C)
+        res = sample(pipe, labels, rows.requested_s.tolist(), rows.seed.tolist(), sampling,
+                     prompts=rows.prompt.tolist(), chunk_size=len(rows))
+        imgs = to_uint8(res.images)  # (B, H, W, C)
         paths = [f"{slugify(n)}/{i}.png" for n, i in zip(rows["class"], rows.id)]
         for img, p in zip(imgs, paths):
             _atomic_write_bytes(out_dir / p, _png_bytes(img))
         if evaluator is not None:
-            from .evaluation import measure
-
             m, _ = measure(evaluator, imgs.transpose(0, 3, 1, 2), labels)
             measured, predicted = m.measured_s.to_numpy(), [pipe.class_names[int(p)] for p in m.pred]
         else:
             measured, predicted = np.full(len(rows), np.nan), [None] * len(rows)
-        cond = getattr(res, "conditioning_difficulties", None) or rows.requested_s.tolist()
+        cond = res.conditioning_s
         part = pd.DataFrame({"id": rows.id.to_numpy(), "class": rows["class"].to_numpy(), "label": labels,
                              "requested_s": rows.requested_s.to_numpy(),
                              "conditioning_s": np.asarray(cond, float) if pipe.has_difficulty
@@ -446,7 +420,6 @@ def load_generated_images(out_dir: str | Path, manifest: pd.DataFrame) -> np.nda
 
 
 def manifest_summary(manifest: pd.DataFrame) -> dict:
-    from .evaluation import MEDIUM_BAND, medium_share
 
     m = manifest.measured_s.to_numpy(float)
     have = ~np.isnan(m)

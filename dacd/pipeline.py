@@ -14,28 +14,30 @@ prompt (the sequence the model saw under text dropout), so only difficulty guide
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
-                       EulerDiscreteScheduler)
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+)
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from peft.utils import get_peft_model_state_dict
 
 from . import __version__
 from .calibration import Calibration
+from .defaults import LAYOUT, LIMITS, PROMPT_TEMPLATE, SAMPLING
 from .encoder import DifficultyEncoder
-
-DACD_CONFIG_NAME = "dacd_config.json"
-ENCODER_FOLDER = "difficulty_encoder"
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-PROMPT_TEMPLATE = "a photo of a {}"
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -43,21 +45,6 @@ SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
     "ddpm": DDPMScheduler,
 }
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """Sampling defaults in one place: scheduler and steps from bench/speed.py, the two guidance
-    scales from bench/variants.py + bench/controllability.py (text 5 / difficulty 8 gave the
-    embedded model the best rank correlation and medium-band share with 85% accuracy at low s)."""
-
-    scheduler: str = "dpm++"
-    num_inference_steps: int = 15
-    guidance_scale: float = 5.0
-    difficulty_guidance_scale: float = 8.0
-
-
-DEFAULTS = SamplingDefaults()
 
 
 @dataclass
@@ -124,6 +111,26 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                              truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(device))[0].to(self.unet.dtype)
 
+    def encode_conditions(self, text_embeds: torch.Tensor, class_labels=None, difficulty=None, *,
+                          null_mask: torch.Tensor | None = None, encoder=None) -> torch.Tensor:
+        """The conditioning sequence `E_text(p) ⊕ E_d(y, s)`: text tokens followed by the
+        difficulty encoder's K tokens for (class, s), or by its learned null-difficulty tokens
+        where `null_mask` is True (everywhere when `difficulty` is None). Without an encoder
+        (the baseline), the text tokens alone. Training passes its own (possibly wrapped)
+        encoder and its dropout mask; sampling uses the pipeline's."""
+        enc = encoder if encoder is not None else self.difficulty_encoder
+        if enc is None:
+            return text_embeds
+        n, device = text_embeds.shape[0], text_embeds.device
+        null = getattr(enc, "module", enc).null(n)  # through a DDP wrapper in training
+        if difficulty is None:
+            tokens = null
+        else:
+            tokens = enc(torch.as_tensor(class_labels, device=device), torch.as_tensor(difficulty, device=device))
+            if null_mask is not None:
+                tokens = torch.where(null_mask.to(device)[:, None, None], null, tokens)
+        return torch.cat([text_embeds, tokens.to(text_embeds.dtype)], 1)
+
     # ------------------------------------------------------------ inputs
     def check_inputs(self, class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
                      num_inference_steps, difficulty_only, scheduler):
@@ -137,11 +144,9 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         diffs = _as_list(difficulty)
         for s in diffs:
             try:
-                s = float(s)
-            except (TypeError, ValueError):
-                raise ValueError(f"difficulty contains {s!r}: each must be a number in [0, 1]") from None
-            if math.isnan(s) or not 0.0 <= s <= 1.0:
-                raise ValueError(f"difficulty contains {s}: each must be a number in [0, 1] (not NaN)")
+                LIMITS["difficulty"].check(s)
+            except ValueError as e:
+                raise ValueError(f"difficulty contains {s!r}: {e}") from None
         if len(labels) > 1 and len(diffs) > 1 and len(labels) != len(diffs):
             raise ValueError(f"class_labels has {len(labels)} entries but difficulty has {len(diffs)}: "
                              "pass one of each per image, or a single value to broadcast")
@@ -152,11 +157,16 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                 raise ValueError("prompt must be a string or a list of strings")
             if len(prompts) not in (1, n):
                 raise ValueError(f"prompt has {len(prompts)} entries for {n} images: pass one or one per image")
-        for name, g in (("guidance_scale", guidance_scale), ("difficulty_guidance_scale", difficulty_guidance_scale)):
-            if g is not None and (not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {g!r}")
-        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        for name, value in (("guidance_scale", guidance_scale), ("difficulty_guidance_scale", difficulty_guidance_scale),
+                            ("num_inference_steps", num_inference_steps)):
+            if value is None and name == "difficulty_guidance_scale":
+                continue
+            if name == "num_inference_steps" and not isinstance(value, (int, np.integer)):
+                raise ValueError(f"num_inference_steps must be an integer, got {value!r}")
+            try:
+                LIMITS[name].check(value)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
         if difficulty_only and not self.has_difficulty:
             raise ValueError("difficulty_only=True needs a difficulty encoder; this pipeline has none (baseline)")
         if isinstance(scheduler, str) and scheduler not in SCHEDULERS:
@@ -189,14 +199,14 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
     # ------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(self, class_labels, difficulty=0.5, prompt=None, *, difficulty_only: bool = False,
-                 calibrated: bool = False, guidance_scale: float = DEFAULTS.guidance_scale,
-                 difficulty_guidance_scale: float | None = DEFAULTS.difficulty_guidance_scale,
-                 num_inference_steps: int = DEFAULTS.num_inference_steps, scheduler: str | None = DEFAULTS.scheduler,
+                 calibrated: bool = False, guidance_scale: float = SAMPLING.guidance_scale,
+                 difficulty_guidance_scale: float | None = SAMPLING.difficulty_guidance_scale,
+                 num_inference_steps: int = SAMPLING.num_inference_steps, scheduler: str | None = SAMPLING.scheduler,
                  generator=None, latents=None, eta: float = 0.0, output_type: str = "pil",
                  guidance_branches: str = "auto", return_dict: bool = True):
         """Generate one image per (class, difficulty) pair; scalars broadcast.
 
-        Defaults are the project's (`DEFAULTS`): text guidance 5, difficulty guidance 8.
+        Defaults are the project's (`dacd.defaults.SAMPLING`): text guidance 5, difficulty guidance 8.
         `difficulty_guidance_scale=None` sets it equal to `guidance_scale`, which makes the
         step plain two-branch CFG over [text ⊕ difficulty] tokens (what stock SD would do).
         `guidance_branches="three"` forces the three-branch formula even where the
@@ -209,48 +219,15 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         # 1. check and broadcast inputs
         n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
                               num_inference_steps, difficulty_only, scheduler)
-        labels = [int(c) for c in _as_list(class_labels, n)]
-        labels = labels * n if len(labels) == 1 else labels
-        requested = [float(s) for s in _as_list(difficulty, n)]
-        requested = requested * n if len(requested) == 1 else requested
-        cond_s = list(requested)
-        if calibrated:
-            if self.calibration is None:
-                raise ValueError("calibrated=True needs a calibration curve; this checkpoint has none "
-                                 "(bench/controllability.py writes calibration.json into the dacd folder)")
-            cond_s = [self.calibration.invert(c, s) for c, s in zip(labels, requested)]
-        if difficulty_only:
-            prompts = [""] * n
-        elif prompt is None:
-            prompts = [self.class_prompt(c) for c in labels]
-        else:
-            prompts = _as_list(prompt, n)
-            prompts = prompts * n if len(prompts) == 1 else prompts
-        g_t = float(guidance_scale)
-        g_d = g_t if difficulty_guidance_scale is None else float(difficulty_guidance_scale)
+        labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
+        cond_s = self.conditioning_difficulties(labels, requested, calibrated)
         device = self._execution_device
         sched = self.get_scheduler(scheduler)
 
-        # 2. conditioning sequences: text tokens, then difficulty tokens
-        text = self.encode_prompt(prompts, device)
-        empty = self.encode_prompt([""], device).expand(n, -1, -1)
-        if self.has_difficulty:
-            d = self.difficulty_encoder(torch.tensor(labels, device=device), torch.tensor(cond_s, device=device))
-            d = d.to(text.dtype)
-            null = self.difficulty_encoder.null(n).to(text.dtype)
-            c_pd, c_p0, c_00 = torch.cat([text, d], 1), torch.cat([text, null], 1), torch.cat([empty, null], 1)
-        else:
-            c_pd = c_p0 = text
-            c_00 = empty
-            g_d = g_t  # no difficulty branch: plain CFG
-        if difficulty_only:  # e(p,∅) = e(∅,∅): only the difficulty term remains
-            g_t = g_d
-        # branch sets: 1 = conditional only, 2 = classic CFG, 3 = separate text/difficulty scales
-        if g_t == g_d and not (guidance_branches == "three" and self.has_difficulty and not difficulty_only):
-            branches = [c_pd] if g_t == 1.0 else [c_00, c_pd]
-        else:
-            branches = [c_00, c_p0, c_pd]
-        context = torch.cat(branches, 0)
+        # 2. conditioning sequences per guidance branch: text tokens, then difficulty tokens
+        branches, g_t, g_d = self.guidance_branches(prompts, labels, cond_s, guidance_scale,
+                                                    difficulty_guidance_scale, difficulty_only, guidance_branches,
+                                                    device)
 
         # 3. latents and timesteps
         sched.set_timesteps(num_inference_steps, device=device)
@@ -258,6 +235,67 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
 
         # 4. denoising loop
+        latents = self.denoise(latents, sched, branches, g_t, g_d, extra)
+
+        # 5. decode
+        images = self.decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, labels, requested
+        return DifficultyPipelineOutput(images=images, class_labels=labels, difficulties=requested,
+                                        conditioning_difficulties=cond_s, prompts=prompts)
+
+    def _broadcast(self, n, class_labels, difficulty, prompt, difficulty_only):
+        labels = [int(c) for c in _as_list(class_labels, n)]
+        labels = labels * n if len(labels) == 1 else labels
+        requested = [float(s) for s in _as_list(difficulty, n)]
+        requested = requested * n if len(requested) == 1 else requested
+        if difficulty_only:
+            prompts = [""] * n
+        elif prompt is None:
+            prompts = [self.class_prompt(c) for c in labels]
+        else:
+            prompts = _as_list(prompt, n)
+            prompts = prompts * n if len(prompts) == 1 else prompts
+        return labels, requested, prompts
+
+    def conditioning_difficulties(self, labels, requested, calibrated: bool) -> list[float]:
+        """What the encoder is conditioned on: the request, or with `calibrated` the value whose
+        images measured as requested (the checkpoint's calibration curve)."""
+        if not calibrated:
+            return list(requested)
+        if self.calibration is None:
+            raise ValueError("calibrated=True needs a calibration curve; this checkpoint has none "
+                             "(train/calibrate.py writes calibration.json into the dacd folder)")
+        return [self.calibration.invert(c, s) for c, s in zip(labels, requested)]
+
+    def guidance_branches(self, prompts, labels, cond_s, guidance_scale, difficulty_guidance_scale,
+                          difficulty_only, mode, device) -> tuple[list[torch.Tensor], float, float]:
+        """The conditioning of each guidance branch and the two scales in effect.
+
+        Branches: 1 = conditional only, 2 = classic CFG (e(∅,∅), e(p,d)), 3 = separate text and
+        difficulty scales (e(∅,∅), e(p,∅), e(p,d)); the cheapest that computes the same formula."""
+        n = len(labels)
+        g_t = float(guidance_scale)
+        g_d = g_t if difficulty_guidance_scale is None else float(difficulty_guidance_scale)
+        text = self.encode_prompt(prompts, device)
+        empty = self.encode_prompt([""], device).expand(n, -1, -1)
+        if self.has_difficulty:
+            c_pd = self.encode_conditions(text, labels, cond_s)
+            c_p0, c_00 = self.encode_conditions(text), self.encode_conditions(empty)
+        else:
+            c_pd = c_p0 = text
+            c_00 = empty
+            g_d = g_t  # no difficulty branch: plain CFG
+        if difficulty_only:  # e(p,∅) = e(∅,∅): only the difficulty term remains
+            g_t = g_d
+        if g_t == g_d and not (mode == "three" and self.has_difficulty and not difficulty_only):
+            return ([c_pd] if g_t == 1.0 else [c_00, c_pd]), g_t, g_d
+        return [c_00, c_p0, c_pd], g_t, g_d
+
+    def denoise(self, latents, sched, branches, g_t: float, g_d: float, extra: dict) -> torch.Tensor:
+        """The sampling loop with one U-Net call per step over all branches."""
+        context = torch.cat(branches, 0)
         for t in self.progress_bar(sched.timesteps):
             x = sched.scale_model_input(latents, t)
             e = self.unet(torch.cat([x] * len(branches)), t, encoder_hidden_states=context, return_dict=False)[0]
@@ -270,18 +308,14 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                 e00, ep0, epd = e.chunk(3)
                 eps = e00 + g_t * (ep0 - e00) + g_d * (epd - ep0)
             latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
+        return latents
 
-        # 5. decode
+    def decode(self, latents, output_type: str):
         if output_type == "latent":
-            images = latents
-        else:
-            decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-            images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[True] * n)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, labels, requested
-        return DifficultyPipelineOutput(images=images, class_labels=labels, difficulties=requested,
-                                        conditioning_difficulties=cond_s, prompts=prompts)
+            return latents
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return self.image_processor.postprocess(decoded, output_type=output_type,
+                                                do_denormalize=[True] * len(latents))
 
     # ------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory, base: str | None = None, lora_config: dict | None = None,
@@ -289,6 +323,9 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         """Write `dacd_config.json`, the LoRA (diffusers format, with adapter metadata) and
         `difficulty_encoder/`. The base is referenced, not copied: a relative path for a
         local folder, or a hub id."""
+        if kwargs:
+            raise TypeError(f"save_pretrained got unexpected arguments {sorted(kwargs)}: it takes save_directory, "
+                            "base and lora_config")
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         base = base or self.dacd_config.get("base_resolved") or self.dacd_config.get("base")
@@ -297,15 +334,13 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         base_ref = os.path.relpath(base, folder) if Path(base).exists() else base
         has_lora = getattr(self.unet, "peft_config", None) and "default" in self.unet.peft_config
         if has_lora:
-            from peft.utils import get_peft_model_state_dict
-
             meta = self.unet.peft_config["default"].to_dict()
             self.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(self.unet),
-                                   unet_lora_adapter_metadata=meta, weight_name=LORA_WEIGHTS_NAME)
+                                   unet_lora_adapter_metadata=meta, weight_name=LAYOUT.lora_weights)
             lora_config = lora_config or {"rank": meta["r"], "alpha": meta["lora_alpha"],
                                           "target_modules": sorted(meta["target_modules"])}
         if self.has_difficulty:
-            self.difficulty_encoder.save_pretrained(folder / ENCODER_FOLDER)
+            self.difficulty_encoder.save_pretrained(folder / LAYOUT.encoder)
         config = {
             "base": base_ref,
             "lora": lora_config if has_lora else None,
@@ -316,7 +351,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         }
         config.update({k: v for k, v in self.dacd_config.items()
                        if k not in config and k not in ("base_resolved",)})
-        (folder / DACD_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (folder / LAYOUT.dacd_config).write_text(json.dumps(config, indent=2) + "\n")
         if self.calibration is not None:
             self.calibration.save(folder)
 
@@ -324,11 +359,12 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
     def from_pretrained(cls, folder, base: str | None = None, dtype=None, device=None, torch_dtype=None, **kwargs):
         """Load base + LoRA + encoder (+ calibration) from a dacd folder. `base` overrides
         the base named in dacd_config.json (e.g. a local copy of a hub model)."""
-        from diffusers import StableDiffusionPipeline
-
+        if kwargs:
+            raise TypeError(f"from_pretrained got unexpected arguments {sorted(kwargs)}: it takes folder, base, "
+                            "dtype (or torch_dtype) and device")
         dtype = dtype or torch_dtype
         folder = Path(folder)
-        cfg_path = folder / DACD_CONFIG_NAME
+        cfg_path = folder / LAYOUT.dacd_config
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: {folder} is not a dacd folder "
                                     "(train one with train/train_dacd.py, or run `make checkpoints`)")
@@ -349,7 +385,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                           "Check the path, or the hub id and network (HF_HUB_OFFLINE=1 blocks downloads).") from e
         encoder = None
         if config.get("difficulty_encoder"):
-            enc_dir = folder / ENCODER_FOLDER
+            enc_dir = folder / LAYOUT.encoder
             if not enc_dir.is_dir():
                 raise FileNotFoundError(f"{enc_dir} is missing but {cfg_path} says the model has a difficulty encoder")
             encoder = DifficultyEncoder.from_pretrained(enc_dir, dtype=dtype)
@@ -357,10 +393,10 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                    scheduler=sd.scheduler, difficulty_encoder=encoder, class_names=config.get("class_names"),
                    prompt_template=config.get("prompt_template", PROMPT_TEMPLATE))
         if config.get("lora"):
-            lora_path = folder / LORA_WEIGHTS_NAME
+            lora_path = folder / LAYOUT.lora_weights
             if not lora_path.is_file():
                 raise FileNotFoundError(f"{lora_path} is missing but {cfg_path} describes a LoRA")
-            pipe.load_lora_weights(str(folder), weight_name=LORA_WEIGHTS_NAME, adapter_name="default")
+            pipe.load_lora_weights(str(folder), weight_name=LAYOUT.lora_weights, adapter_name="default")
         pipe.calibration = Calibration.load(folder)
         pipe.dacd_config = dict(config, base_resolved=base_path, folder=str(folder))
         if device is not None:

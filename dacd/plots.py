@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .defaults import MEDIUM_BAND
+
 REGION_COLORS = {"easy-to-learn": "#2a9d8f", "ambiguous": "#e9c46a", "hard-to-learn": "#e76f51", "n/a": "#999999"}
 
 
@@ -119,7 +121,7 @@ def sweep_lines(s_values, measured, seeds, baseline_measured=None):
     return fig
 
 
-def distribution_figure(curves: dict, band=(0.3, 0.7)):
+def distribution_figure(curves: dict, band=MEDIUM_BAND):
     """Overlaid histograms of s: requested and each measured set (same instrument)."""
     import plotly.graph_objects as go
 

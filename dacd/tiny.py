@@ -11,12 +11,19 @@ built from the training prompts make their words single tokens.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .defaults import PROMPT_TEMPLATE
+
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
-PROMPT_TEMPLATE = "a photo of a {}"
+
 MAX_LENGTH = 77  # CLIP's context length, as every SD pipeline expects
 
 
@@ -74,7 +81,6 @@ def word_merges(words) -> list[tuple[str, str]]:
 def write_tokenizer(folder: str | Path, words=()) -> Path:
     """Write vocab.json + merges.txt (+ configs) for a byte-level CLIP tokenizer, and
     save it in the fast format through `CLIPTokenizer.from_pretrained`."""
-    from transformers import CLIPTokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,14 +113,12 @@ def write_tokenizer(folder: str | Path, words=()) -> Path:
 
 
 def prompt_words(class_names, template: str = PROMPT_TEMPLATE) -> list[str]:
-    import re
 
     text = " ".join(template.format(c) for c in class_names)
     return sorted(set(re.findall(r"[a-z]+", text.lower())))
 
 
 def build_tokenizer(class_names=(), template: str = PROMPT_TEMPLATE):
-    from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer(tmp, prompt_words(class_names, template))
@@ -122,7 +126,6 @@ def build_tokenizer(class_names=(), template: str = PROMPT_TEMPLATE):
 
 
 def build_text_encoder(cfg: TinySDConfig, tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.cross_attention_dim, intermediate_size=cfg.text_intermediate,
@@ -133,7 +136,6 @@ def build_text_encoder(cfg: TinySDConfig, tokenizer):
 
 
 def build_vae(cfg: TinySDConfig):
-    from diffusers import AutoencoderKL
 
     n = len(cfg.vae_channels)
     return AutoencoderKL(
@@ -149,7 +151,6 @@ def latent_size(cfg: TinySDConfig) -> int:
 
 
 def build_unet(cfg: TinySDConfig):
-    from diffusers import UNet2DConditionModel
 
     n = len(cfg.unet_channels)
     sd2 = cfg.prediction_type == "v_prediction"
@@ -165,7 +166,6 @@ def build_unet(cfg: TinySDConfig):
 
 def build_scheduler(cfg: TinySDConfig, kind: str = "ddim"):
     """SD's noise schedule (scaled-linear betas) with `clip_sample=False` (we denoise latents)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
 
     common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   prediction_type=cfg.prediction_type, clip_sample=False)
@@ -176,7 +176,6 @@ def build_scheduler(cfg: TinySDConfig, kind: str = "ddim"):
 
 def build_components(cfg: TinySDConfig | None = None, class_names=(), seed: int = 0) -> dict:
     """Randomly initialised tiny SD components (deterministic for a seed)."""
-    import torch
 
     cfg = cfg or TinySDConfig()
     torch.manual_seed(seed)
@@ -187,7 +186,6 @@ def build_components(cfg: TinySDConfig | None = None, class_names=(), seed: int 
 
 def save_sd_folder(folder: str | Path, components: dict, tiny_config: TinySDConfig | None = None) -> Path:
     """Write a regular StableDiffusionPipeline folder (no safety checker)."""
-    from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

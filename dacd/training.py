@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-
 # ---------------------------------------------------------------- helpers
 
 def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
@@ -42,6 +41,16 @@ def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torc
 
 def step_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, step, rank])
+
+
+def _lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+def _warm_up(opt: torch.optim.Optimizer, base_lrs: list[float], step: int, warmup: int) -> None:
+    """Linear learning-rate warm-up of each parameter group over the first `warmup` steps."""
+    for group, base in zip(opt.param_groups, base_lrs):
+        group["lr"] = _lr_at(step, base, warmup)
 
 
 def images_to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -108,10 +117,10 @@ class Checkpointer:
         ckpts = [p for p in ckpts if (p / "state.json").is_file()]  # state.json is written last
         return ckpts[-1] if ckpts else None
 
-    def save(self, step: int, state: dict) -> Path:
-        out = self.run_dir / f"checkpoint-{step}"
+    def save(self, step: int, state: dict) -> None:
         if not self.is_main:
-            return out
+            return
+        out = self.run_dir / f"checkpoint-{step}"
         tmp = self.run_dir / f".tmp-checkpoint-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -132,7 +141,6 @@ class Checkpointer:
         os.replace(tmp, out)
         for old in sorted(self.run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        return out
 
     def load(self, path: Path) -> dict:
         weights = load_file(str(path / "trainable.safetensors"))
@@ -171,6 +179,67 @@ def write_loss_csv(path: Path, history: list) -> None:
         f.write("step,loss\n")
         for step, loss in history:
             f.write(f"{step},{loss:.6f}\n")
+
+
+# ---------------------------------------------------------------- the step loop
+
+class TrainingSteps:
+    """The steps of a resumable run and the bookkeeping after each, shared by all loops.
+
+    Iterating yields the steps still to run, under a progress bar. `record(step, loss)`
+    after each step: the mean loss since the last entry goes into `history` (and onto
+    the bar) every `log_every` steps and at the last step; a checkpoint is saved every
+    `checkpointing_steps` and at the last step, so a stopped run resumes where it ended.
+    """
+
+    def __init__(self, checkpointer: Checkpointer, resume: str | None, *, total: int, stop_at: int | None,
+                 log_every: int, checkpointing_steps: int, desc: str, progress: bool = True,
+                 state: dict | None = None, barrier: Callable[[], None] | None = None):
+        self.checkpointer, self.total, self.desc, self.progress = checkpointer, total, desc, progress
+        self.log_every, self.checkpointing_steps = log_every, checkpointing_steps
+        self.state = state or {}  # saved with the history in each checkpoint's state.json
+        self.barrier = barrier  # all processes meet here before a checkpoint
+        self.start, saved = resolve_resume(checkpointer, resume)
+        self.history: list[tuple[int, float]] = [tuple(x) for x in saved.get("history", [])]
+        self.end = total if stop_at is None else min(stop_at, total)
+        self.step_seconds: list[float] = []
+        self.seconds = 0.0
+        self._running, self._count = 0.0, 0
+
+    def __iter__(self):
+        self._bar = tqdm(range(self.start, self.end), initial=self.start, total=self.total, desc=self.desc,
+                         disable=not self.progress)
+        t_start = self._t_prev = time.time()
+        yield from self._bar
+        self.seconds = time.time() - t_start
+
+    def record(self, step: int, loss: float) -> None:
+        now = time.time()
+        self.step_seconds.append(now - self._t_prev)
+        self._t_prev = now
+        self._running += loss
+        self._count += 1
+        done = step + 1
+        if done % self.log_every == 0 or done == self.end:
+            mean = self._running / self._count
+            self.history.append((done, mean))
+            self._bar.set_postfix(loss=f"{mean:.4f}")
+            self._running, self._count = 0.0, 0
+        if done % self.checkpointing_steps == 0 or done == self.end:
+            if self.barrier is not None:
+                self.barrier()
+            self.checkpointer.save(done, {"history": self.history, **self.state})
+
+    @property
+    def finished(self) -> bool:
+        return self.end >= self.total
+
+    def summary(self) -> dict:
+        """What each loop returns; `history` holds (step, mean loss) over this and earlier runs."""
+        times = self.step_seconds
+        return {"steps": self.end, "finished": self.finished, "seconds_this_run": self.seconds,
+                "history": self.history,
+                "median_step_seconds": float(np.median(times[2:] or times)) if times else math.nan}
 
 
 # ---------------------------------------------------------------- latents
@@ -264,30 +333,33 @@ def add_lora(unet, cfg: DacdTrainConfig) -> None:
                                 target_modules=list(cfg.lora_targets)))
 
 
-def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Path, *, accelerator=None,
-               resume: str | None = "latest", progress: bool = True, log: Callable = print,
-               stop_at: int | None = None) -> dict:
-    """Train LoRA (+ encoder) in place on `pipe` (a DifficultyControlledPipeline whose U-Net
-    has no adapter yet). Returns a summary dict. `stop_at` ends early (tests: simulated kill)."""
+def make_accelerator(mixed_precision: str = "no"):
+    """The Accelerator that dacd training runs under (also what train/train_dacd.py builds)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    return Accelerator(mixed_precision=mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def _weight_dtype(accelerator) -> torch.dtype:
+    """The frozen modules' dtype under mixed precision; trainable weights stay fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def _setup_dacd(pipe, num_classes: int, cfg: DacdTrainConfig, accelerator):
+    """Freeze the base, add LoRA, build the encoder (unless `no_difficulty`) and AdamW with a
+    group each. Initialisations are seeded: a resumed run must rebuild the same ones."""
     from .encoder import DifficultyEncoder
 
-    accelerator = accelerator or Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    device = accelerator.device
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
-    unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-    for m in (unet, vae, text_encoder):
+    device, weight_dtype = accelerator.device, _weight_dtype(accelerator)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
         m.to(device)
         if weight_dtype != torch.float32:
             m.to(dtype=weight_dtype)
-    torch.manual_seed(cfg.seed)  # LoRA's initialisation: a resumed run must rebuild the same one
+    unet = pipe.unet
+    torch.manual_seed(cfg.seed)
     add_lora(unet, cfg)
     for p in unet.parameters():  # trainable LoRA weights stay in fp32
         if p.requires_grad:
@@ -295,102 +367,113 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
     encoder = None
     if not cfg.no_difficulty:
         torch.manual_seed(cfg.seed + 1)
-        encoder = DifficultyEncoder(num_classes=len(data.class_names),
-                                    cross_attention_dim=unet.config.cross_attention_dim,
+        encoder = DifficultyEncoder(num_classes=num_classes, cross_attention_dim=unet.config.cross_attention_dim,
                                     num_tokens=cfg.num_tokens, s_embedding=cfg.s_embedding).to(device)
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.lr}]
     if encoder is not None:
         groups.append({"params": list(encoder.parameters()), "lr": cfg.encoder_lr})
-    base_lrs = [g["lr"] for g in groups]
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    modules = {"unet": unet} if encoder is None else {"unet": unet, "encoder": encoder}
-    checkpointer = Checkpointer(run_dir, modules, opt, is_main=accelerator.is_main_process)
-    start, state = resolve_resume(checkpointer, resume)
-    history = [tuple(x) for x in state.get("history", [])]
-    if start:
-        log(f"resumed from {run_dir}/checkpoint-{start}")
-    if encoder is None:
-        unet, opt = accelerator.prepare(unet, opt)
-    else:
-        unet, encoder, opt = accelerator.prepare(unet, encoder, opt)
+    return unet, encoder, torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
-    # frozen parts, computed once: latents (VAE) and prompt embeddings (text encoder)
-    t0 = time.time()
-    mean, std = encode_latents(vae, data.images, device=device, progress=progress)
-    scaling = float(vae.config.scaling_factor)
+
+@dataclass
+class _StepInputs:
+    """What every step draws its batch from: the frozen VAE's and text encoder's outputs,
+    computed once, the sampling weights, and the noise schedule."""
+
+    mean: torch.Tensor  # VAE posterior per image
+    std: torch.Tensor
+    scaling: float
+    prompt_embeds: torch.Tensor  # one row per distinct prompt, the empty prompt included
+    prompt_row: torch.Tensor  # image -> its prompt's row
+    empty_row: int
+    labels: torch.Tensor
+    s: torch.Tensor
+    weights: np.ndarray  # difficulty-balanced sampling weights
+    scheduler: object
+
+
+def _cache_inputs(pipe, data: TrainingData, cfg: DacdTrainConfig, device, progress: bool) -> _StepInputs:
+    mean, std = encode_latents(pipe.vae, data.images, device=device, progress=progress)
     prompts = data.prompts or [pipe.class_prompt(int(c)) for c in data.labels]
     uniq = sorted(set(prompts) | {""})
     with torch.no_grad():
         emb = torch.cat([pipe.encode_prompt(uniq[i:i + 256], device).float() for i in range(0, len(uniq), 256)])
-    prompt_index = {p: i for i, p in enumerate(uniq)}
-    per_image_prompt = torch.tensor([prompt_index[p] for p in prompts])
-    empty_idx = prompt_index[""]
-    noise_sched = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
-    T = noise_sched.config.num_train_timesteps
-    weights = balanced_weights(data.s, cfg.balance_power)
-    s_all = torch.as_tensor(np.asarray(data.s, np.float32))
-    labels_all = torch.as_tensor(np.asarray(data.labels, np.int64))
-    log(f"cached {len(mean)} latents and {len(uniq)} prompt embeddings in {time.time() - t0:.0f} s")
+    row = {p: i for i, p in enumerate(uniq)}
+    return _StepInputs(mean=mean, std=std, scaling=float(pipe.vae.config.scaling_factor), prompt_embeds=emb,
+                       prompt_row=torch.tensor([row[p] for p in prompts]), empty_row=row[""],
+                       labels=torch.as_tensor(np.asarray(data.labels, np.int64)),
+                       s=torch.as_tensor(np.asarray(data.s, np.float32)),
+                       weights=balanced_weights(data.s, cfg.balance_power),
+                       scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config))
 
+
+def _dacd_step(step: int, pipe, unet, encoder, opt, inputs: _StepInputs, cfg: DacdTrainConfig, accelerator) -> float:
+    """One optimizer step; its batch, noise, timesteps and dropout come from (seed, step, process)."""
+    device, weight_dtype, sched = accelerator.device, _weight_dtype(accelerator), inputs.scheduler
     rank = accelerator.process_index
-    end = cfg.max_train_steps if stop_at is None else min(stop_at, cfg.max_train_steps)
-    bar = tqdm(range(start, end), initial=start, total=cfg.max_train_steps, desc="dacd" if encoder else "baseline",
-               disable=not (progress and accelerator.is_local_main_process))
+    rng, gen = step_rng(cfg.seed, step, rank), step_generator(cfg.seed, step, rank)
+    idx = torch.from_numpy(rng.choice(len(inputs.weights), size=cfg.batch_size, p=inputs.weights))
+    lat = sample_latents(inputs.mean, inputs.std, idx, gen, inputs.scaling)
+    noise = torch.randn(lat.shape, generator=gen)
+    timesteps = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+    drop_text = torch.rand(len(idx), generator=gen) < cfg.text_dropout
+    drop_diff = torch.rand(len(idx), generator=gen) < cfg.difficulty_dropout
+    lat, noise, timesteps = lat.to(device), noise.to(device), timesteps.to(device)
+    noisy = sched.add_noise(lat, noise, timesteps)
+    target = diffusion_target(sched, lat, noise, timesteps)
+    text = inputs.prompt_embeds[torch.where(drop_text, inputs.empty_row, inputs.prompt_row[idx])].to(device)
+    with accelerator.autocast():
+        ctx = text if encoder is None else pipe.encode_conditions(
+            text, inputs.labels[idx], inputs.s[idx], null_mask=drop_diff, encoder=encoder)
+        pred = unet(noisy.to(weight_dtype), timesteps, encoder_hidden_states=ctx.to(weight_dtype)).sample
+        loss = F.mse_loss(pred.float(), target.float())
+    accelerator.backward(loss)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return accelerator.gather(loss.detach()[None]).mean().item()  # .item() syncs: honest step times
+
+
+def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Path, *, accelerator=None,
+               resume: str | None = "latest", progress: bool = True, log: Callable = print,
+               stop_at: int | None = None) -> dict:
+    """Train LoRA (+ encoder) in place on `pipe` (a DifficultyControlledPipeline whose U-Net
+    has no adapter yet). Returns a summary dict. `stop_at` ends early (tests: simulated kill)."""
+    accelerator = accelerator or make_accelerator(cfg.mixed_precision)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    unet, encoder, opt = _setup_dacd(pipe, len(data.class_names), cfg, accelerator)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before a resume loads the last step's
+    modules = {"unet": unet} if encoder is None else {"unet": unet, "encoder": encoder}
+    steps = TrainingSteps(Checkpointer(run_dir, modules, opt, is_main=accelerator.is_main_process), resume,
+                          total=cfg.max_train_steps, stop_at=stop_at, log_every=cfg.log_every,
+                          checkpointing_steps=cfg.checkpointing_steps, desc="baseline" if encoder is None else "dacd",
+                          progress=progress and accelerator.is_local_main_process,
+                          state={"config": _jsonable(asdict(cfg))}, barrier=accelerator.wait_for_everyone)
+    if steps.start:
+        log(f"resumed from {run_dir}/checkpoint-{steps.start}")
+    if encoder is None:
+        unet, opt = accelerator.prepare(unet, opt)
+    else:
+        unet, encoder, opt = accelerator.prepare(unet, encoder, opt)
+    t0 = time.time()
+    inputs = _cache_inputs(pipe, data, cfg, accelerator.device, progress)
+    log(f"cached {len(inputs.mean)} latents and {len(inputs.prompt_embeds)} prompt embeddings "
+        f"in {time.time() - t0:.0f} s")
+
     unet.train()
-    running, n_running, t_start = 0.0, 0, time.time()
-    step_times, t_prev = [], time.time()
-    for step in bar:
-        rng, gen = step_rng(cfg.seed, step, rank), step_generator(cfg.seed, step, rank)
-        idx = torch.from_numpy(rng.choice(len(weights), size=cfg.batch_size, p=weights))
-        lat = sample_latents(mean, std, idx, gen, scaling)
-        noise = torch.randn(lat.shape, generator=gen)
-        timesteps = torch.randint(0, T, (len(idx),), generator=gen)
-        drop_text = torch.rand(len(idx), generator=gen) < cfg.text_dropout
-        drop_diff = torch.rand(len(idx), generator=gen) < cfg.difficulty_dropout
-        lat, noise, timesteps = lat.to(device), noise.to(device), timesteps.to(device)
-        noisy = noise_sched.add_noise(lat, noise, timesteps)
-        target = diffusion_target(noise_sched, lat, noise, timesteps)
-        pidx = torch.where(drop_text, torch.full_like(per_image_prompt[idx], empty_idx), per_image_prompt[idx])
-        ctx = emb[pidx].to(device)
-        for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        with accelerator.autocast():
-            if encoder is not None:
-                enc = accelerator.unwrap_model(encoder)
-                d = encoder(labels_all[idx].to(device), s_all[idx].to(device))
-                d = torch.where(drop_diff.to(device)[:, None, None], enc.null(len(idx)), d)
-                ctx = torch.cat([ctx, d.to(ctx.dtype)], 1)
-            pred = unet(noisy.to(weight_dtype), timesteps, encoder_hidden_states=ctx.to(weight_dtype)).sample
-            loss = F.mse_loss(pred.float(), target.float())
-        accelerator.backward(loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        running += accelerator.gather(loss.detach()[None]).mean().item()  # .item() syncs: honest step times
-        n_running += 1
-        step_times.append(time.time() - t_prev)
-        t_prev = time.time()
-        done = step + 1
-        if done % cfg.log_every == 0 or done == end:
-            history.append((done, running / n_running))
-            bar.set_postfix(loss=f"{running / n_running:.4f}")
-            running, n_running = 0.0, 0
-        if done % cfg.checkpointing_steps == 0 or done == end:
-            accelerator.wait_for_everyone()
-            checkpointer.save(done, {"history": history, "config": _jsonable(asdict(cfg))})
-    elapsed = time.time() - t_start
-    unet_u = accelerator.unwrap_model(unet)
-    pipe.unet = unet_u
-    pipe.register_modules(unet=unet_u, difficulty_encoder=accelerator.unwrap_model(encoder) if encoder else None)
-    unet_u.eval()
-    if encoder is not None:
-        pipe.difficulty_encoder.eval()
+    for step in steps:
+        _warm_up(opt, base_lrs, step, cfg.warmup_steps)
+        steps.record(step, _dacd_step(step, pipe, unet, encoder, opt, inputs, cfg, accelerator))
+
+    encoder = accelerator.unwrap_model(encoder).eval() if encoder is not None else None
+    pipe.register_modules(unet=accelerator.unwrap_model(unet).eval(), difficulty_encoder=encoder)
     if accelerator.is_main_process:
-        write_loss_csv(run_dir / "loss.csv", history)
-    return {"steps": end, "finished": end >= cfg.max_train_steps, "seconds_this_run": elapsed,
-            "images_per_second": (end - start) * cfg.batch_size * accelerator.num_processes / max(elapsed, 1e-9),
-            "final_loss": history[-1][1] if history else math.nan, "history": history,
-            "median_step_seconds": float(np.median(step_times[2:] or step_times)) if step_times else math.nan,
-            "peak_cuda_memory_gib": (torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None}
+        write_loss_csv(run_dir / "loss.csv", steps.history)
+    summary = steps.summary()
+    return dict(summary, final_loss=steps.history[-1][1] if steps.history else math.nan,
+                images_per_second=(steps.end - steps.start) * cfg.batch_size * accelerator.num_processes
+                / max(summary["seconds_this_run"], 1e-9),
+                peak_cuda_memory_gib=(torch.cuda.max_memory_allocated() / 2**30) if torch.cuda.is_available() else None)
 
 
 def _jsonable(d):
@@ -418,44 +501,29 @@ class BaseTrainConfig:
     seed: int = 0
 
 
-def _lr_at(step: int, base: float, warmup: int) -> float:
-    return base * min(1.0, (step + 1) / max(1, warmup))
-
-
 def train_vae(vae, images: torch.Tensor, cfg: BaseTrainConfig, run_dir: str | Path, *, device="cpu",
-              resume="latest", progress=True, log=print, stop_at: int | None = None) -> dict:
+              resume="latest", progress=True, stop_at: int | None = None) -> dict:
     """Reconstruction (MSE) + small KL. `images` uint8 (N, C, H, W)."""
     run_dir = Path(run_dir)
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    ckpt = Checkpointer(run_dir, {"vae": vae}, opt)
-    start, state = resolve_resume(ckpt, resume)
-    history = [tuple(x) for x in state.get("history", [])]
-    end = cfg.vae_steps if stop_at is None else min(stop_at, cfg.vae_steps)
-    running, n_run, t0 = 0.0, 0, time.time()
-    for step in tqdm(range(start, end), initial=start, total=cfg.vae_steps, desc="vae", disable=not progress):
-        rng = step_rng(cfg.seed, step)
-        idx = torch.from_numpy(rng.integers(0, len(images), cfg.vae_batch_size))
+    steps = TrainingSteps(Checkpointer(run_dir, {"vae": vae}, opt), resume, total=cfg.vae_steps, stop_at=stop_at,
+                          log_every=cfg.log_every, checkpointing_steps=cfg.checkpointing_steps, desc="vae",
+                          progress=progress)
+    for step in steps:
+        _warm_up(opt, [cfg.vae_lr], step, cfg.warmup_steps)
+        idx = torch.from_numpy(step_rng(cfg.seed, step).integers(0, len(images), cfg.vae_batch_size))
         x = images_to_model_range(images[idx]).to(device)
         dist = vae.encode(x).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=step_generator(cfg.seed, step)).to(device)
-        recon = vae.decode(z).sample
-        loss = F.mse_loss(recon, x) + cfg.kl_weight * dist.kl().mean()
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg.vae_lr, cfg.warmup_steps)
+        loss = F.mse_loss(vae.decode(z).sample, x) + cfg.kl_weight * dist.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        running, n_run = running + loss.item(), n_run + 1
-        done = step + 1
-        if done % cfg.log_every == 0 or done == end:
-            history.append((done, running / n_run))
-            running, n_run = 0.0, 0
-        if done % cfg.checkpointing_steps == 0 or done == end:
-            ckpt.save(done, {"history": history})
+        steps.record(step, loss.item())
     vae.eval()
-    write_loss_csv(run_dir / "loss.csv", history)
-    return {"steps": end, "finished": end >= cfg.vae_steps, "seconds_this_run": time.time() - t0, "history": history}
+    write_loss_csv(run_dir / "loss.csv", steps.history)
+    return steps.summary()
 
 
 @torch.no_grad()
@@ -475,7 +543,7 @@ def vae_reconstruction_error(vae, images: torch.Tensor, batch_size: int = 256) -
 
 def train_base_unet(pipe_parts: dict, images: torch.Tensor, labels: np.ndarray, prompts_by_class: list[str],
                     cfg: BaseTrainConfig, run_dir: str | Path, *, device="cpu", resume="latest", progress=True,
-                    log=print, stop_at: int | None = None) -> dict:
+                    stop_at: int | None = None) -> dict:
     """U-Net and text encoder trained jointly from scratch on class prompts, with EMA.
 
     At the end the EMA weights are copied into the modules of `pipe_parts`.
@@ -489,54 +557,40 @@ def train_base_unet(pipe_parts: dict, images: torch.Tensor, labels: np.ndarray, 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
     emas = {"unet": EMA(unet, cfg.ema_decay), "text_encoder": EMA(text_encoder, cfg.ema_decay)}
-    ckpt = Checkpointer(run_dir, {"unet": unet, "text_encoder": text_encoder}, opt, emas=emas)
-    start, state = resolve_resume(ckpt, resume)
-    history = [tuple(x) for x in state.get("history", [])]
+    steps = TrainingSteps(Checkpointer(run_dir, {"unet": unet, "text_encoder": text_encoder}, opt, emas=emas),
+                          resume, total=cfg.unet_steps, stop_at=stop_at, log_every=cfg.log_every,
+                          checkpointing_steps=cfg.checkpointing_steps, desc="unet+text", progress=progress)
     mean, std = encode_latents(vae, images, device=device, progress=progress)
     scaling = float(vae.config.scaling_factor)
     ids = tokenizer(list(prompts_by_class) + [""], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids.to(device)
     empty = len(prompts_by_class)
     labels_t = torch.as_tensor(np.asarray(labels, np.int64))
-    T = sched.config.num_train_timesteps
-    end = cfg.unet_steps if stop_at is None else min(stop_at, cfg.unet_steps)
-    running, n_run, t0 = 0.0, 0, time.time()
-    bar = tqdm(range(start, end), initial=start, total=cfg.unet_steps, desc="unet+text", disable=not progress)
-    for step in bar:
+    for step in steps:
+        _warm_up(opt, [cfg.unet_lr], step, cfg.warmup_steps)
         rng, gen = step_rng(cfg.seed, step, 0), step_generator(cfg.seed, step, 0, stream=1)
         idx = torch.from_numpy(rng.integers(0, len(labels_t), cfg.unet_batch_size))
         lat = sample_latents(mean, std, idx, gen, scaling).to(device)
         noise = torch.randn(lat.shape, generator=gen).to(device)
-        t = torch.randint(0, T, (len(idx),), generator=gen).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen).to(device)
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
-        pidx = torch.where(drop, torch.full_like(labels_t[idx], empty), labels_t[idx]).to(device)
-        ctx = text_encoder(ids[pidx])[0]
+        ctx = text_encoder(ids[torch.where(drop, empty, labels_t[idx]).to(device)])[0]
         pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=ctx).sample
         loss = F.mse_loss(pred, diffusion_target(sched, lat, noise, t))
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg.unet_lr, cfg.warmup_steps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         emas["unet"].update(unet, step)
         emas["text_encoder"].update(text_encoder, step)
-        running, n_run = running + loss.item(), n_run + 1
-        done = step + 1
-        if done % cfg.log_every == 0 or done == end:
-            history.append((done, running / n_run))
-            bar.set_postfix(loss=f"{running / n_run:.4f}")
-            running, n_run = 0.0, 0
-        if done % cfg.checkpointing_steps == 0 or done == end:
-            ckpt.save(done, {"history": history})
-    write_loss_csv(run_dir / "loss.csv", history)
-    if end >= cfg.unet_steps:
+        steps.record(step, loss.item())
+    write_loss_csv(run_dir / "loss.csv", steps.history)
+    if steps.finished:
         emas["unet"].copy_to(unet)
         emas["text_encoder"].copy_to(text_encoder)
     unet.eval()
     text_encoder.eval()
-    return {"steps": end, "finished": end >= cfg.unet_steps, "seconds_this_run": time.time() - t0, "history": history}
-
+    return steps.summary()
 
 @torch.no_grad()
 def latent_std(vae, images: torch.Tensor, n: int = 4096, seed: int = 0) -> float:

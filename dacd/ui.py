@@ -4,19 +4,28 @@ no model code lives here."""
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 import tempfile
 import zipfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import gradio as gr
 
 from .data import DatasetError
-from .explore import (BROWSE_PERCENTILES, DISTRIBUTION_MAX_N, GENERATE_MAX_IMAGES, MAX_SEED, NEAR_MIN_COUNT,
-                      NEAR_WIDTH, SWEEP_MAX_COLS, SWEEP_MAX_ROWS, Explorer, Generator, check_number)
-from .pipeline import DEFAULTS
-from .plots import (calibration_figure, data_map_figure, difficulty_histogram, distribution_figure, image_grid,
-                    measured_histogram, sweep_lines, to_pil)
+from .defaults import APP_LIMITS, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
+from .explore import BROWSE_PERCENTILES, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
+from .plots import (
+    calibration_figure,
+    data_map_figure,
+    difficulty_histogram,
+    distribution_figure,
+    image_grid,
+    measured_histogram,
+    sweep_lines,
+    to_pil,
+)
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op elsewhere
     import spaces
@@ -51,6 +60,73 @@ class Number(_NamesItself, gr.Number):
         return "number"
 
 
+def span(limit: str) -> dict:
+    """A slider's or number box's bounds: those of `APP_LIMITS[limit]`, which the validators check."""
+    lim = APP_LIMITS[limit]
+    return {"minimum": lim.lo, "maximum": lim.hi}
+
+
+# ---------------------------------------------------------------- an event's inputs, by name
+
+def limited(limit: str):
+    """A field of an event's inputs that the validator checks against `APP_LIMITS[limit]`."""
+    return field(metadata={"limit": limit})
+
+
+def check_limits(x, skip=()) -> None:
+    """ValueError for the first field of `x` (not named in `skip`) outside its `limited(...)` bounds."""
+    for f in fields(x):
+        if "limit" in f.metadata and f.name not in skip:
+            APP_LIMITS[f.metadata["limit"]].check(getattr(x, f.name))
+
+
+def in_order(inputs_cls, **controls) -> list:
+    """The event's input components, in the order of `inputs_cls`'s fields (one control per field)."""
+    names = [f.name for f in fields(inputs_cls)]
+    if set(controls) != set(names):
+        raise TypeError(f"{inputs_cls.__name__} takes controls {names}, got {list(controls)}")
+    return [controls[n] for n in names]
+
+
+def takes(inputs_cls):
+    """Let a callback take one `inputs_cls` (a dataclass, one field per input component, in the
+    event's order) instead of one positional argument per control. Gradio names the API's
+    parameters after the callback's signature, so the wrapper's signature is the dataclass's
+    fields followed by the callback's own remaining parameters (e.g. `progress`)."""
+    names = [f.name for f in fields(inputs_cls)]
+
+    def decorate(fn):
+        own = list(inspect.signature(fn).parameters.values())[1:]
+        signature = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names] + own)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            given = signature.bind(*args, **kwargs).arguments
+            rest = {k: v for k, v in given.items() if k not in names}
+            return fn(inputs_cls(**{n: given[n] for n in names}), **rest)
+
+        wrapper.__signature__ = signature
+        return wrapper
+
+    return decorate
+
+
+def refuse(inputs_cls, check):
+    """A Gradio event validator: `check(inputs)` raising ValueError refuses the event before it
+    reaches the queue, with the error's message."""
+
+    @takes(inputs_cls)
+    def validate(x):
+        try:
+            check(x)
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        return [gr.validate(True, "") for _ in fields(x)]
+
+    return validate
+
+
 def user_errors(fn):
     """Turn the library's clear errors into a gr.Error the user sees; the app keeps serving."""
 
@@ -75,7 +151,7 @@ def intro(ex: Explorer) -> str:
 
 # ---------------------------------------------------------------- browse
 
-def browse_tab(ex: Explorer, class_choices: list[str]):
+def browse_tab(ex: Explorer, class_choices: list[str]) -> None:
     @user_errors
     def browse(class_name: str):
         r = ex.browse(class_name)
@@ -120,62 +196,54 @@ def browse_tab(ex: Explorer, class_choices: list[str]):
         show_btn.click(show_image, image_id, [shown, shown_caption], api_name="show_image")
         table.select(pick, table, image_id, api_visibility="private").then(show_image, image_id, [shown, shown_caption],
                                                                  api_visibility="private")
-    return cls, go_btn
-
-
-# ---------------------------------------------------------------- validators (run before the queue)
-
-def _class_ok(ex: Explorer, name) -> None:
-    ex.class_index(name)
-
-
-def refuse(fn):
-    """A Gradio event validator: bad input is refused before the event reaches the queue."""
-
-    @functools.wraps(fn)
-    def wrapper(*args):
-        try:
-            fn(*args)
-        except ValueError as e:
-            raise gr.Error(str(e)) from e
-        return [gr.validate(True, "") for _ in args]
-
-    return wrapper
 
 
 # ---------------------------------------------------------------- generate
 
-def generate_validator(ex: Generator):
-    def validate(class_name, s, calibrated, n, seed, randomize, steps, g, gd, prompt):
-        _class_ok(ex, class_name)
-        check_number("difficulty", s, 0, 1)
-        check_number("number of images", n, 1, GENERATE_MAX_IMAGES, integer=True)
-        if not randomize:
-            check_number("seed", seed, 0, MAX_SEED, integer=True)
-        check_number("steps", steps, 1, 100, integer=True)
-        check_number("text guidance", g, 0, 30)
-        check_number("difficulty guidance", gd, 0, 30)
+@dataclass
+class GenerateInputs:
+    """The Generate tab's controls; the field order is the /generate API's parameter order."""
 
-    return refuse(validate)
+    class_name: str
+    s: float = limited("difficulty")
+    calibrated: bool
+    n: int = limited("num_images")
+    seed: int = limited("seed")
+    randomize: bool
+    steps: int = limited("num_inference_steps")
+    g: float = limited("guidance_scale")
+    gd: float = limited("difficulty_guidance_scale")
+    prompt: str
 
 
-def generate_tab(ex: Generator, class_choices: list[str]):
+def generate_validator(ex: Workbench):
+    def check(x: GenerateInputs):
+        ex.class_index(x.class_name)
+        check_limits(x, skip=("seed",) if x.randomize else ())  # a random seed replaces the box's
+
+    return refuse(GenerateInputs, check)
+
+
+def generate_tab(ex: Workbench, class_choices: list[str]):
     @user_errors
     @gpu
-    def generate(class_name, s, calibrated, n, seed, randomize, steps, g, gd, prompt, progress=gr.Progress()):
-        seed = random.randint(0, MAX_SEED) if randomize else int(seed)
-        r = ex.generate(class_name, s, int(n), seed, steps=int(steps), guidance_scale=g, difficulty_guidance_scale=gd,
-                        prompt=prompt, calibrated=calibrated, progress=lambda f, d: progress(f, desc=d))
+    @takes(GenerateInputs)
+    def generate(x: GenerateInputs, progress=gr.Progress()):
+        seed = random.randint(0, MAX_SEED) if x.randomize else int(x.seed)
+        r = ex.generate(x.class_name, x.s, int(x.n), seed, steps=int(x.steps), guidance_scale=x.g,
+                        difficulty_guidance_scale=x.gd, prompt=x.prompt, calibrated=x.calibrated,
+                        progress=lambda f, d: progress(f, desc=d))
         gallery = [(to_pil(im, DISPLAY_SCALE),
-                    f"requested s={rq:.2f}" + (f" (conditioned {cs:.2f})" if calibrated else "")
+                    f"requested s={rq:.2f}" + (f" (conditioned {cs:.2f})" if x.calibrated else "")
                     + f" · measured s={ms:.2f} · predicted {pr} · seed {sd}")
                    for im, rq, cs, ms, pr, sd in zip(r.images, r.requested_s, r.conditioning_s, r.measured_s,
                                                      r.predicted, r.seeds)]
-        near = ex.count_near(class_name, float(s), NEAR_WIDTH)
-        warn = (f"⚠️ Only {near} real training images of {class_name} have s within ±{NEAR_WIDTH} of {float(s):.2f}: "
+        s = float(x.s)
+        near = ex.count_near(x.class_name, s, NEAR_WIDTH)
+        warn = (f"⚠️ Only {near} real training images of {x.class_name} have s within ±{NEAR_WIDTH} of {s:.2f}: "
                 "the model is extrapolating here, take these images with care." if near < NEAR_MIN_COUNT else
-                f"{near} real training images of {class_name} lie within ±{NEAR_WIDTH} of s={float(s):.2f}.")
-        return gallery, measured_histogram(r.measured_s, float(s)), warn, seed, r
+                f"{near} real training images of {x.class_name} lie within ±{NEAR_WIDTH} of s={s:.2f}.")
+        return gallery, measured_histogram(r.measured_s, s), warn, seed, r
 
     @user_errors
     def export(state):
@@ -197,20 +265,21 @@ def generate_tab(ex: Generator, class_choices: list[str]):
             with gr.Column(scale=1):
                 cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None,
                                   label="class", allow_custom_value=True)
-                s = Slider(0, 1, value=0.5, step=0.01, label="difficulty s (0 = easy, 1 = hard)")
+                s = Slider(**span("difficulty"), value=0.5, step=0.01, label="difficulty s (0 = easy, 1 = hard)")
                 calibrated = gr.Checkbox(ex.has_calibration(), label="calibrated (ask for the measured difficulty)",
                                          info="condition on the value the scoring classifier measures as s")
-                n = Slider(1, GENERATE_MAX_IMAGES, value=8, step=1, label="number of images")
+                n = Slider(**span("num_images"), value=8, step=1, label="number of images")
                 with gr.Row():
-                    seed = Number(0, label="seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    seed = Number(0, label="seed", precision=0, **span("seed"))
                     randomize = gr.Checkbox(False, label="randomize seed")
                 with gr.Accordion("sampling", open=False):
-                    steps = Slider(1, 50, value=DEFAULTS.num_inference_steps, step=1,
-                                      label=f"steps ({DEFAULTS.scheduler})")
-                    g = Slider(0, 10, value=DEFAULTS.guidance_scale, step=0.5, label="text guidance g_t")
-                    gd = Slider(0, 10, value=DEFAULTS.difficulty_guidance_scale, step=0.5,
-                                   label="difficulty guidance g_d")
-                    prompt = gr.Textbox(label="prompt (empty: 'a photo of a {class}')")
+                    steps = Slider(**span("num_inference_steps"), value=SAMPLING.num_inference_steps, step=1,
+                                   label=f"steps ({SAMPLING.scheduler})")
+                    g = Slider(**span("guidance_scale"), value=SAMPLING.guidance_scale, step=0.5,
+                               label="text guidance g_t")
+                    gd = Slider(**span("difficulty_guidance_scale"), value=SAMPLING.difficulty_guidance_scale,
+                                step=0.5, label="difficulty guidance g_d")
+                    prompt = gr.Textbox(label=f"prompt (empty: '{PROMPT_TEMPLATE.format('{class}')}')")
                 btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="generated", columns=8, height="auto", format="png", object_fit="contain",
@@ -223,7 +292,8 @@ def generate_tab(ex: Generator, class_choices: list[str]):
                         export_btn = gr.Button("Export images + manifest (zip)")
                         export_file = gr.File(label="export")
         state = gr.State(None)
-        inputs = [cls, s, calibrated, n, seed, randomize, steps, g, gd, prompt]
+        inputs = in_order(GenerateInputs, class_name=cls, s=s, calibrated=calibrated, n=n, seed=seed,
+                          randomize=randomize, steps=steps, g=g, gd=gd, prompt=prompt)
         btn.click(generate, inputs, [gallery, hist, warn, used_seed, state], api_name="generate",
                   validator=generate_validator(ex))
         export_btn.click(export, state, export_file, api_name="export")
@@ -231,28 +301,43 @@ def generate_tab(ex: Generator, class_choices: list[str]):
 
 # ---------------------------------------------------------------- difficulty factors
 
-def sweep_tab(ex: Generator, class_choices: list[str]):
-    def parse_seeds(text) -> list[int]:
-        parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p]
-        if not parts:
-            raise ValueError("give at least one seed, e.g. '0, 1, 2, 3'")
-        try:
-            return [check_number("seed", p, 0, MAX_SEED, integer=True) for p in parts]
-        except ValueError as e:
-            raise ValueError(f"{e}; seeds are whole numbers separated by commas") from None
+@dataclass
+class SweepInputs:
+    """The Difficulty factors tab's controls, in the /sweep API's parameter order."""
 
-    def validate(class_name, seeds, columns, difficulty_only, steps):
-        _class_ok(ex, class_name)
-        if not 1 <= len(parse_seeds(seeds)) <= SWEEP_MAX_ROWS:
-            raise ValueError(f"a sweep takes 1 to {SWEEP_MAX_ROWS} seeds")
-        check_number("columns", columns, 2, SWEEP_MAX_COLS, integer=True)
-        check_number("steps", steps, 1, 100, integer=True)
+    class_name: str
+    seeds: str  # "0, 1, 2": one row each
+    columns: int = limited("sweep_columns")
+    difficulty_only: bool
+    steps: int = limited("num_inference_steps")
 
+
+def parse_seeds(text) -> list[int]:
+    parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p]
+    if not parts:
+        raise ValueError("give at least one seed, e.g. '0, 1, 2, 3'")
+    try:
+        return [APP_LIMITS["seed"].check(p) for p in parts]
+    except ValueError as e:
+        raise ValueError(f"{e} Seeds are whole numbers separated by commas.") from None
+
+
+def sweep_validator(ex: Workbench):
+    def check(x: SweepInputs):
+        ex.class_index(x.class_name)
+        APP_LIMITS["sweep_rows"].check(len(parse_seeds(x.seeds)))
+        check_limits(x)
+
+    return refuse(SweepInputs, check)
+
+
+def sweep_tab(ex: Workbench, class_choices: list[str]):
     @user_errors
     @gpu
-    def sweep(class_name, seeds, columns, difficulty_only, steps, progress=gr.Progress()):
-        r = ex.sweep(class_name, parse_seeds(seeds), int(columns), difficulty_only=bool(difficulty_only),
-                     steps=int(steps), progress=lambda f, d: progress(f, desc=d))
+    @takes(SweepInputs)
+    def sweep(x: SweepInputs, progress=gr.Progress()):
+        r = ex.sweep(x.class_name, parse_seeds(x.seeds), int(x.columns), difficulty_only=bool(x.difficulty_only),
+                     steps=int(x.steps), progress=lambda f, d: progress(f, desc=d))
         rows, cols = r["measured"].shape
         grid = image_grid([im for row in r["images"] for im in row], ncols=cols, scale=4)
         real = [(to_pil(im, DISPLAY_SCALE), cap) for im, cap in r["real"]]
@@ -270,9 +355,9 @@ def sweep_tab(ex: Generator, class_choices: list[str]):
             cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None, label="class",
                               allow_custom_value=True)
             seeds = gr.Textbox("0, 1, 2, 3", label="seeds (one row each)")
-            columns = Slider(2, SWEEP_MAX_COLS, value=8, step=1, label="columns (s steps)")
+            columns = Slider(**span("sweep_columns"), value=8, step=1, label="columns (s steps)")
             difficulty_only = gr.Checkbox(False, label="difficulty only")
-            steps = Slider(1, 50, value=DEFAULTS.num_inference_steps, step=1, label="steps")
+            steps = Slider(**span("num_inference_steps"), value=SAMPLING.num_inference_steps, step=1, label="steps")
             btn = gr.Button("Sweep", variant="primary")
         with gr.Row():
             with gr.Column(scale=3):
@@ -285,25 +370,40 @@ def sweep_tab(ex: Generator, class_choices: list[str]):
                               elem_classes="dacd-gallery")
             base = gr.Gallery(label="baseline (no difficulty control), same seeds", columns=4, height="auto",
                               format="png", elem_classes="dacd-gallery")
-        btn.click(sweep, [cls, seeds, columns, difficulty_only, steps], [grid, caption, lines, real, base],
-                  api_name="sweep", validator=refuse(validate))
+        inputs = in_order(SweepInputs, class_name=cls, seeds=seeds, columns=columns, difficulty_only=difficulty_only,
+                          steps=steps)
+        btn.click(sweep, inputs, [grid, caption, lines, real, base], api_name="sweep", validator=sweep_validator(ex))
 
 
 # ---------------------------------------------------------------- distributions
 
-def distribution_tab(ex: Generator, class_choices: list[str]):
-    def validate(mu, sigma, n, class_name, seed):
-        check_number("mu", mu, 0, 1)
-        check_number("sigma", sigma, 0, 1)
-        check_number("N", n, 1, DISTRIBUTION_MAX_N, integer=True)
-        check_number("seed", seed, 0, MAX_SEED, integer=True)
-        if class_name not in (None, "", "all"):
-            _class_ok(ex, class_name)
+@dataclass
+class DistributionInputs:
+    """The Distributions tab's controls, in the /distribution API's parameter order."""
 
+    mu: float = limited("mu")
+    sigma: float = limited("sigma")
+    n: int = limited("distribution_n")
+    class_name: str  # a class, or "all"
+    seed: int = limited("seed")
+
+
+def distribution_validator(ex: Workbench):
+    def check(x: DistributionInputs):
+        check_limits(x)
+        if x.class_name not in (None, "", "all"):
+            ex.class_index(x.class_name)
+
+    return refuse(DistributionInputs, check)
+
+
+def distribution_tab(ex: Workbench, class_choices: list[str]):
     @user_errors
     @gpu
-    def distribution(mu, sigma, n, class_name, seed, progress=gr.Progress()):
-        r = ex.distribution(mu, sigma, int(n), class_name, int(seed), progress=lambda f, d: progress(f, desc=d))
+    @takes(DistributionInputs)
+    def distribution(x: DistributionInputs, progress=gr.Progress()):
+        r = ex.distribution(x.mu, x.sigma, int(x.n), x.class_name, int(x.seed),
+                            progress=lambda f, d: progress(f, desc=d))
         curves = {k: r[k] for k in ("requested", "dacd", "baseline", "real") if k in r}
         lo, hi = r["band"]
         rows = "\n".join(f"| {k} | {v:.1%} |" for k, v in r["shares"].items())
@@ -315,18 +415,18 @@ def distribution_tab(ex: Generator, class_choices: list[str]):
         gr.Markdown("The paper's central figure, live: ask for `s ~ N(mu, sigma)` and compare what dacd, the baseline "
                     "and real test images (same instrument) actually measure.")
         with gr.Row():
-            mu = Slider(0, 1, value=0.5, step=0.05, label="mu")
-            sigma = Slider(0, 0.5, value=0.1, step=0.01, label="sigma")
-            n = Slider(10, DISTRIBUTION_MAX_N, value=200, step=10, label="N")
+            mu = Slider(**span("mu"), value=0.5, step=0.05, label="mu")
+            sigma = Slider(**span("sigma"), value=0.1, step=0.01, label="sigma")
+            n = Slider(**span("distribution_n"), value=200, step=1, label="N")
             cls = gr.Dropdown(["all"] + class_choices, value="all", label="class", allow_custom_value=True)
-            seed = Number(0, label="seed", precision=0, minimum=0, maximum=MAX_SEED)
+            seed = Number(0, label="seed", precision=0, **span("seed"))
             btn = gr.Button("Compare", variant="primary")
         with gr.Row():
             fig = gr.Plot(label="histograms")
             shares = gr.Markdown()
         calib = gr.Plot(label="calibration curve")
-        btn.click(distribution, [mu, sigma, n, cls, seed], [fig, shares], api_name="distribution",
-                  validator=refuse(validate))
+        inputs = in_order(DistributionInputs, mu=mu, sigma=sigma, n=n, class_name=cls, seed=seed)
+        btn.click(distribution, inputs, [fig, shares], api_name="distribution", validator=distribution_validator(ex))
 
         def show_calibration():
             try:
@@ -340,8 +440,8 @@ def distribution_tab(ex: Generator, class_choices: list[str]):
 
 # ---------------------------------------------------------------- app
 
-def build_app(ex: Generator | None = None, max_queue: int = 16, concurrency: int = 1) -> gr.Blocks:
-    ex = ex or Generator()
+def build_app(ex: Workbench | None = None, max_queue: int = 16, concurrency: int = 1) -> gr.Blocks:
+    ex = ex or Workbench()
     try:
         class_choices = ex.class_names
     except (FileNotFoundError, ValueError) as e:  # the app still opens and says what is missing

@@ -14,10 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from dacd.data import write_idx
 
-from dacd.data import write_idx  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_images(labels: np.ndarray, seed: int, size: int = 28) -> np.ndarray:
@@ -49,7 +48,7 @@ def fake_fmnist(tmp_path_factory) -> Path:
 
 def run_script(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
     """Run a train/ or bench/ script in a subprocess (each owns its accelerate state)."""
-    full_env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", **(env or {}))
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
     proc = subprocess.run([sys.executable, *map(str, args), *([] if "--no-progress" in args else [])],
                           cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -131,10 +130,10 @@ def tiny_checkpoint(tiny_scores, tiny_dacd, tiny_baseline, tiny_evaluator, tmp_p
 @pytest.fixture(scope="session")
 def app_url(tiny_checkpoint, fake_fmnist):
     """The dacd app on the tiny checkpoint, launched in this process on a free local port."""
-    from dacd.explore import Generator
+    from dacd.explore import Workbench
     from dacd.ui import build_app, launch_kwargs
 
-    demo = build_app(Generator(tiny_checkpoint, data_dir=fake_fmnist))
+    demo = build_app(Workbench(tiny_checkpoint, data_dir=fake_fmnist))
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                             **launch_kwargs())
     yield url

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dacd.defaults import EMBEDDED_CHECKPOINT
+from dacd.pipeline import DifficultyControlledPipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 PATH = ROOT / "tests" / "data" / "reference_images.npz"
 CLASSES = [0, 6, 9]  # T-shirt/top, Shirt, Ankle boot
@@ -49,9 +52,7 @@ def render(pipes: dict) -> dict[str, np.ndarray]:
         torch.set_num_threads(threads)
 
 
-def load_pipes(checkpoint: Path = ROOT / "checkpoints" / "fashion-mnist") -> dict:
-    from dacd.pipeline import DifficultyControlledPipeline
-
+def load_pipes(checkpoint: Path = EMBEDDED_CHECKPOINT) -> dict:
     pipes = {m: DifficultyControlledPipeline.from_pretrained(checkpoint / m) for m in ("dacd", "baseline")}
     for p in pipes.values():
         p.set_progress_bar_config(disable=True)
@@ -66,7 +67,4 @@ def main():
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.path.insert(0, str(ROOT))
     main()

@@ -1,9 +1,14 @@
 """The app through its API (gradio_client), on a tiny checkpoint made by the tests."""
 
+import re
 import zipfile
 
+import httpx
 import pandas as pd
 import pytest
+
+from dacd.defaults import EMBEDDED_CHECKPOINT
+from dacd.explore import Workbench
 
 pytestmark = pytest.mark.slow
 
@@ -22,10 +27,6 @@ GEN = dict(class_name="Trouser", s=0.3, calibrated=False, n=3, seed=7, randomize
 def refused(call, match: str) -> str:
     """The call must fail with a message matching `match`, whether Gradio refused it before the
     queue (HTTP 400 with a detail) or the event raised (AppError)."""
-    import re
-
-    import httpx
-
     try:
         call()
     except httpx.HTTPStatusError as e:
@@ -66,10 +67,9 @@ def test_nan_difficulty_is_refused_by_the_validator(tiny_checkpoint, fake_fmnist
     """JSON clients cannot even send NaN; a raw request that does meets the same validator."""
     import gradio as gr
 
-    from dacd.explore import Generator
     from dacd.ui import generate_validator
 
-    check = generate_validator(Generator(tiny_checkpoint, data_dir=fake_fmnist))
+    check = generate_validator(Workbench(tiny_checkpoint, data_dir=fake_fmnist))
     with pytest.raises(gr.Error, match="difficulty"):
         check(*gen_args(s=float("nan")))
     assert all(v["is_valid"] for v in check(*gen_args()))
@@ -107,17 +107,14 @@ def test_browse(client):
     refused(lambda: client.predict("jacket", api_name="/browse"), "unknown class")
 
 
-SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "checkpoints" / "fashion-mnist"
 
-
-@pytest.mark.skipif(not (SHIPPED / "dacd" / "dacd_config.json").exists(), reason="dacd model not shipped yet")
+@pytest.mark.skipif(not (EMBEDDED_CHECKPOINT / "dacd" / "dacd_config.json").exists(), reason="dacd model not shipped yet")
 def test_generate_on_the_shipped_checkpoint():
     from gradio_client import Client
 
-    from dacd.explore import Generator
     from dacd.ui import build_app, launch_kwargs
 
-    demo = build_app(Generator(SHIPPED))
+    demo = build_app(Workbench(EMBEDDED_CHECKPOINT))
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())
     try:
         client = Client(url, verbose=False)

@@ -2,11 +2,20 @@ import gzip
 
 import numpy as np
 import pytest
+from conftest import write_fake_fashion_mnist
 from PIL import Image
 
-from conftest import write_fake_fashion_mnist
-from dacd.data import (DatasetError, FASHION_MNIST_CLASSES, load_dataset, load_fashion_mnist, load_image_folder,
-                       read_idx, resolve_class, slugify, write_idx)
+from dacd.data import (
+    FASHION_MNIST_CLASSES,
+    DatasetError,
+    load_dataset,
+    load_fashion_mnist,
+    load_image_folder,
+    read_idx,
+    resolve_class,
+    slugify,
+    write_idx,
+)
 
 
 def test_idx_round_trip_plain_and_gz(tmp_path):

@@ -5,8 +5,16 @@ import pandas as pd
 import pytest
 
 from dacd.data import load_fashion_mnist
-from dacd.difficulty import (REGIONS, NO_REGION, SCORE_COLUMNS, ScoreConfig, assign_folds, assign_region,
-                             load_scores, run_scoring)
+from dacd.difficulty import (
+    NO_REGION,
+    REGIONS,
+    SCORE_COLUMNS,
+    ScoreConfig,
+    assign_folds,
+    assign_region,
+    load_scores,
+    run_scoring,
+)
 
 TINY = ScoreConfig(k=3, epochs=2, batch_size=32, seed=7)
 

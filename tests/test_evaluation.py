@@ -3,11 +3,21 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_script
+
 from dacd.calibration import Calibration
-from dacd.evaluation import (S_BINS, bin_of, confusion_distance, draw_difficulties, error_distribution, kid,
-                             medium_share, nearest_distance, real_ceiling_sample, spearman)
+from dacd.evaluation import (
+    S_BINS,
+    bin_of,
+    confusion_distance,
+    draw_difficulties,
+    error_distribution,
+    kid,
+    medium_share,
+    nearest_distance,
+    real_ceiling_sample,
+    spearman,
+)
 
 
 def test_spearman_known_answers():

@@ -13,8 +13,15 @@ import pytest
 from conftest import ROOT, run_script
 
 from dacd.data import FASHION_MNIST_CLASSES, stratified_subset
-from dacd.generation import (MANIFEST_COLUMNS, DifficultySpec, GenerationError, counts_from_ratio,
-                             load_prompt_lists, make_plan, take_first)
+from dacd.generation import (
+    MANIFEST_COLUMNS,
+    DifficultySpec,
+    GenerationError,
+    counts_from_ratio,
+    load_prompt_lists,
+    make_plan,
+    take_first,
+)
 
 NAMES = list(FASHION_MNIST_CLASSES)
 
@@ -103,10 +110,29 @@ def uninterrupted(tiny_dacd, tiny_evaluator, tmp_path_factory):
     return out
 
 
+def test_the_plan_uses_the_models_prompt_template(tmp_path):
+    """train/generate.py plans with the model's own template (dacd_config.json), not a literal."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "train" / "generate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(["--out", str(tmp_path), "--per-class", "2", "--classes", "Bag", "Coat"])
+    plan, _ = script.build_plan(args, NAMES, "a sketch of a {}")
+    assert set(plan.prompt) == {"a sketch of a Bag", "a sketch of a Coat"}
+    captions = tmp_path / "captions.txt"
+    captions.write_text("Bag\ta leather bag\n")
+    args = script.parse_args(["--out", str(tmp_path), "--per-class", "1", "--classes", "Bag", "Coat",
+                              "--prompts", str(captions)])
+    plan, _ = script.build_plan(args, NAMES, "a sketch of a {}")
+    assert list(plan.prompt) == ["a sketch of a Coat", "a leather bag"]  # captions where given
+
+
 def read_manifest(out):
     return pd.read_parquet(out / "manifest.parquet")
 
 
+@pytest.mark.slow
 def test_manifest_schema_and_images(uninterrupted):
     from dacd.data import load_image_folder
 
@@ -124,6 +150,7 @@ def test_manifest_schema_and_images(uninterrupted):
     assert cfg["num_images"] == 9 and "N(0.5, 0.1)" in cfg["difficulty"]["description"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_manifest(uninterrupted, tiny_dacd, tiny_evaluator, tmp_path):
     out = tmp_path / "resumed"
     proc = run_script(*gen_args(out, tiny_dacd, tiny_evaluator, "--stop-after-chunks", "2"), check=False)
@@ -143,6 +170,7 @@ def test_kill_and_resume_gives_the_same_manifest(uninterrupted, tiny_dacd, tiny_
     assert proc.returncode != 0 and "other settings" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_make_each_id_once(uninterrupted, tiny_dacd, tiny_evaluator, tmp_path):
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
@@ -157,6 +185,7 @@ def test_two_processes_make_each_id_once(uninterrupted, tiny_dacd, tiny_evaluato
     pd.testing.assert_frame_equal(m, read_manifest(uninterrupted), check_exact=False, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_baseline_and_bad_requests(tiny_baseline, tiny_dacd, tiny_evaluator, tmp_path):
     out = tmp_path / "base"
     run_script(*gen_args(out, tiny_baseline, tiny_evaluator, "--s", "0.9"))

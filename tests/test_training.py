@@ -1,19 +1,186 @@
-"""End-to-end training checks; scripts run in subprocesses (accelerate keeps one state per process)."""
+"""Training checks: the loops' pieces in-process on tiny random models; end-to-end runs of the
+scripts in subprocesses (accelerate keeps one state per process), marked slow."""
 
+import importlib.util
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import torch.nn as nn
+from conftest import ROOT, TINY_BASE_ARGS, run_script, train_dacd_script
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
-from conftest import TINY_BASE_ARGS, run_script, train_dacd_script
-
-pytestmark = pytest.mark.slow
+from dacd.data import FASHION_MNIST_CLASSES
+from dacd.pipeline import DifficultyControlledPipeline
+from dacd.tiny import TinySDConfig, build_components, build_scheduler
+from dacd.training import (
+    EMA,
+    Checkpointer,
+    DacdTrainConfig,
+    TrainingData,
+    TrainingSteps,
+    balanced_weights,
+    diffusion_target,
+    train_dacd,
+)
 
 
 def train(tmp, name, base, data_dir, scores, *extra):
     return train_dacd_script(tmp / name, base, data_dir, scores, *extra)
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- in-process: the loops' pieces
+
+CLASSES = ["zero", "one", "two", "three"]
+
+
+def tiny_pipe() -> DifficultyControlledPipeline:
+    parts = build_components(TinySDConfig(unet_channels=(32, 64)), class_names=CLASSES, seed=0)
+    return DifficultyControlledPipeline(**parts, class_names=CLASSES)
+
+
+@pytest.mark.parametrize("text_dropout, difficulty_dropout", [(1.0, 0.0), (0.0, 1.0)])
+def test_dropout_replaces_prompt_and_difficulty_tokens(tmp_path, text_dropout, difficulty_dropout):
+    """What the U-Net receives: text tokens of the empty prompt under text dropout, the
+    encoder's null tokens (all K) under difficulty dropout, the real ones otherwise."""
+    pipe, seen = tiny_pipe(), []
+    pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach().clone()), with_kwargs=True)
+    n, label, s = 8, 2, 0.7  # one class and one s: every row of the batch must be the same
+    data = TrainingData(images=torch.randint(0, 256, (n, 1, 32, 32), generator=torch.Generator().manual_seed(0),
+                                             dtype=torch.uint8),
+                        labels=np.full(n, label), s=np.full(n, s, np.float32), class_names=CLASSES)
+    cfg = DacdTrainConfig(max_train_steps=1, batch_size=n, lora_rank=2, num_tokens=3, lr=0.0, encoder_lr=0.0,
+                          text_dropout=text_dropout, difficulty_dropout=difficulty_dropout)
+    train_dacd(pipe, data, cfg, tmp_path, progress=False, log=lambda *_: None)  # lr 0: weights stay as seen
+    (ctx,) = seen
+    text, tokens = ctx[:, :-3], ctx[:, -3:]
+    empty, prompt = (pipe.encode_prompt([p] * n, "cpu") for p in ("", pipe.class_prompt(label)))
+    enc = pipe.difficulty_encoder
+    with torch.no_grad():
+        null, real = enc.null(n), enc(torch.full((n,), label), torch.full((n,), s))
+    text_want, text_not = (empty, prompt) if text_dropout else (prompt, empty)
+    tokens_want, tokens_not = (null, real) if difficulty_dropout else (real, null)
+    torch.testing.assert_close(text, text_want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens, tokens_want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(text, text_not, atol=1e-3) and not torch.allclose(tokens, tokens_not, atol=1e-3)
+
+
+def test_balanced_weights():
+    s = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.55, 0.56, 0.95])  # bins 0 (x6), 5 (x2), 9 (x1)
+    uniform = balanced_weights(s, power=0)
+    np.testing.assert_allclose(uniform, np.full(len(s), 1 / len(s)))
+    flat = balanced_weights(s, power=1)
+    assert flat.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose([flat[:6].sum(), flat[6:8].sum(), flat[8:].sum()], [1 / 3] * 3)
+    half = balanced_weights(s, power=0.5)
+    assert half.sum() == pytest.approx(1.0) and uniform[8] < half[8] < flat[8]  # the rare image gains weight
+
+
+def test_ema_warmup_decay_and_copy_to():
+    net = nn.Linear(2, 2)
+    old = {k: p.detach().clone() for k, p in net.named_parameters()}
+    ema = EMA(net, decay=0.999)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net, step=0)  # warm-up: decay min(0.999, 1/10) = 0.1
+    for k, p in net.named_parameters():
+        torch.testing.assert_close(ema.shadow[k], 0.1 * old[k] + 0.9 * p.detach())
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    ema.update(net, step=10**6)  # (1 + step) / (10 + step) > 0.999: the decay itself
+    for k, p in net.named_parameters():
+        torch.testing.assert_close(ema.shadow[k], 0.999 * before[k] + 0.001 * p.detach())
+    ema.copy_to(net)
+    for k, p in net.named_parameters():
+        assert torch.equal(p.detach(), ema.shadow[k])
+
+
+def test_training_steps_log_checkpoint_and_resume(tmp_path):
+    """History every `log_every` steps and at the last; checkpoints every `checkpointing_steps`
+    and at the last; a stopped run resumes after its last step, history included."""
+    losses = [1.0, 2.0, 3.0, 4.0, 5.0]
+
+    def run(stop_at=None):
+        net = nn.Linear(2, 1)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        steps = TrainingSteps(Checkpointer(tmp_path, {"net": net}, opt, keep=10), "latest", total=5,
+                              stop_at=stop_at, log_every=2, checkpointing_steps=2, desc="t", progress=False,
+                              state={"note": "x"})
+        ran = []
+        for step in steps:
+            ran.append(step)
+            steps.record(step, losses[step])
+        return steps, ran
+
+    steps, ran = run(stop_at=3)
+    assert ran == [0, 1, 2] and not steps.finished
+    assert steps.history == [(2, 1.5), (3, 3.0)]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    steps, ran = run()
+    assert ran == [3, 4] and steps.start == 3 and steps.finished
+    assert steps.history == [(2, 1.5), (3, 3.0), (4, 4.0), (5, 5.0)]
+    state = json.loads((tmp_path / "checkpoint-5" / "state.json").read_text())
+    assert state["step"] == 5 and state["note"] == "x" and [tuple(h) for h in state["history"]] == steps.history
+    assert steps.summary()["steps"] == 5 and steps.summary()["finished"]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_diffusion_target_values(prediction_type):
+    """SD2-shaped bases learn v = alpha_t * noise - sigma_t * x0; SD1 bases the noise."""
+    sched = build_scheduler(TinySDConfig(prediction_type=prediction_type))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    abar = sched.alphas_cumprod[t].double()[:, None, None, None]
+    want = noise if prediction_type == "epsilon" else (abar.sqrt() * noise - (1 - abar).sqrt() * x0).float()
+    got = diffusion_target(sched, x0, noise, t)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(got, noise if prediction_type == "v_prediction" else x0, atol=1e-2)
+
+
+def test_diffusion_target_refuses_other_prediction_types():
+    with pytest.raises(ValueError, match="sample"):
+        diffusion_target(build_scheduler(TinySDConfig(prediction_type="sample")), torch.zeros(1), torch.zeros(1),
+                         torch.zeros(1, dtype=torch.long))
+
+
+def test_exclude_regions_and_classes_select_training_images(fake_fmnist, tmp_path):
+    cli = load_script("train_dacd")
+    n = 300  # the fake dataset's training split
+    table = pd.DataFrame({"id": [f"train:{i}" for i in range(n)], "label": (np.arange(n) * 7) % 10,
+                          "s": np.linspace(0, 1, n, dtype=np.float32),
+                          "region": np.where(np.arange(n) % 3 == 0, "hard-to-learn", "easy-to-learn")})
+    table.to_parquet(tmp_path / "scores.parquet")
+
+    def load(*options):
+        args = cli.parse_args(["--data-dir", str(fake_fmnist), "--scores", str(tmp_path / "scores.parquet"),
+                               *options])
+        return cli.load_training_data(args)
+
+    data, dropped = load()
+    assert len(data.labels) == n and dropped == 0
+    data, dropped = load("--exclude-regions", "hard-to-learn")
+    ids = np.array([int(i.split(":")[1]) for i in data.ids])
+    assert dropped == 100 and len(ids) == 200 and (ids % 3 != 0).all()
+    np.testing.assert_array_equal(data.s, table["s"].to_numpy()[ids])  # scores follow their images
+    data, dropped = load("--classes", FASHION_MNIST_CLASSES[1], "5", "--exclude-regions", "hard-to-learn")
+    ids = np.array([int(i.split(":")[1]) for i in data.ids])
+    assert set(data.labels) == {1, 5} and (ids % 3 != 0).all()
+    assert len(ids) == sum(1 for i in range(n) if (i * 7) % 10 in (1, 5) and i % 3) and dropped == n - len(ids)
+
+
+# ---------------------------------------------------------------- end to end (subprocesses)
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +188,8 @@ def trained(tiny_dacd, tmp_path_factory):
     return {"tmp": tmp_path_factory.mktemp("dacd"), "out": tiny_dacd}
 
 
+@pytest.mark.slow
 def test_base_folder_loads_in_stock_diffusers_offline(tiny_base):
-    from diffusers import StableDiffusionPipeline
-
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
     assert pipe.tokenizer.model_max_length == 77
     sentence = "A crumpled grey sweatshirt, folded twice; photographed at dusk (ISO 3200) — naïve!"
@@ -38,9 +204,8 @@ def test_base_folder_loads_in_stock_diffusers_offline(tiny_base):
     assert (tiny_base / "loss_unet.csv").read_text().startswith("step,loss")
 
 
+@pytest.mark.slow
 def test_dacd_folder_layout_and_generation(trained):
-    from dacd.pipeline import DifficultyControlledPipeline
-
     out = trained["out"]
     cfg = json.loads((out / "dacd_config.json").read_text())
     assert cfg["difficulty_encoder"] and cfg["lora"]["rank"] == 4 and cfg["lora"]["alpha"] == 8
@@ -51,13 +216,10 @@ def test_dacd_folder_layout_and_generation(trained):
     assert res.images.shape == (2, 32, 32, 1) and np.isfinite(res.images).all()
 
 
+@pytest.mark.slow
 def test_lora_alpha_survives_save(trained, tiny_base):
     """Merging W + (alpha/r)·B·A by hand into the plain base U-Net must give the same
     outputs as the loaded pipeline; the wrong scale (alpha lost) must not."""
-    from diffusers import UNet2DConditionModel
-
-    from dacd.pipeline import DifficultyControlledPipeline
-
     pipe = DifficultyControlledPipeline.from_pretrained(trained["out"])
     pipe.set_progress_bar_config(disable=True)
     sd = load_file(str(trained["out"] / "pytorch_lora_weights.safetensors"))
@@ -85,11 +247,8 @@ def test_lora_alpha_survives_save(trained, tiny_base):
     assert (ours - wrong).abs().max().item() > 10 * max(err, 1e-6)
 
 
+@pytest.mark.slow
 def test_stock_load_lora_weights_reproduces_our_images(trained, tiny_base):
-    from diffusers import StableDiffusionPipeline
-
-    from dacd.pipeline import DifficultyControlledPipeline
-
     ours = DifficultyControlledPipeline.from_pretrained(trained["out"])
     ours.set_progress_bar_config(disable=True)
     res = ours([4], [0.7], guidance_scale=3.0, difficulty_guidance_scale=None, num_inference_steps=3,
@@ -108,6 +267,7 @@ def test_stock_load_lora_weights_reproduces_our_images(trained, tiny_base):
     np.testing.assert_allclose(res.images, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(trained, tiny_base, fake_fmnist, tiny_scores):
     tmp = trained["tmp"]
     _, run, proc = train(tmp, "killed", tiny_base, fake_fmnist, tiny_scores, "--stop-at", "2")
@@ -127,9 +287,8 @@ def test_resume_equals_uninterrupted(trained, tiny_base, fake_fmnist, tiny_score
         torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_baseline_mode(tiny_baseline):
-    from dacd.pipeline import DifficultyControlledPipeline
-
     out = tiny_baseline
     assert not (out / "difficulty_encoder").exists()
     pipe = DifficultyControlledPipeline.from_pretrained(out)
@@ -138,9 +297,8 @@ def test_baseline_mode(tiny_baseline):
     assert pipe([1], 0.5, num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 1)
 
 
+@pytest.mark.slow
 def test_sd2_shaped_base_trains_and_generates(fake_fmnist, tiny_scores, tmp_path):
-    from dacd.pipeline import DifficultyControlledPipeline
-
     run_script("train/train_base.py", "--data-dir", fake_fmnist, "--output-dir", tmp_path / "base2",
                "--run-dir", tmp_path / "run2", "--prediction-type", "v_prediction", *TINY_BASE_ARGS)
     out, _, proc = train(tmp_path, "dacd2", tmp_path / "base2", fake_fmnist, tiny_scores)

@@ -50,10 +50,43 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from dacd.classifier import Classifier
+from dacd.data import load_dataset, stratified_subset, subset_name
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT
+from dacd.difficulty import load_scores
+from dacd.evaluation import (
+    draw_per_class,
+    holm,
+    match_report,
+    match_to_plan,
+    measure,
+    medium_share,
+    paired_comparison,
+    per_class_comparison,
+    train_downstream_cell,
+)
+from dacd.generation import (
+    DifficultySpec,
+    counts_from_ratio,
+    generate_dataset,
+    load_generated_images,
+    load_manifest,
+    make_plan,
+    manifest_summary,
+    plan_fingerprint,
+    take_first,
+)
+from dacd.pipeline import DifficultyControlledPipeline
+from dacd.sampling import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED = ROOT / "checkpoints" / "fashion-mnist"
+EMBEDDED = EMBEDDED_CHECKPOINT
 CACHE_VERSION = 2  # v1 caches (before the reference arms) are not read: their keys differ
 RESULT_COLUMNS = ["cell", "model", "sampling", "mode", "mu", "ratio", "seeds", "accuracy_mean", "accuracy_std",
                   "paired_seeds", "diff_mean", "diff_ci_low", "diff_ci_high", "significant", "p_value", "p_holm",
@@ -75,14 +108,14 @@ def parse_args(argv=None):
     p.add_argument("--baseline", default=str(EMBEDDED / "baseline"), help="'' to leave the baseline out")
     p.add_argument("--evaluator", default=str(EMBEDDED / "evaluator"))
     p.add_argument("--mus", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
-    p.add_argument("--sigma", type=float, default=0.1)
+    p.add_argument("--sigma", type=float, default=DIFFICULTY.sigma)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
     p.add_argument("--arms", nargs="+", default=["dacd", "baseline", *REAL_ARMS, "alone"],
                    help="which arms to run ('alone' = the synthetic-only cells)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
                    help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
-    p.add_argument("--headline-mu", type=float, default=0.5)
+    p.add_argument("--headline-mu", type=float, default=DIFFICULTY.mu)
     p.add_argument("--arch", default="resnet10t", help="timm architecture of the downstream classifier")
     p.add_argument("--steps", type=int, default=400, help="optimizer steps, the same for every cell")
     p.add_argument("--batch-size", type=int, default=128)
@@ -147,7 +180,6 @@ def model_fingerprint(model) -> str:
 
 def plan_sets(args, real, counts) -> dict:
     """Every added set, by name: what it is and what identifies it (no images yet)."""
-    from dacd.generation import DifficultySpec, SamplingSettings, make_plan, plan_fingerprint
 
     sampling = asdict(SamplingSettings(num_inference_steps=args.gen_steps))
     sets = {}
@@ -170,7 +202,7 @@ def plan_sets(args, real, counts) -> dict:
             sets[f"real-matched-mu{mu:g}"] = {"name": f"real-matched-mu{mu:g}", "arm": "real-matched", "mu": mu,
                                               "sampling": "", "kind": "real", "plan": plan}
     if "baseline" in args.arms:  # the plan's s is recorded, not used
-        generated("baseline", args.baseline, DifficultySpec(mu=0.5, sigma=args.sigma), None)
+        generated("baseline", args.baseline, DifficultySpec(mu=DIFFICULTY.mu, sigma=args.sigma), None)
     for arm in ("real-random", "real-duplicate"):
         if arm in args.arms:
             sets[arm] = {"name": arm, "arm": arm, "mu": None, "sampling": "", "kind": "real"}
@@ -179,9 +211,7 @@ def plan_sets(args, real, counts) -> dict:
 
 def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
     """Pick the real images of each real arm (at the largest ratio); returns match-report frames."""
-    import numpy as np
 
-    from dacd.evaluation import draw_per_class, match_report, match_to_plan
 
     reports = []
     for st in sets.values():
@@ -206,11 +236,7 @@ def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
 
 def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
     """Generate (or resume) each generated set that a missing cell needs, at the largest ratio."""
-    import torch
 
-    from dacd.classifier import Classifier
-    from dacd.generation import SamplingSettings, generate_dataset, load_manifest
-    from dacd.pipeline import DifficultyControlledPipeline
 
     pipes, evaluator = {}, None
     for st in sets.values():
@@ -238,9 +264,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
 
 def set_images(st, counts, real):
     """(images, labels) of a set's first `counts[c]` images per class."""
-    import numpy as np
 
-    from dacd.generation import load_generated_images, load_manifest, take_first
 
     if st["kind"] == "generated":
         m = take_first(load_manifest(st["folder"]), counts)
@@ -252,11 +276,7 @@ def set_images(st, counts, real):
 def measure_sets(args, sets, real, cells_dir: Path) -> list[dict]:
     """Each set's summary, measured by the evaluation classifier (real arms too, so they compare).
     Summaries are cached beside the cells, so a table can be rebuilt without the images."""
-    import numpy as np
 
-    from dacd.classifier import Classifier
-    from dacd.evaluation import medium_share, measure
-    from dacd.generation import load_manifest, manifest_summary
 
     rows, evaluator = [], None
     for st in sets.values():
@@ -347,13 +367,7 @@ def cache_path(cells_dir: Path, cell, seed, meta) -> Path:
 
 def main(argv=None):
     args = parse_args(argv)
-    import numpy as np
-    import pandas as pd
 
-    from dacd.data import load_dataset, stratified_subset, subset_name
-    from dacd.difficulty import load_scores
-    from dacd.evaluation import holm, paired_comparison, per_class_comparison, train_downstream_cell
-    from dacd.generation import counts_from_ratio
 
     t_start = time.time()
     progress = not args.no_progress
@@ -512,9 +526,6 @@ def write_markdown(show, per_class, args, real, n_test: int, family: int) -> Non
 
 
 def write_figure(table, per_class, path: Path, real_name: str) -> None:
-    import numpy as np
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     t = table[table["mode"] == "added"]
     fig = make_subplots(rows=2, cols=1, vertical_spacing=0.18, row_heights=[0.45, 0.55],

@@ -23,10 +23,26 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from accelerate import PartialState
+
+from dacd.classifier import Classifier
+from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, PROMPT_TEMPLATE
+from dacd.generation import (
+    DifficultySpec,
+    GenerationError,
+    counts_from_ratio,
+    generate_dataset,
+    load_difficulty_table,
+    load_prompt_lists,
+    make_plan,
+)
+from dacd.pipeline import DifficultyControlledPipeline
+from dacd.sampling import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED = ROOT / "checkpoints" / "fashion-mnist"
+EMBEDDED = EMBEDDED_CHECKPOINT
 
 
 def parse_args(argv=None):
@@ -37,8 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--evaluator", default=str(EMBEDDED / "evaluator"),
                    help="evaluation classifier folder for measured s ('none' to skip)")
     g = p.add_argument_group("difficulty (default s ~ N(0.5, 0.1) clipped to [0, 1])")
-    g.add_argument("--mu", type=float, default=0.5)
-    g.add_argument("--sigma", type=float, default=0.1)
+    g.add_argument("--mu", type=float, default=DIFFICULTY.mu)
+    g.add_argument("--sigma", type=float, default=DIFFICULTY.sigma)
     g.add_argument("--s", type=float, default=None, help="a fixed difficulty for every image")
     g.add_argument("--s-table", default=None, help='JSON {"class": s or [mu, sigma]}; other classes use --mu/--sigma')
     c = p.add_argument_group("how many")
@@ -71,10 +87,8 @@ def resolve_model(name: str) -> Path:
     return Path(name)
 
 
-def build_plan(args, class_names):
-    from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
-    from dacd.generation import (DifficultySpec, GenerationError, counts_from_ratio, load_difficulty_table,
-                                 load_prompt_lists, make_plan)
+def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE):
+    """The plan and its description; prompts follow the model's own template unless --prompts gives captions."""
 
     if (args.per_class is None) == (args.ratio is None):
         raise GenerationError("give exactly one of --per-class N or --ratio R")
@@ -110,17 +124,12 @@ def build_plan(args, class_names):
     prompts = load_prompt_lists(args.prompts, class_names) if args.prompts else None
     if prompts:
         extra["prompts_file"] = str(args.prompts)
-    return make_plan(class_names, counts, spec, prompts=prompts, seed=args.seed), extra
+    return make_plan(class_names, counts, spec, prompts=prompts, prompt_template=prompt_template, seed=args.seed), extra
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-    from accelerate import PartialState
 
-    from dacd.classifier import Classifier
-    from dacd.generation import GenerationError, SamplingSettings, generate_dataset
-    from dacd.pipeline import DifficultyControlledPipeline
 
     state = PartialState()
     if state.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ and state.device.type == "cpu":
@@ -136,7 +145,7 @@ def main(argv=None):
     if args.evaluator.lower() != "none":
         evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
     try:
-        plan, extra = build_plan(args, list(pipe.class_names))
+        plan, extra = build_plan(args, list(pipe.class_names), pipe.prompt_template)
         if args.calibrated and pipe.calibration is None:
             raise GenerationError(f"--calibrated needs a calibration curve and {model_dir} has none "
                                   "(bench/controllability.py --write-calibration makes one)")

@@ -8,7 +8,7 @@ from its own state under runs/ when interrupted:
   evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1)
   dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling)
   baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data)
-  calibrate  bench/controllability.py --write-calibration
+  calibrate  train/calibrate.py            calibration curve, measured by the scoring classifier
 
 The difficulty scores (scores.parquet, classifier/) are shipped and are not rebuilt here:
 `make scores` does that. Wall-clock seconds per stage go to checkpoints/fashion-mnist/stage_seconds.json.
@@ -23,8 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from dacd.defaults import EMBEDDED_CHECKPOINT
+
 ROOT = Path(__file__).resolve().parents[1]
-CK = ROOT / "checkpoints" / "fashion-mnist"
+CK = EMBEDDED_CHECKPOINT
 DACD_STEPS = 1500  # dacd and baseline train for the same number of steps
 
 STAGES = {
@@ -34,7 +36,7 @@ STAGES = {
     "baseline": (CK / "baseline" / "dacd_config.json",
                  ["train/train_dacd.py", "--no-difficulty", "--balance-power", "0", "--max-train-steps",
                   str(DACD_STEPS), "--output-dir", str(CK / "baseline")]),
-    "calibrate": (CK / "dacd" / "calibration.json", ["bench/controllability.py", "--write-calibration"]),
+    "calibrate": (CK / "dacd" / "calibration.json", ["train/calibrate.py"]),
 }
 
 

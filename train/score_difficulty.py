@@ -17,10 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from accelerate import Accelerator
 
-from dacd.data import load_dataset  # noqa: E402
-from dacd.difficulty import ScoreConfig, run_scoring, save_scores  # noqa: E402
+from dacd.data import load_dataset
+from dacd.difficulty import ScoreConfig, run_scoring, save_scores
 
 D = ScoreConfig()
 
@@ -48,8 +49,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-    from accelerate import Accelerator
 
     accelerator = Accelerator()
     t0 = time.time()

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+
+from dacd.data import load_dataset
+from dacd.defaults import PROMPT_TEMPLATE
+from dacd.tiny import TinySDConfig, build_components, save_sd_folder
+from dacd.training import BaseTrainConfig, latent_std, train_base_unet, train_vae, vae_reconstruction_error
 
 
 def parse_args(argv=None):
-    from dacd.training import BaseTrainConfig
-    from dacd.tiny import TinySDConfig
-
     b, t = BaseTrainConfig(), TinySDConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
@@ -52,13 +56,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-
-    from dacd.data import load_dataset
-    from dacd.tiny import PROMPT_TEMPLATE, TinySDConfig, build_components, save_sd_folder
-    from dacd.training import (BaseTrainConfig, latent_std, train_base_unet, train_vae,
-                               vae_reconstruction_error)
-
     t_all = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train = load_dataset(args.data, "train", args.data_dir)
@@ -80,7 +77,7 @@ def main(argv=None):
     # 1. VAE
     vae_dir = run / "vae_final"
     if (vae_dir / "config.json").exists():
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # diffusers: kept off --help
 
         parts["vae"] = AutoencoderKL.from_pretrained(vae_dir)
         print(f"VAE stage already done ({vae_dir})")
@@ -117,8 +114,6 @@ def main(argv=None):
         parts[k].to("cpu")
     out = Path(args.output_dir)
     save_sd_folder(out, parts, tiny)
-    import shutil
-
     shutil.copy(run / "vae" / "loss.csv", out / "loss_vae.csv")
     shutil.copy(run / "unet" / "loss.csv", out / "loss_unet.csv")
     metrics["stage_seconds"] = stage_times
@@ -133,12 +128,9 @@ def main(argv=None):
 
 def evaluate_base(folder, classifier_dir, per_class: int, class_names, steps: int = 25, guidance: float = 3.0):
     """Sample `per_class` images per class prompt and classify them."""
-    import numpy as np
-    import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline  # diffusers and timm: kept off --help
 
     from dacd.classifier import Classifier, predict
-    from dacd.tiny import PROMPT_TEMPLATE
 
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)

@@ -16,9 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from accelerate import Accelerator
 
-from dacd.classifier import TrainConfig  # noqa: E402
+from dacd.classifier import (
+    TrainConfig,
+    build_classifier,
+    image_stats,
+    predict,
+    train_classifier,
+)
+from dacd.data import load_dataset
 
 D = TrainConfig()
 EVALUATOR_ARCH, EVALUATOR_SEED = "resnet18", 1  # the scoring classifier is resnet10t, seed 0
@@ -42,11 +50,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-    from accelerate import Accelerator
 
-    from dacd.classifier import build_classifier, image_stats, predict, train_classifier
-    from dacd.data import load_dataset
 
     device = Accelerator().device
     out = Path(args.output_dir)

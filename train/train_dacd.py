@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-from dacd.training import DacdTrainConfig  # noqa: E402
+from dacd.data import load_dataset, resolve_class
+from dacd.training import DacdTrainConfig, TrainingData, make_accelerator, train_dacd
 
 D = DacdTrainConfig()
 
@@ -68,12 +71,7 @@ def parse_args(argv=None):
 
 
 def load_training_data(args):
-    import numpy as np
-    import torch
-
-    from dacd.data import load_dataset, resolve_class
-    from dacd.difficulty import load_scores
-    from dacd.training import TrainingData
+    from dacd.difficulty import load_scores  # pandas: kept off --help
 
     ds = load_dataset(args.data, "train", args.data_dir, args.resolution)
     if args.subset:
@@ -100,27 +98,21 @@ def load_training_data(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from diffusers import StableDiffusionPipeline  # diffusers and the pipeline: kept off --help
 
     from dacd.pipeline import DifficultyControlledPipeline
-    from dacd.training import DacdTrainConfig, train_dacd
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision,
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    accelerator = make_accelerator(args.mixed_precision)
     data, dropped = load_training_data(args)
     cfg = DacdTrainConfig(
         max_train_steps=args.max_train_steps, batch_size=args.train_batch_size, lora_rank=args.rank,
         lora_alpha=args.alpha, lora_targets=tuple(args.lora_targets), lr=args.learning_rate,
-        encoder_lr=args.encoder_lr, warmup_steps=args.lr_warmup_steps, text_dropout=args.text_dropout, difficulty_dropout=args.difficulty_dropout,
-        balance_power=args.balance_power, num_tokens=args.num_tokens, s_embedding=args.s_embedding,
-        no_difficulty=args.no_difficulty, checkpointing_steps=args.checkpointing_steps,
+        encoder_lr=args.encoder_lr, warmup_steps=args.lr_warmup_steps, text_dropout=args.text_dropout,
+        difficulty_dropout=args.difficulty_dropout, balance_power=args.balance_power, num_tokens=args.num_tokens,
+        s_embedding=args.s_embedding, no_difficulty=args.no_difficulty, checkpointing_steps=args.checkpointing_steps,
         seed=args.seed, mixed_precision=args.mixed_precision)
     out = Path(args.output_dir)
     run_dir = Path(args.run_dir or f"runs/{out.name}")
-    from diffusers import StableDiffusionPipeline
-
     sd = StableDiffusionPipeline.from_pretrained(args.base, safety_checker=None, feature_extractor=None,
                                                  requires_safety_checker=False)
     pipe = DifficultyControlledPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
@@ -142,8 +134,6 @@ def main(argv=None):
         pipe.dacd_config = {"train_config": json.loads(json.dumps(asdict(cfg), default=list)),
                             "scores": str(args.scores), "excluded_images": dropped}
         pipe.save_pretrained(out, base=args.base)
-        import shutil
-
         shutil.copy(run_dir / "loss.csv", out / "loss.csv")
         mem = result["peak_cuda_memory_gib"]
         print(f"final loss {result['final_loss']:.4f}; {result['images_per_second']:.1f} images/s; median step "

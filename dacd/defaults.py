@@ -1,0 +1,145 @@
+"""Project defaults and input limits, one place per concept.
+
+Everything that more than one module (library, scripts, app) needs to agree on lives here:
+the prompt template, the medium band, the default difficulty distribution, the sampling
+defaults, the checkpoint layout, and the table of input limits. CLI flags and UI controls
+read these instead of repeating literals.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---------------------------------------------------------------- method
+
+PROMPT_TEMPLATE = "a photo of a {}"  # simple class prompts, as in the paper's training
+MEDIUM_BAND = (0.3, 0.7)  # "medium difficulty": measured s in this closed interval
+
+
+@dataclass(frozen=True)
+class DifficultyDistribution:
+    """Requested difficulty of a synthetic set: s ~ N(mu, sigma) clipped to [0, 1] (the paper's default)."""
+
+    mu: float = 0.5
+    sigma: float = 0.1
+
+
+DIFFICULTY = DifficultyDistribution()
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Sampling defaults: scheduler and steps from bench/speed.py, the two guidance scales from
+    bench/variants.py + bench/controllability.py (text 5 / difficulty 8 gave the embedded model
+    the best rank correlation and medium-band share with 85% accuracy at low s)."""
+
+    scheduler: str = "dpm++"
+    num_inference_steps: int = 15
+    guidance_scale: float = 5.0
+    difficulty_guidance_scale: float = 8.0
+
+
+SAMPLING = SamplingDefaults()
+
+
+# ---------------------------------------------------------------- checkpoint layout
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """File and folder names of a checkpoint folder (see checkpoints/fashion-mnist/README.md)."""
+
+    base: str = "base"  # diffusers StableDiffusionPipeline folder
+    dacd: str = "dacd"  # dacd_config.json + LoRA + difficulty_encoder/ (+ calibration.json)
+    baseline: str = "baseline"  # dacd_config.json + LoRA, no encoder
+    classifier: str = "classifier"  # the scoring classifier (defines s)
+    evaluator: str = "evaluator"  # the evaluation classifier (judges; never selects)
+    scores: str = "scores.parquet"
+    scores_summary: str = "scores_summary.json"
+    # inside a dacd folder
+    dacd_config: str = "dacd_config.json"
+    encoder: str = "difficulty_encoder"
+    lora_weights: str = "pytorch_lora_weights.safetensors"
+    calibration: str = "calibration.json"
+
+
+LAYOUT = CheckpointLayout()
+CHECKPOINT_ENV = "DACD_CHECKPOINT"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_CHECKPOINT = REPO_ROOT / "checkpoints" / "fashion-mnist"
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint folder to use when none is given: $DACD_CHECKPOINT, else the embedded
+    default shipped in the repository (found through an editable install or a checkout)."""
+    env = os.environ.get(CHECKPOINT_ENV)
+    if env:
+        return Path(env)
+    if EMBEDDED_CHECKPOINT.is_dir():
+        return EMBEDDED_CHECKPOINT
+    raise FileNotFoundError(
+        f"no checkpoint folder: {EMBEDDED_CHECKPOINT} does not exist (dacd is installed outside its repository). "
+        f"Pass one explicitly (--checkpoint DIR) or set ${CHECKPOINT_ENV}=DIR")
+
+
+# ---------------------------------------------------------------- input limits
+
+@dataclass(frozen=True)
+class Limit:
+    """A numeric input's allowed range; `check` refuses anything else with a sentence that
+    names the input and the range."""
+
+    label: str  # how messages name the input
+    lo: float
+    hi: float = math.inf
+    integer: bool = False
+
+    def describe(self) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        if math.isinf(self.hi):
+            return f"{kind} of at least {self.lo:g}"
+        return f"{kind} from {self.lo:g} to {self.hi:g}"
+
+    def check(self, value):
+        """`value` as float (int if integer) when allowed, else ValueError."""
+        if isinstance(value, bool):
+            raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.") from None
+        if math.isnan(v) or not self.lo <= v <= self.hi or (math.isinf(v)):
+            raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.")
+        if self.integer:
+            if v != int(v):
+                raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.")
+            return int(v)
+        return v
+
+
+MAX_SEED = 2**31 - 1
+
+# What is refused anywhere (library, scripts, app).
+LIMITS = {
+    "difficulty": Limit("difficulty", 0.0, 1.0),
+    "mu": Limit("mu", 0.0, 1.0),
+    "sigma": Limit("sigma", 0.0, 1.0),
+    "guidance_scale": Limit("text guidance", 0.0),
+    "difficulty_guidance_scale": Limit("difficulty guidance", 0.0),
+    "num_inference_steps": Limit("steps", 1, 1000, integer=True),
+    "seed": Limit("seed", 0, MAX_SEED, integer=True),
+}
+
+# The app's stricter profile: what its sliders allow and its validators accept (CPU-sized).
+APP_LIMITS = {
+    **LIMITS,
+    "guidance_scale": Limit("text guidance", 0.0, 15.0),
+    "difficulty_guidance_scale": Limit("difficulty guidance", 0.0, 15.0),
+    "num_inference_steps": Limit("steps", 1, 50, integer=True),
+    "num_images": Limit("number of images", 1, 16, integer=True),
+    "sweep_rows": Limit("number of seeds (rows)", 1, 8, integer=True),
+    "sweep_columns": Limit("columns", 2, 12, integer=True),
+    "distribution_n": Limit("N", 1, 2000, integer=True),
+}

@@ -1,0 +1,143 @@
+"""One seeded, chunked sampler for the app, synthetic sets and the benchmarks.
+
+Every image is a row: class, requested difficulty, seed (and optionally a prompt and a source
+image). A row's noise comes from its own `torch.Generator` seeded with the row's seed, so an
+image does not depend on which other rows share its chunk, and the same seed along a row of a
+sweep holds the noise fixed.
+
+Two kinds of work plug in here:
+
+* a per-row **source image** (`sources`), passed to pipelines that take `image=` (difficulty
+  edits of real images, img2img);
+* a per-row **accept/retry** step (`accept`, `max_tries`): try k of a row is seeded from
+  (row seed, k) by `try_seed`, a rejected row is tried again up to `max_tries`, and at the cap
+  the try nearest to acceptance is kept and marked not accepted. Try 0 uses the row's own seed,
+  so `max_tries=1` is plain sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .defaults import SAMPLING
+
+
+@dataclass
+class SamplingSettings:
+    """How images are sampled; None takes the project default (`dacd.defaults.SAMPLING`)."""
+
+    num_inference_steps: int | None = None
+    scheduler: str | None = None
+    guidance_scale: float | None = None
+    difficulty_guidance_scale: float | None = None
+    calibrated: bool = False
+
+    def __post_init__(self):
+        for name in ("num_inference_steps", "scheduler", "guidance_scale", "difficulty_guidance_scale"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(SAMPLING, name))
+
+    def pipeline_kwargs(self, has_difficulty: bool) -> dict:
+        """Keyword arguments for the pipeline; a model without a difficulty encoder (the baseline)
+        gets only what applies to it."""
+        kw = {k: v for k, v in asdict(self).items() if v is not None}
+        if not has_difficulty:
+            for k in ("difficulty_guidance_scale", "calibrated"):
+                kw.pop(k, None)
+        elif not self.calibrated:
+            kw.pop("calibrated", None)
+        return kw
+
+
+def try_seed(seed: int, k: int) -> int:
+    """The noise seed of try k of a row whose seed is `seed` (try 0 is the row's own seed)."""
+    if k == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@dataclass
+class Samples:
+    """What `sample` returns, one entry per row, in row order."""
+
+    images: np.ndarray  # float (N, H, W, C) in [0, 1]
+    conditioning_s: list[float]  # what the encoder saw (differs from the request when calibrated)
+    tries: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # tries made per row (1 = first)
+    accepted: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    distance: np.ndarray = field(default_factory=lambda: np.zeros(0))  # accept's distance of the kept try
+
+
+# accept(images (n, H, W, C) float, row indices) -> (accepted bool (n,), distance float (n,)):
+# the rows' images of one try; a smaller distance is nearer to acceptance.
+AcceptFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _run_pipe(pipe, labels, difficulties, seeds, settings, prompts, sources, extra):
+    kw = dict(settings.pipeline_kwargs(pipe.has_difficulty), **extra)
+    if not pipe.has_difficulty:
+        kw.pop("difficulty_only", None)
+    if prompts is not None:
+        kw["prompt"] = list(prompts)
+    if sources is not None:
+        kw["image"] = list(sources)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    res = pipe([int(c) for c in labels], [float(s) for s in difficulties], generator=gens, output_type="np", **kw)
+    cond = getattr(res, "conditioning_difficulties", None) or [float(s) for s in difficulties]
+    return np.asarray(res.images), list(cond)
+
+
+def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None = None, *, prompts=None,
+           sources=None, chunk_size: int = 32, accept: AcceptFn | None = None, max_tries: int = 1,
+           progress: Callable[[float, str], None] | None = None, desc: str = "sampling", **pipe_kwargs) -> Samples:
+    """Generate one image per row in chunks of `chunk_size`, one generator per image.
+
+    `pipe_kwargs` go to the pipeline as they are (e.g. `difficulty_only=True`; dropped for a
+    model without a difficulty encoder). `progress(fraction, desc)` is called before each chunk
+    and at the end.
+    """
+    labels, difficulties, seeds = list(labels), list(difficulties), [int(s) for s in seeds]
+    n = len(labels)
+    if not (len(difficulties) == len(seeds) == n):
+        raise ValueError(f"labels, difficulties and seeds must have one entry per row: got {n}, "
+                         f"{len(difficulties)} and {len(seeds)}")
+    for name, per_row in (("prompts", prompts), ("sources", sources)):
+        if per_row is not None and len(per_row) != n:
+            raise ValueError(f"{name} must have one entry per row ({n}), got {len(per_row)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if max_tries < 1:
+        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    settings = settings or SamplingSettings()
+
+    def run(rows: np.ndarray, k: int):
+        return _run_pipe(pipe, [labels[i] for i in rows], [difficulties[i] for i in rows],
+                         [try_seed(seeds[i], k) for i in rows],
+                         settings, None if prompts is None else [prompts[i] for i in rows],
+                         None if sources is None else [sources[i] for i in rows], pipe_kwargs)
+
+    images, cond = [None] * n, [0.0] * n
+    tries, accepted, distance = np.zeros(n, int), np.zeros(n, bool), np.full(n, np.inf)
+    for start in range(0, n, chunk_size):
+        if progress is not None:
+            progress(start / max(n, 1), desc)
+        todo = np.arange(start, min(n, start + chunk_size))
+        for k in range(max_tries):
+            imgs, c = run(todo, k)
+            tries[todo] = k + 1
+            if accept is None:
+                ok, dist = np.ones(len(todo), bool), np.zeros(len(todo))
+            else:
+                ok, dist = (np.asarray(v) for v in accept(imgs, todo))
+            for j, i in enumerate(todo):
+                if images[i] is None or ok[j] or dist[j] < distance[i]:
+                    images[i], cond[i], accepted[i], distance[i] = imgs[j], c[j], bool(ok[j]), float(dist[j])
+            todo = todo[~ok]
+            if not len(todo):
+                break
+    if progress is not None:
+        progress(1.0, desc)
+    return Samples(np.stack(images) if n else np.zeros((0,)), cond, tries, accepted, distance)

@@ -1,0 +1,86 @@
+"""The app's API as gradio_client sees it. Changing it breaks every client's calls: when a
+change is meant, update API below on purpose."""
+
+import re
+from dataclasses import fields
+
+import pytest
+
+from dacd.defaults import APP_LIMITS
+from dacd.explore import Workbench
+
+REQUIRED = "<no default>"  # a parameter the client must pass
+
+# endpoint -> [(parameter name, default)], in the order clients pass them; on the tiny test
+# checkpoint (no calibration curve, so `calibrated` is off by default).
+API = {
+    "/generate": [("class_name", "Shirt"), ("s", 0.5), ("calibrated", False), ("n", 8), ("seed", 0),
+                  ("randomize", False), ("steps", 15), ("g", 5.0), ("gd", 8.0), ("prompt", REQUIRED)],
+    "/export": [],
+    "/sweep": [("class_name", "Shirt"), ("seeds", "0, 1, 2, 3"), ("columns", 8), ("difficulty_only", False),
+               ("steps", 15)],
+    "/distribution": [("mu", 0.5), ("sigma", 0.1), ("n", 200), ("class_name", "all"), ("seed", 0)],
+    "/browse": [("class_name", "T-shirt/top")],
+    "/show_image": [("image_id", REQUIRED)],
+}
+
+
+@pytest.mark.slow  # app_url serves the tiny checkpoint, trained in subprocesses
+def test_api_parameters_are_pinned(app_url):
+    from gradio_client import Client
+
+    api = Client(app_url, verbose=False).view_api(return_format="dict", print_info=False)
+    got = {name: [(p["parameter_name"], p["parameter_default"] if p["parameter_has_default"] else REQUIRED)
+                  for p in endpoint["parameters"]]
+           for name, endpoint in api["named_endpoints"].items()}
+    assert got == API
+    assert not api["unnamed_endpoints"]
+
+
+# ---------------------------------------------------------------- controls and validators agree
+
+class NamedClasses(Workbench):
+    """A workbench with class names and no checkpoint files: enough to build the app."""
+
+    @property
+    def class_names(self) -> list[str]:
+        return [f"class {i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from dacd.ui import build_app
+
+    return build_app(NamedClasses(tmp_path_factory.mktemp("no-checkpoint")))
+
+
+def test_every_slider_spans_exactly_what_its_validator_accepts(app):
+    import gradio as gr
+
+    from dacd.ui import DistributionInputs, GenerateInputs, SweepInputs
+
+    inputs_of = {"generate": GenerateInputs, "sweep": SweepInputs, "distribution": DistributionInputs}
+    bounded = set()
+    for fn in app.fns.values():
+        if fn.api_name not in inputs_of:
+            continue
+        defaults = [c.value for c in fn.inputs]
+        assert all(v["is_valid"] for v in fn.validator(*defaults))
+        for i, (f, control) in enumerate(zip(fields(inputs_of[fn.api_name]), fn.inputs, strict=True)):
+            if not isinstance(control, (gr.Slider, gr.Number)):
+                continue
+            limit = APP_LIMITS[f.metadata["limit"]]
+            assert (control.minimum, control.maximum) == (limit.lo, limit.hi), (fn.api_name, f.name)
+            step = control.step or 1
+            for value, allowed in ((limit.lo, True), (limit.hi, True), (limit.lo - step, False),
+                                   (limit.hi + step, False)):
+                args = defaults[:i] + [value] + defaults[i + 1:]
+                if allowed:
+                    fn.validator(*args)
+                else:
+                    with pytest.raises(gr.Error, match=re.escape(limit.label)):
+                        fn.validator(*args)
+            bounded.add(f"{fn.api_name}.{f.name}")
+    assert bounded == {"generate.s", "generate.n", "generate.seed", "generate.steps", "generate.g", "generate.gd",
+                       "sweep.columns", "sweep.steps", "distribution.mu", "distribution.sigma", "distribution.n",
+                       "distribution.seed"}

@@ -1,0 +1,68 @@
+"""The shared sampler: one generator per row, chunking, per-row prompts, accept/retry."""
+
+import numpy as np
+import pytest
+from test_pipeline import dummy_pipeline
+
+from dacd.sampling import SamplingSettings, sample, try_seed
+
+FAST = SamplingSettings(num_inference_steps=2, scheduler="ddim", guidance_scale=2.0, difficulty_guidance_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return dummy_pipeline()
+
+
+def test_rows_do_not_depend_on_their_chunk(pipe):
+    labels, s, seeds = [0, 1, 2, 3, 0], [0.1, 0.3, 0.5, 0.7, 0.9], [5, 6, 7, 8, 5]
+    a = sample(pipe, labels, s, seeds, FAST, chunk_size=5)
+    b = sample(pipe, labels, s, seeds, FAST, chunk_size=2)
+    assert a.images.shape == (5, 32, 32, 1)
+    np.testing.assert_allclose(a.images, b.images, atol=1e-5)
+    c = sample(pipe, labels[:1], s[:1], seeds[:1], FAST)  # a row alone: the same image
+    np.testing.assert_allclose(c.images[0], a.images[0], atol=1e-5)
+    assert not np.allclose(a.images[0], a.images[4], atol=1e-3)  # same seed, other difficulty
+    assert (a.tries == 1).all() and a.accepted.all() and a.conditioning_s == pytest.approx(s)
+
+
+def test_baseline_gets_only_what_applies(pipe):
+    base = dummy_pipeline(with_encoder=False)
+    out = sample(base, [0, 1], [0.2, 0.8], [1, 2], SamplingSettings(2, "ddim", 2.0, 7.0), difficulty_only=True)
+    assert out.images.shape == (2, 32, 32, 1)
+
+
+def test_per_row_prompts_and_progress(pipe):
+    calls = []
+    out = sample(pipe, [0, 0], [0.5, 0.5], [3, 3], FAST, prompts=["a photo of a T-shirt/top", ""], chunk_size=1,
+                 progress=lambda f, d: calls.append((f, d)))
+    assert not np.allclose(out.images[0], out.images[1], atol=1e-3)  # same noise, other prompt
+    assert calls == [(0.0, "sampling"), (0.5, "sampling"), (1.0, "sampling")]
+    with pytest.raises(ValueError, match="one entry per row"):
+        sample(pipe, [0, 0], [0.5, 0.5], [3, 3], FAST, prompts=["x"])
+
+
+def test_try_seed():
+    assert try_seed(123, 0) == 123
+    assert try_seed(123, 1) == try_seed(123, 1) != try_seed(123, 2) != try_seed(124, 1)
+    assert 0 <= try_seed(2**31 - 1, 5) < 2**31
+
+
+def test_accept_retry_seeds_each_try_and_keeps_the_nearest(pipe):
+    seen = []
+
+    def accept(images, rows):
+        seen.append(list(rows))
+        k = len(seen) - 1  # the try number of this call (one chunk)
+        ok = np.array([k == 2 and r == 0 for r in rows])  # row 0 passes at try 3, row 1 never
+        return ok, np.array([10.0 - k if r == 1 else 1.0 for r in rows])  # row 1 gets nearer each try
+
+    out = sample(pipe, [0, 1], [0.4, 0.6], [11, 12], FAST, accept=accept, max_tries=4)
+    assert seen == [[0, 1], [0, 1], [0, 1], [1]]
+    assert list(out.tries) == [3, 4] and list(out.accepted) == [True, False]
+    assert out.distance[1] == 7.0  # the last, nearest try of row 1 is kept
+    # the kept images are those of the tries' seeds
+    row0 = sample(pipe, [0], [0.4], [try_seed(11, 2)], FAST)
+    row1 = sample(pipe, [1], [0.6], [try_seed(12, 3)], FAST)
+    np.testing.assert_allclose(out.images[0], row0.images[0], atol=1e-5)
+    np.testing.assert_allclose(out.images[1], row1.images[0], atol=1e-5)
