@@ -62,8 +62,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="N=3, 10 per class at N(0.5, 0.1), 10 steps")
     p.add_argument("--out", default=None, help="default bench/results/controllability[-quick]")
-    p.add_argument("--write-calibration", action="store_true",
-                   help="also store the curve in the model folder (train/calibrate.py is the build stage)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -102,10 +100,8 @@ def main(argv=None):
                             meta={"measured_by": Path(scorer_path).name, "n_per_cell": args.n, "steps": args.steps,
                                   "scheduler": args.scheduler, "guidance_scale": args.guidance,
                                   "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed})
-    if not args.calibrated:  # a calibrated run measures the curve in use, it does not replace it
+    if not args.calibrated:  # the curve this grid measures (train/calibrate.py writes the model's own)
         calib.save(out)
-        if args.write_calibration:
-            calib.save(args.model)
     table = report_.cells
     table.to_csv(out / "cells.csv", index=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

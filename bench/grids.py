@@ -14,9 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from dacd.defaults import EMBEDDED_CHECKPOINT, PROMPT_TEMPLATE
+from dacd.data import FASHION_MNIST_CLASSES
+from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
+from dacd.explore import Explorer
+from dacd.pipeline import DifficultyControlledPipeline
 from dacd.plots import image_grid
+from dacd.sampling import SamplingSettings, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 CK = EMBEDDED_CHECKPOINT
@@ -31,18 +36,11 @@ def main(argv=None):
     p.add_argument("--difficulty-only", action="store_true")
     p.add_argument("--calibrated", action="store_true", help="sweep: condition through the shipped calibration curve")
     args = p.parse_args(argv)
-
-
     ck = Path(args.checkpoint)
     cols = np.round(np.linspace(0.05, 0.95, 8), 3)
     images = []
     if args.what == "base":
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-        from dacd.data import FASHION_MNIST_CLASSES
-
-
-        pipe = StableDiffusionPipeline.from_pretrained(ck / "base", safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(ck / LAYOUT.base, safety_checker=None, requires_safety_checker=False)
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         for c, name in enumerate(FASHION_MNIST_CLASSES):
@@ -51,18 +49,14 @@ def main(argv=None):
                        generator=torch.Generator().manual_seed(args.seed + c)).images
             images += list(out)
     elif args.what == "sweep":
-        from dacd.pipeline import DifficultyControlledPipeline
-
-        pipe = DifficultyControlledPipeline.from_pretrained(ck / "dacd")
+        pipe = DifficultyControlledPipeline.from_pretrained(ck / LAYOUT.dacd)
         pipe.set_progress_bar_config(disable=True)
-        for c in range(pipe.num_classes):
-            gens = [torch.Generator().manual_seed(args.seed + c) for _ in cols]
-            out = pipe([c] * len(cols), list(cols), generator=gens, output_type="np",
-                       difficulty_only=args.difficulty_only, calibrated=args.calibrated)
+        for c in range(pipe.num_classes):  # one row per class, the noise fixed along it
+            out = sample(pipe, [c] * len(cols), list(cols), [args.seed + c] * len(cols),
+                         SamplingSettings(calibrated=args.calibrated), chunk_size=len(cols),
+                         difficulty_only=args.difficulty_only)
             images += list(out.images)
     else:
-        from dacd.explore import Explorer
-
         ex = Explorer(ck)
         for c in range(len(ex.class_names)):
             images += [im for im, _ in ex.real_at_difficulty(c, cols)]

@@ -82,5 +82,5 @@ class Calibration:
             d = json.loads(path.read_text())
             return cls(d["requested"], d["measured"], d.get("meta", {}))
         except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"calibration file {path} is invalid ({e}); rerun train/calibrate.py (it rewrites it; "
-                             "bench/controllability.py measures it)") from e
+            raise ValueError(f"calibration file {path} is invalid ({e}); rerun train/calibrate.py to rewrite it "
+                             "(bench/controllability.py measures how well it works)") from e

@@ -55,6 +55,7 @@ class CheckpointLayout:
     dacd: str = "dacd"  # dacd_config.json + LoRA + difficulty_encoder/ (+ calibration.json)
     baseline: str = "baseline"  # dacd_config.json + LoRA, no encoder
     classifier: str = "classifier"  # the scoring classifier (defines s)
+    classifier_2: str = "classifier-2"  # a second scoring classifier (other architecture and seed): selects
     evaluator: str = "evaluator"  # the evaluation classifier (judges; never selects)
     scores: str = "scores.parquet"
     scores_summary: str = "scores_summary.json"
@@ -73,15 +74,11 @@ EMBEDDED_CHECKPOINT = REPO_ROOT / "checkpoints" / "fashion-mnist"
 
 def default_checkpoint() -> Path:
     """The checkpoint folder to use when none is given: $DACD_CHECKPOINT, else the embedded
-    default shipped in the repository (found through an editable install or a checkout)."""
+    default shipped in the repository (found through an editable install or a checkout). The
+    folder is not required to exist here: whatever loads from it says what is missing and how
+    to point at another (--checkpoint DIR or $DACD_CHECKPOINT)."""
     env = os.environ.get(CHECKPOINT_ENV)
-    if env:
-        return Path(env)
-    if EMBEDDED_CHECKPOINT.is_dir():
-        return EMBEDDED_CHECKPOINT
-    raise FileNotFoundError(
-        f"no checkpoint folder: {EMBEDDED_CHECKPOINT} does not exist (dacd is installed outside its repository). "
-        f"Pass one explicitly (--checkpoint DIR) or set ${CHECKPOINT_ENV}=DIR")
+    return Path(env) if env else EMBEDDED_CHECKPOINT
 
 
 # ---------------------------------------------------------------- input limits
@@ -110,7 +107,7 @@ class Limit:
             v = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.") from None
-        if math.isnan(v) or not self.lo <= v <= self.hi or (math.isinf(v)):
+        if not math.isfinite(v) or not self.lo <= v <= self.hi:
             raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.")
         if self.integer:
             if v != int(v):
@@ -135,8 +132,9 @@ LIMITS = {
 # The app's stricter profile: what its sliders allow and its validators accept (CPU-sized).
 APP_LIMITS = {
     **LIMITS,
-    "guidance_scale": Limit("text guidance", 0.0, 15.0),
-    "difficulty_guidance_scale": Limit("difficulty guidance", 0.0, 15.0),
+    "sigma": Limit("sigma", 0.0, 0.5),
+    "guidance_scale": Limit("text guidance", 0.0, 10.0),
+    "difficulty_guidance_scale": Limit("difficulty guidance", 0.0, 10.0),
     "num_inference_steps": Limit("steps", 1, 50, integer=True),
     "num_images": Limit("number of images", 1, 16, integer=True),
     "sweep_rows": Limit("number of seeds (rows)", 1, 8, integer=True),

@@ -369,7 +369,8 @@ def generate_rows(pipe, rows: pd.DataFrame, settings, *, batch_size: int = 100, 
 
 def measured_curve_rows(scorer, images, rows: pd.DataFrame) -> pd.DataFrame:
     """`rows` with the scorer's measured s and prediction (what `Calibration.fit` takes)."""
-    return rows.assign(**measure(scorer, images, rows.label)[0])
+    m, _ = measure(scorer, images, rows.label.to_numpy())
+    return rows.assign(measured_s=m.measured_s.to_numpy(), pred=m.pred.to_numpy())
 
 
 @dataclass
@@ -404,7 +405,7 @@ def controllability(pipe, evaluator, scores: pd.DataFrame, train, test, settings
     imgs = generate_rows(pipe, grid, settings, batch_size=batch_size, progress=progress, desc="grid")
     gen_seconds = time.time() - t0
     m, feats = measure(evaluator, imgs, grid.label)
-    grid = grid.assign(**m)
+    grid = grid.assign(measured_s=m.measured_s.to_numpy(), pred=m.pred.to_numpy())
     cells = cell_table(grid, names)
 
     # 2. real-data ceiling: held-out (test) images binned by scoring s, measured by the evaluator

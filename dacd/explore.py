@@ -180,7 +180,7 @@ class Workbench(Explorer):
         return self._get(("pipe", kind), load)
 
     def has_model(self, kind: str) -> bool:
-        return (self.checkpoint / MODELS[kind] / LAYOUT.dacd_config).is_file()
+        return kind in MODELS and (self.checkpoint / MODELS[kind] / LAYOUT.dacd_config).is_file()
 
     def has_calibration(self) -> bool:
         """Whether the dacd model ships a calibration curve (then the app asks for measured s by default)."""
@@ -206,8 +206,8 @@ class Workbench(Explorer):
         settings = app_sampling(steps, guidance_scale, difficulty_guidance_scale, calibrated)
         pipe = self.pipeline("dacd")
         if calibrated and pipe.calibration is None:
-            raise ValueError("this checkpoint has no calibration curve (bench/controllability.py "
-                             "--write-calibration makes one); switch 'calibrated' off")
+            raise ValueError("this checkpoint has no calibration curve (train/calibrate.py makes one); "
+                             "switch 'calibrated' off")
         seeds = [seed + i for i in range(n)]
         out = sample(pipe, [c] * n, [s] * n, seeds, settings, prompts=[prompt] * n if prompt else None,
                      chunk_size=CHUNK_SIZE, progress=progress, desc="generating")

@@ -46,7 +46,7 @@ from .evaluation import measure, medium_share
 from .sampling import SamplingSettings, sample
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
-                    "measured_s", "predicted_class", "path", "real_subset"]
+                    "measured_s", "predicted_class", "path", "real_subset", "selection_s", "tries", "accepted"]
 PLAN_COLUMNS = ["id", "class", "label", "index", "requested_s", "seed", "prompt"]
 CONFIG_NAME = "generation.json"
 MANIFEST_NAME = "manifest.parquet"
@@ -245,6 +245,52 @@ def take_first(manifest: pd.DataFrame, counts: dict[int, int]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- generation
 
+# ---------------------------------------------------------------- selection
+
+@dataclass
+class Selection:
+    """Sampling "selected": each planned row is tried up to `max_tries` times (try k seeded from
+    (row seed, k)) and a try is accepted when the committee's mean s is within `tolerance` of the
+    requested s and, with `label_rule`, every committee member still ranks the label first. At
+    the cap the try nearest to acceptance (label-faithful tries first) is kept, marked not accepted."""
+
+    max_tries: int = 6
+    tolerance: float = 0.05
+    label_rule: bool = True
+
+    def __post_init__(self):
+        if not (isinstance(self.max_tries, (int, np.integer)) and self.max_tries >= 1):
+            raise GenerationError(f"max_tries must be an integer >= 1, got {self.max_tries!r}")
+        if not (np.isfinite(self.tolerance) and 0 <= self.tolerance <= 1):
+            raise GenerationError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
+
+
+def committee_scores(committee, images_uint8_nchw, labels) -> tuple[np.ndarray, np.ndarray]:
+    """The committee's mean measured s of each image for its label, and whether every member ranks
+    the label first."""
+    labels = np.asarray(labels)
+    s, faithful = np.zeros(len(labels)), np.ones(len(labels), bool)
+    for clf in committee:
+        m, _ = measure(clf, images_uint8_nchw, labels)
+        s += m.measured_s.to_numpy(float) / len(committee)
+        faithful &= m.pred.to_numpy() == labels
+    return s, faithful
+
+
+def committee_accept(committee, labels, targets, selection: Selection):
+    """An accept function for `dacd.sampling.sample`: rows are positions in `labels`/`targets`."""
+    labels, targets = np.asarray(labels), np.asarray(targets, float)
+
+    def accept(images, rows):
+        s, faithful = committee_scores(committee, to_uint8(images).transpose(0, 3, 1, 2), labels[rows])
+        gap = np.abs(s - targets[rows])
+        if not selection.label_rule:
+            return gap <= selection.tolerance, gap
+        return (gap <= selection.tolerance) & faithful, gap + np.where(faithful, 0.0, 1.0)
+
+    return accept
+
+
 def to_uint8(images) -> np.ndarray:
     """Float images in [0, 1] -> uint8, rounded to nearest (how sets and exports store them)."""
     return np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
@@ -288,7 +334,7 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
     if is_main:
         if path.is_file():
             old = json.loads(path.read_text())
-            keys = ("plan_fingerprint", "model", "sampling", "batch_size")
+            keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection")
             diff = [k for k in keys if old.get(k) != config.get(k)]
             if diff:
                 raise GenerationError(
@@ -304,7 +350,7 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
 
 def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id: str, evaluator=None,
                      sampling: SamplingSettings | None = None, batch_size: int = 32, real_subset: str = "",
-                     extra_config: dict | None = None,
+                     extra_config: dict | None = None, selection: Selection | None = None, committee=(),
                      process_index: int = 0, num_processes: int = 1, barrier=lambda: None,
                      progress: bool = True, stop_after_chunks: int | None = None) -> dict:
     """Generate the plan's images into `out_dir` (resumable), then merge the manifest.
@@ -312,7 +358,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     Each process calls this with its `process_index`; `barrier` synchronises them (e.g.
     `accelerate.PartialState().wait_for_everyone`). `real_subset` names the real set whose size
     the counts were derived from (a manifest column; "" when counts were given directly).
-    `stop_after_chunks` ends this process
+    With `selection`, rows are over-generated and chosen by `committee` (scoring classifiers that
+    are not the evaluator), and the set's sampling is "selected". `stop_after_chunks` ends this process
     after that many new chunks without merging (tests: a simulated kill). Returns a summary;
     `summary["complete"]` says whether the manifest was written.
     """
@@ -331,7 +378,18 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             raise GenerationError(f"the evaluation classifier knows {ev_names or evaluator.config.num_classes} "
                                   f"classes, the model {list(pipe.class_names)}: pass an evaluator trained on this "
                                   "model's classes (train/train_classifier.py), or none")
+    if selection is not None:
+        if not committee:
+            raise GenerationError("selection needs a committee of scoring classifiers (e.g. the checkpoint's "
+                                  "classifier/ and classifier-2/)")
+        for clf in committee:
+            names = list(clf.config.class_names)
+            if (names and names != list(pipe.class_names)) or clf.config.num_classes != len(pipe.class_names):
+                raise GenerationError(f"a committee classifier knows {names or clf.config.num_classes} classes, the "
+                                      f"model {list(pipe.class_names)}: pass classifiers trained on its classes")
     config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
+              "sampling_mode": "plain" if selection is None else "selected",
+              "selection": None if selection is None else asdict(selection),
               "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
               "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()},
               **(extra_config or {})}
@@ -352,9 +410,13 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             break
         rows = plan.iloc[c * batch_size:(c + 1) * batch_size]
         labels = [label_of[n] for n in rows["class"]]
+        accept = None if selection is None else committee_accept(committee, labels, rows.requested_s, selection)
         res = sample(pipe, labels, rows.requested_s.tolist(), rows.seed.tolist(), sampling,
-                     prompts=rows.prompt.tolist(), chunk_size=len(rows))
+                     prompts=rows.prompt.tolist(), chunk_size=len(rows), accept=accept,
+                     max_tries=1 if selection is None else selection.max_tries)
         imgs = to_uint8(res.images)  # (B, H, W, C)
+        selection_s = (np.full(len(rows), np.nan) if selection is None else
+                       committee_scores(committee, imgs.transpose(0, 3, 1, 2), labels)[0])
         paths = [f"{slugify(n)}/{i}.png" for n, i in zip(rows["class"], rows.id)]
         for img, p in zip(imgs, paths):
             _atomic_write_bytes(out_dir / p, _png_bytes(img))
@@ -370,7 +432,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                              else np.full(len(rows), np.nan),
                              "seed": rows.seed.to_numpy(), "prompt": rows.prompt.to_numpy(), "model": model_id,
                              "measured_s": np.asarray(measured, float), "predicted_class": predicted,
-                             "path": paths, "real_subset": real_subset})
+                             "path": paths, "real_subset": real_subset, "selection_s": selection_s,
+                             "tries": res.tries, "accepted": res.accepted})
         _atomic_parquet(part[MANIFEST_COLUMNS], chunk_path(out_dir, c))
         done_now += 1
         bar.update(len(rows))
@@ -383,6 +446,10 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
         manifest = merge_manifest(out_dir, plan, n_chunks)
         if manifest is not None:
             summary.update(complete=True, **manifest_summary(manifest))
+            if selection is not None:  # acceptance per class, recorded beside the settings
+                cfg = json.loads((out_dir / CONFIG_NAME).read_text())
+                cfg["acceptance"] = summary["acceptance_per_class"]
+                _atomic_write_bytes(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2).encode())
     barrier()
     return summary
 
@@ -429,4 +496,7 @@ def manifest_summary(manifest: pd.DataFrame) -> dict:
         out.update(measured_s_mean=float(m[have].mean()), measured_medium_share=medium_share(m[have]),
                    medium_band=list(MEDIUM_BAND),
                    evaluator_accuracy=float((manifest["class"][have] == manifest.predicted_class[have]).mean()))
+    if "selection_s" in manifest and manifest.selection_s.notna().any():  # a selected set
+        out.update(mean_tries=float(manifest.tries.mean()), accepted_share=float(manifest.accepted.mean()),
+                   acceptance_per_class={str(k): float(v) for k, v in manifest.groupby("class").accepted.mean().items()})
     return out

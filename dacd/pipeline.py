@@ -14,6 +14,7 @@ prompt (the sequence the model saw under text dropout), so only difficulty guide
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,12 @@ class DifficultyPipelineOutput(BaseOutput):
     difficulties: list[float]  # as requested
     conditioning_difficulties: list[float]  # what the encoder saw (differs when calibrated=True)
     prompts: list[str]
+
+
+def _is_number(x, integer: bool = False) -> bool:
+    """A finite real number (an integer if asked), not a bool or a string."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    return isinstance(x, kinds) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
 def _as_list(x, n: int | None = None) -> list:
@@ -143,10 +150,9 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                                  f"[0, {self.num_classes - 1}] ({', '.join(self.class_names)})")
         diffs = _as_list(difficulty)
         for s in diffs:
-            try:
-                LIMITS["difficulty"].check(s)
-            except ValueError as e:
-                raise ValueError(f"difficulty contains {s!r}: {e}") from None
+            if not _is_number(s) or not LIMITS["difficulty"].lo <= float(s) <= LIMITS["difficulty"].hi:
+                raise ValueError(f"difficulty contains {s!r}: each value must be "
+                                 f"{LIMITS['difficulty'].describe()} (not NaN)")
         if len(labels) > 1 and len(diffs) > 1 and len(labels) != len(diffs):
             raise ValueError(f"class_labels has {len(labels)} entries but difficulty has {len(diffs)}: "
                              "pass one of each per image, or a single value to broadcast")
@@ -157,16 +163,13 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                 raise ValueError("prompt must be a string or a list of strings")
             if len(prompts) not in (1, n):
                 raise ValueError(f"prompt has {len(prompts)} entries for {n} images: pass one or one per image")
-        for name, value in (("guidance_scale", guidance_scale), ("difficulty_guidance_scale", difficulty_guidance_scale),
-                            ("num_inference_steps", num_inference_steps)):
-            if value is None and name == "difficulty_guidance_scale":
-                continue
-            if name == "num_inference_steps" and not isinstance(value, (int, np.integer)):
-                raise ValueError(f"num_inference_steps must be an integer, got {value!r}")
-            try:
-                LIMITS[name].check(value)
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from None
+        checks = [("guidance_scale", guidance_scale), ("num_inference_steps", num_inference_steps)]
+        if difficulty_guidance_scale is not None:
+            checks.append(("difficulty_guidance_scale", difficulty_guidance_scale))
+        for name, value in checks:
+            lim = LIMITS[name]
+            if not _is_number(value, integer=lim.integer) or not lim.lo <= float(value) <= lim.hi:
+                raise ValueError(f"{name} must be {lim.describe()}, got {value!r}")
         if difficulty_only and not self.has_difficulty:
             raise ValueError("difficulty_only=True needs a difficulty encoder; this pipeline has none (baseline)")
         if isinstance(scheduler, str) and scheduler not in SCHEDULERS:

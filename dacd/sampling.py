@@ -101,6 +101,8 @@ def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None 
     """
     labels, difficulties, seeds = list(labels), list(difficulties), [int(s) for s in seeds]
     n = len(labels)
+    if n == 0:
+        raise ValueError("nothing to sample: pass at least one row")
     if not (len(difficulties) == len(seeds) == n):
         raise ValueError(f"labels, difficulties and seeds must have one entry per row: got {n}, "
                          f"{len(difficulties)} and {len(seeds)}")
@@ -140,4 +142,4 @@ def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None 
                 break
     if progress is not None:
         progress(1.0, desc)
-    return Samples(np.stack(images) if n else np.zeros((0,)), cond, tries, accepted, distance)
+    return Samples(np.stack(images), cond, tries, accepted, distance)

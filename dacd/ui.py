@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from .data import DatasetError
-from .defaults import APP_LIMITS, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
+from .defaults import APP_LIMITS, DIFFICULTY, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
 from .explore import BROWSE_PERCENTILES, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
 from .plots import (
     calibration_figure,
@@ -415,8 +415,8 @@ def distribution_tab(ex: Workbench, class_choices: list[str]):
         gr.Markdown("The paper's central figure, live: ask for `s ~ N(mu, sigma)` and compare what dacd, the baseline "
                     "and real test images (same instrument) actually measure.")
         with gr.Row():
-            mu = Slider(**span("mu"), value=0.5, step=0.05, label="mu")
-            sigma = Slider(**span("sigma"), value=0.1, step=0.01, label="sigma")
+            mu = Slider(**span("mu"), value=DIFFICULTY.mu, step=0.05, label="mu")
+            sigma = Slider(**span("sigma"), value=DIFFICULTY.sigma, step=0.01, label="sigma")
             n = Slider(**span("distribution_n"), value=200, step=1, label="N")
             cls = gr.Dropdown(["all"] + class_choices, value="all", label="class", allow_custom_value=True)
             seed = Number(0, label="seed", precision=0, **span("seed"))

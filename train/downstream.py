@@ -58,7 +58,7 @@ from plotly.subplots import make_subplots
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, stratified_subset, subset_name
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
 from dacd.difficulty import load_scores
 from dacd.evaluation import (
     draw_per_class,
@@ -100,13 +100,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--scores", default=str(EMBEDDED / "scores.parquet"),
+    p.add_argument("--scores", default=str(EMBEDDED / LAYOUT.scores),
                    help="out-of-fold difficulty of the training split (for real-matched)")
     p.add_argument("--real-fraction", type=float, default=0.1, help="stratified fraction of the training split")
     p.add_argument("--real-seed", type=int, default=0)
-    p.add_argument("--model", default=str(EMBEDDED / "dacd"))
-    p.add_argument("--baseline", default=str(EMBEDDED / "baseline"), help="'' to leave the baseline out")
-    p.add_argument("--evaluator", default=str(EMBEDDED / "evaluator"))
+    p.add_argument("--model", default=str(EMBEDDED / LAYOUT.dacd))
+    p.add_argument("--baseline", default=str(EMBEDDED / LAYOUT.baseline), help="'' to leave the baseline out")
+    p.add_argument("--evaluator", default=str(EMBEDDED / LAYOUT.evaluator))
     p.add_argument("--mus", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     p.add_argument("--sigma", type=float, default=DIFFICULTY.sigma)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
@@ -160,11 +160,17 @@ def model_name(model) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(model)
 
 
+def prompt_template(model) -> str:
+    """The prompt template a dacd folder was trained with (its dacd_config.json)."""
+    cfg = Path(model) / LAYOUT.dacd_config
+    return json.loads(cfg.read_text()).get("prompt_template", PROMPT_TEMPLATE) if cfg.is_file() else PROMPT_TEMPLATE
+
+
 def model_fingerprint(model) -> str:
     """A model folder's content (and its base's, when dacd_config.json names a relative base)."""
     h, folder = hashlib.sha256(), Path(model)
     folders = [folder]
-    cfg = folder / "dacd_config.json"
+    cfg = folder / LAYOUT.dacd_config
     if cfg.is_file():
         base = json.loads(cfg.read_text()).get("base", "")
         if base and (folder / base).is_dir():
@@ -185,7 +191,7 @@ def plan_sets(args, real, counts) -> dict:
     sets = {}
 
     def generated(arm, model, spec, mu):
-        plan = make_plan(real.class_names, counts, spec, seed=args.gen_seed)
+        plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(model), seed=args.gen_seed)
         ident = {"arm": arm, "model": model_fingerprint(model), "sampling": "plain", "settings": sampling,
                  "plan": plan_fingerprint(plan)}
         name = f"{arm}-plain" + (f"-mu{mu:g}" if mu is not None else "")
@@ -198,7 +204,8 @@ def plan_sets(args, real, counts) -> dict:
         if "dacd" in args.arms:
             generated("dacd", args.model, spec, mu)
         if "real-matched" in args.arms:
-            plan = make_plan(real.class_names, counts, spec, seed=args.gen_seed)
+            plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(args.model),
+                             seed=args.gen_seed)
             sets[f"real-matched-mu{mu:g}"] = {"name": f"real-matched-mu{mu:g}", "arm": "real-matched", "mu": mu,
                                               "sampling": "", "kind": "real", "plan": plan}
     if "baseline" in args.arms:  # the plan's s is recorded, not used

@@ -28,10 +28,11 @@ from accelerate import PartialState
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, PROMPT_TEMPLATE
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
 from dacd.generation import (
     DifficultySpec,
     GenerationError,
+    Selection,
     counts_from_ratio,
     generate_dataset,
     load_difficulty_table,
@@ -75,6 +76,16 @@ def parse_args(argv=None):
     s.add_argument("--difficulty-guidance", type=float, default=None)
     s.add_argument("--calibrated", action="store_true", help="condition on the value that measures as requested")
     s.add_argument("--batch-size", type=int, default=32, help="images per chunk (keep it fixed when resuming)")
+    sel = p.add_argument_group("selection (sampling 'selected': over-generate, keep what the committee measures as asked)")
+    sel.add_argument("--select", action="store_true", help="try each row up to --max-tries times and keep the try "
+                     "whose committee-measured s is within --tolerance of the request")
+    sel.add_argument("--max-tries", type=int, default=Selection.max_tries)
+    sel.add_argument("--tolerance", type=float, default=Selection.tolerance)
+    sel.add_argument("--no-label-rule", action="store_true",
+                     help="accept a try even when a committee member ranks another class first")
+    sel.add_argument("--committee", nargs="+", default=None,
+                     help="scoring classifier folders (default: the checkpoint's classifier/ and classifier-2/); "
+                          "never the evaluator, which judges")
     s.add_argument("--seed", type=int, default=0, help="plan seed: with the class and index, fixes every image")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated kill
@@ -141,6 +152,14 @@ def main(argv=None):
     dtype = torch.float16 if state.device.type == "cuda" else torch.float32
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
     pipe.set_progress_bar_config(disable=True)
+    committee = []
+    if args.select:
+        folders = args.committee or [str(EMBEDDED / LAYOUT.classifier), str(EMBEDDED / LAYOUT.classifier_2)]
+        if args.evaluator.lower() != "none" and any(Path(f).resolve() == Path(args.evaluator).resolve()
+                                                     for f in folders):
+            raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
+                             "--committee folders")
+        committee = [Classifier.from_pretrained(f, device=state.device) for f in folders]
     evaluator = None
     if args.evaluator.lower() != "none":
         evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
@@ -148,13 +167,15 @@ def main(argv=None):
         plan, extra = build_plan(args, list(pipe.class_names), pipe.prompt_template)
         if args.calibrated and pipe.calibration is None:
             raise GenerationError(f"--calibrated needs a calibration curve and {model_dir} has none "
-                                  "(bench/controllability.py --write-calibration makes one)")
+                                  "(train/calibrate.py makes one)")
         sampling = SamplingSettings(args.steps, args.scheduler, args.guidance, args.difficulty_guidance,
                                     args.calibrated)
         if state.is_main_process:
             print(f"{len(plan)} images from {model_dir} into {args.out}: {extra['difficulty']['description']}, "
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
+        selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule) if args.select else None)
         summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
+                                   selection=selection, committee=committee,
                                    sampling=sampling, batch_size=args.batch_size, extra_config=extra,
                                    real_subset=extra.get("real_subset", {}).get("name", ""),
                                    process_index=state.process_index, num_processes=state.num_processes,

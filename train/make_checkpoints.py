@@ -23,20 +23,20 @@ import sys
 import time
 from pathlib import Path
 
-from dacd.defaults import EMBEDDED_CHECKPOINT
+from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 CK = EMBEDDED_CHECKPOINT
 DACD_STEPS = 1500  # dacd and baseline train for the same number of steps
 
 STAGES = {
-    "base": (CK / "base" / "model_index.json", ["train/train_base.py"]),
-    "evaluator": (CK / "evaluator" / "config.json", ["train/train_classifier.py"]),
-    "dacd": (CK / "dacd" / "dacd_config.json", ["train/train_dacd.py", "--max-train-steps", str(DACD_STEPS)]),
-    "baseline": (CK / "baseline" / "dacd_config.json",
+    "base": (CK / LAYOUT.base / "model_index.json", ["train/train_base.py"]),
+    "evaluator": (CK / LAYOUT.evaluator / "config.json", ["train/train_classifier.py"]),
+    "dacd": (CK / LAYOUT.dacd / LAYOUT.dacd_config, ["train/train_dacd.py", "--max-train-steps", str(DACD_STEPS)]),
+    "baseline": (CK / LAYOUT.baseline / LAYOUT.dacd_config,
                  ["train/train_dacd.py", "--no-difficulty", "--balance-power", "0", "--max-train-steps",
-                  str(DACD_STEPS), "--output-dir", str(CK / "baseline")]),
-    "calibrate": (CK / "dacd" / "calibration.json", ["train/calibrate.py"]),
+                  str(DACD_STEPS), "--output-dir", str(CK / LAYOUT.baseline)]),
+    "calibrate": (CK / LAYOUT.dacd / LAYOUT.calibration, ["train/calibrate.py"]),
 }
 
 

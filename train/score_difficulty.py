@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from dacd.data import load_dataset
+from dacd.defaults import EMBEDDED_CHECKPOINT
 from dacd.difficulty import ScoreConfig, run_scoring, save_scores
 
 D = ScoreConfig()
@@ -32,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder (default: $DACD_FASHION_MNIST_DIR "
                    "or /usr/share/datasets/fashion-mnist)")
     p.add_argument("--image-size", type=int, default=32, help="ImageFolder resolution")
-    p.add_argument("--output-dir", default="checkpoints/fashion-mnist")
+    p.add_argument("--output-dir", default=str(EMBEDDED_CHECKPOINT))
     p.add_argument("--work-dir", default="runs/score", help="resumable per-fold state")
     p.add_argument("--k", type=int, default=D.k)
     p.add_argument("--arch", default=D.arch, help="timm model name")

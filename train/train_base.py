@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from dacd.data import load_dataset
-from dacd.defaults import PROMPT_TEMPLATE
+from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
 from dacd.tiny import TinySDConfig, build_components, save_sd_folder
 from dacd.training import BaseTrainConfig, latent_std, train_base_unet, train_vae, vae_reconstruction_error
 
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--output-dir", default="checkpoints/fashion-mnist/base")
+    p.add_argument("--output-dir", default=str(EMBEDDED_CHECKPOINT / LAYOUT.base))
     p.add_argument("--run-dir", default="runs/base", help="resumable training state")
     p.add_argument("--subset", type=int, default=None, help="first N training images")
     p.add_argument("--vae-steps", type=int, default=b.vae_steps)
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=b.seed)
     p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
     p.add_argument("--eval-samples", type=int, default=100, help="samples per class for the accuracy check (0: skip)")
-    p.add_argument("--eval-classifier", default="checkpoints/fashion-mnist/classifier")
+    p.add_argument("--eval-classifier", default=str(EMBEDDED_CHECKPOINT / LAYOUT.classifier))
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 

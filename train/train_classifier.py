@@ -27,6 +27,7 @@ from dacd.classifier import (
     train_classifier,
 )
 from dacd.data import load_dataset
+from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT
 
 D = TrainConfig()
 EVALUATOR_ARCH, EVALUATOR_SEED = "resnet18", 1  # the scoring classifier is resnet10t, seed 0
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--output-dir", default="checkpoints/fashion-mnist/evaluator")
+    p.add_argument("--output-dir", default=str(EMBEDDED_CHECKPOINT / LAYOUT.evaluator))
     p.add_argument("--arch", default=EVALUATOR_ARCH)
     p.add_argument("--seed", type=int, default=EVALUATOR_SEED)
     p.add_argument("--epochs", type=int, default=D.epochs)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dacd.data import load_dataset, resolve_class
+from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT
 from dacd.training import DacdTrainConfig, TrainingData, make_accelerator, train_dacd
 
 D = DacdTrainConfig()
@@ -32,13 +33,13 @@ D = DacdTrainConfig()
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default="checkpoints/fashion-mnist/base", help="SD folder or hub id")
+    p.add_argument("--base", default=str(EMBEDDED_CHECKPOINT / LAYOUT.base), help="SD folder or hub id")
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder path")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--scores", default="checkpoints/fashion-mnist/scores.parquet",
+    p.add_argument("--scores", default=str(EMBEDDED_CHECKPOINT / LAYOUT.scores),
                    help="score table with columns id, s (and region) from train/score_difficulty.py")
     p.add_argument("--resolution", type=int, default=32, help="ImageFolder resolution (SD 1.5: 512)")
-    p.add_argument("--output-dir", default="checkpoints/fashion-mnist/dacd")
+    p.add_argument("--output-dir", default=str(EMBEDDED_CHECKPOINT / LAYOUT.dacd))
     p.add_argument("--run-dir", default=None, help="training state (default runs/<output-dir name>)")
     p.add_argument("--no-difficulty", action="store_true", help="baseline: LoRA only, everything else identical")
     p.add_argument("--exclude-regions", nargs="*", default=[], help="drop images in these data-map regions, "

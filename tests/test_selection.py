@@ -1,0 +1,108 @@
+"""Selection (sampling "selected"): tries seeded per row and try, only in-band images accepted,
+resume and process splits give the same set. In-process, on tiny components."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_pipeline import CLASSES, dummy_pipeline
+
+from dacd.classifier import build_classifier
+from dacd.generation import (
+    GenerationError,
+    Selection,
+    committee_scores,
+    generate_dataset,
+    load_manifest,
+    make_plan,
+    read_png,
+)
+from dacd.sampling import SamplingSettings, try_seed
+
+FAST = SamplingSettings(num_inference_steps=2, scheduler="ddim", guidance_scale=2.0, difficulty_guidance_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return dummy_pipeline()
+
+
+@pytest.fixture(scope="module")
+def committee():
+    """Two untrained classifiers of other architectures whose heads lean to T-shirt/top: images of
+    that class measure near s = 0.5 with some spread, images of other classes are never top-1."""
+    out = []
+    for seed, arch in ((0, "resnet10t"), (1, "resnet14t")):
+        torch.manual_seed(seed)
+        clf = build_classifier(arch, in_chans=1, num_classes=len(CLASSES), class_names=CLASSES).eval()
+        head = clf.model.get_classifier()
+        with torch.no_grad():
+            head.weight.mul_(0.05)
+            head.bias.copy_(torch.tensor([1.1, 0.0, 0.0, 0.0]))
+        out.append(clf)
+    return out
+
+
+def selected(pipe, committee, out, selection, **kw):
+    plan = make_plan(CLASSES, 3, seed=4)
+    return plan, generate_dataset(pipe, plan, out, model_id="tiny", sampling=FAST, batch_size=4, progress=False,
+                                  selection=selection, committee=committee, **kw)
+
+
+def test_accepted_rows_are_in_band_and_label_faithful(pipe, committee, tmp_path):
+    sel = Selection(max_tries=3, tolerance=0.45)
+    plan, summary = selected(pipe, committee, tmp_path / "set", sel)
+    m = load_manifest(tmp_path / "set")
+    assert summary["complete"] and list(m.id) == list(plan.id)
+    imgs = np.stack([read_png(tmp_path / "set" / p) for p in m.path])
+    s, faithful = committee_scores(committee, imgs, m.label.to_numpy())
+    np.testing.assert_allclose(m.selection_s, s, atol=1e-6)  # measured on the stored image
+    ok = (np.abs(s - m.requested_s) <= sel.tolerance) & faithful
+    assert (m.accepted == ok).all()  # accepted exactly when in band and every member ranks the label first
+    assert (m.tries[~m.accepted] == sel.max_tries).all() and m.tries.between(1, sel.max_tries).all()
+    assert m.accepted.any() and not m.accepted.all()  # this setting exercises both outcomes
+    assert set(summary["acceptance_per_class"]) == set(CLASSES)
+    # a kept image is the image of its try's seed, from the row's seed
+    row = m.iloc[int(np.argmax(m.tries.to_numpy()))]
+    alone = pipe([int(row.label)], [float(row.requested_s)], generator=[
+        torch.Generator().manual_seed(try_seed(int(row.seed), int(row.tries) - 1))] if row.accepted else None,
+        output_type="np", num_inference_steps=2, scheduler="ddim", guidance_scale=2.0, difficulty_guidance_scale=3.0)
+    if row.accepted:
+        stored = read_png(tmp_path / "set" / row.path)[0]
+        assert np.abs(np.rint(alone.images[0, ..., 0] * 255) - stored).max() <= 1
+
+
+def test_without_the_label_rule_everything_within_tolerance_passes(pipe, committee, tmp_path):
+    _, summary = selected(pipe, committee, tmp_path / "loose", Selection(max_tries=2, tolerance=1.0,
+                                                                          label_rule=False))
+    m = load_manifest(tmp_path / "loose")
+    assert m.accepted.all() and (m.tries == 1).all() and summary["mean_tries"] == 1.0
+
+
+def test_killed_resumed_and_split_runs_equal_one_run(pipe, committee, tmp_path):
+    sel = Selection(max_tries=3, tolerance=0.45)
+    selected(pipe, committee, tmp_path / "one", sel)
+    one = load_manifest(tmp_path / "one")
+    _, first = selected(pipe, committee, tmp_path / "killed", sel, stop_after_chunks=1)
+    assert not first["complete"]
+    selected(pipe, committee, tmp_path / "killed", sel)
+    for p in (0, 1):  # two processes, each its own chunks ...
+        selected(pipe, committee, tmp_path / "split", sel, process_index=p, num_processes=2)
+    assert not (tmp_path / "split" / "manifest.parquet").exists()  # (run one after the other: no barrier)
+    chunks = {p: p.stat().st_mtime_ns for p in (tmp_path / "split").glob(".chunk-*")}
+    _, merged = selected(pipe, committee, tmp_path / "split", sel)  # ... then the merge, generating nothing
+    assert merged["complete"] and chunks == {p: p.stat().st_mtime_ns for p in (tmp_path / "split").glob(".chunk-*")}
+    for other in ("killed", "split"):
+        m = load_manifest(tmp_path / other)
+        pd.testing.assert_frame_equal(m, one)
+        for p in m.path:
+            assert (tmp_path / other / p).read_bytes() == (tmp_path / "one" / p).read_bytes()
+    with pytest.raises(GenerationError, match="selection"):  # other selection settings: refused
+        selected(pipe, committee, tmp_path / "one", Selection(max_tries=4, tolerance=0.45))
+
+
+def test_selection_needs_a_committee(pipe, tmp_path):
+    with pytest.raises(GenerationError, match="committee"):
+        selected(pipe, [], tmp_path / "x", Selection())
+    with pytest.raises(GenerationError, match="max_tries"):
+        Selection(max_tries=0)
