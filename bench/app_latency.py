@@ -31,7 +31,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     from gradio_client import Client
 
-
     gen = Workbench(args.checkpoint)
     demo = build_app(gen)
     _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **launch_kwargs())

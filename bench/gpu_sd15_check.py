@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_sd15(folder: Path, resolution: int):
 
-
     torch.manual_seed(0)
     tokenizer = build_tokenizer(["cat", "dog"])
     unet = UNet2DConditionModel(  # SD 1.5's U-Net config
@@ -94,7 +93,6 @@ def main():
         print(proc.stderr[-5000:])
         sys.exit(proc.returncode)
     print(f"train_dacd.py: {args.steps} steps in {time.time() - t0:.0f} s (incl. start-up)")
-
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

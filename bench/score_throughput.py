@@ -23,7 +23,6 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
 
-
     if args.threads:
         torch.set_num_threads(args.threads)
     ds = load_fashion_mnist("train", args.data_dir).subset(range(args.n))

@@ -57,7 +57,6 @@ def timed(fn, repeats):
 def main(argv=None):
     args = parse_args(argv)
 
-
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = DifficultyControlledPipeline.from_pretrained(args.model)

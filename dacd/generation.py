@@ -310,7 +310,6 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
 
 def _png_bytes(img: np.ndarray) -> bytes:
 
-
     arr = img[..., 0] if img.shape[-1] == 1 else img
     buf = io.BytesIO()
     Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB").save(buf, format="PNG")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 # ---------------------------------------------------------------- helpers
 
+
 def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
     """A CPU generator that depends only on (seed, step, rank, stream)."""
     mixed = np.random.SeedSequence([seed, step, rank, stream]).generate_state(1, dtype=np.uint64)[0]
@@ -591,6 +592,7 @@ def train_base_unet(pipe_parts: dict, images: torch.Tensor, labels: np.ndarray, 
     unet.eval()
     text_encoder.eval()
     return steps.summary()
+
 
 @torch.no_grad()
 def latent_std(vae, images: torch.Tensor, n: int = 4096, seed: int = 0) -> float:

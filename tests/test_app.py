@@ -107,7 +107,6 @@ def test_browse(client):
     refused(lambda: client.predict("jacket", api_name="/browse"), "unknown class")
 
 
-
 @pytest.mark.skipif(not (EMBEDDED_CHECKPOINT / "dacd" / "dacd_config.json").exists(), reason="dacd model not shipped yet")
 def test_generate_on_the_shipped_checkpoint():
     from gradio_client import Client

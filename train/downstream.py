@@ -73,6 +73,7 @@ from dacd.evaluation import (
 )
 from dacd.generation import (
     DifficultySpec,
+    Selection,
     counts_from_ratio,
     generate_dataset,
     load_generated_images,
@@ -112,6 +113,15 @@ def parse_args(argv=None):
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
     p.add_argument("--arms", nargs="+", default=["dacd", "baseline", *REAL_ARMS, "alone"],
                    help="which arms to run ('alone' = the synthetic-only cells)")
+    p.add_argument("--samplings", nargs="+", default=["plain"], choices=["plain", "selected"],
+                   help="how dacd sets are made: plain sampling, and/or selected by a committee (train/generate.py "
+                        "--select)")
+    p.add_argument("--max-tries", type=int, default=Selection.max_tries, help="selected: tries per image")
+    p.add_argument("--tolerance", type=float, default=Selection.tolerance, help="selected: |committee s - plan|")
+    p.add_argument("--no-label-rule", action="store_true", help="selected: accept tries that a member misclassifies")
+    p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
+                                                      str(EMBEDDED / LAYOUT.classifier_2)],
+                   help="selected: scoring classifiers that select (never the evaluator)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
                    help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
@@ -190,19 +200,24 @@ def plan_sets(args, real, counts) -> dict:
     sampling = asdict(SamplingSettings(num_inference_steps=args.gen_steps))
     sets = {}
 
-    def generated(arm, model, spec, mu):
+    def generated(arm, model, spec, mu, mode="plain"):
         plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(model), seed=args.gen_seed)
-        ident = {"arm": arm, "model": model_fingerprint(model), "sampling": "plain", "settings": sampling,
+        ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": sampling,
                  "plan": plan_fingerprint(plan)}
-        name = f"{arm}-plain" + (f"-mu{mu:g}" if mu is not None else "")
-        sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": "plain", "kind": "generated", "plan": plan,
-                      "model": model, "spec": spec, "identity": _hash(ident),
+        selection = None
+        if mode == "selected":
+            selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule)
+            ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])
+        name = f"{arm}-{mode}" + (f"-mu{mu:g}" if mu is not None else "")
+        sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": mode, "kind": "generated", "plan": plan,
+                      "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
                       "folder": Path(args.work_dir) / "synthetic" / f"{name}-{_hash(ident)[:8]}"}
 
     for mu in args.mus:
         spec = DifficultySpec(mu=mu, sigma=args.sigma)
         if "dacd" in args.arms:
-            generated("dacd", args.model, spec, mu)
+            for mode in args.samplings:
+                generated("dacd", args.model, spec, mu, mode)
         if "real-matched" in args.arms:
             plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(args.model),
                              seed=args.gen_seed)
@@ -218,7 +233,6 @@ def plan_sets(args, real, counts) -> dict:
 
 def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
     """Pick the real images of each real arm (at the largest ratio); returns match-report frames."""
-
 
     reports = []
     for st in sets.values():
@@ -244,8 +258,7 @@ def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
 def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
     """Generate (or resume) each generated set that a missing cell needs, at the largest ratio."""
 
-
-    pipes, evaluator = {}, None
+    pipes, evaluator, committee = {}, None, None
     for st in sets.values():
         if st["kind"] != "generated" or st["name"] not in needed or (st["folder"] / "manifest.parquet").is_file():
             continue
@@ -257,10 +270,13 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
         if list(pipe.class_names) != list(real.class_names):
             raise SystemExit(f"{model} knows classes {list(pipe.class_names)}, the data {list(real.class_names)}")
         evaluator = evaluator or Classifier.from_pretrained(args.evaluator)
+        if st["selection"] is not None and committee is None:
+            committee = [Classifier.from_pretrained(c) for c in args.committee]
         print(f"generating {st['name']}: {len(st['plan'])} images ({st['spec'].describe()}) from {model} "
               f"into {st['folder']}", flush=True)
         with torch.inference_mode():
             generate_dataset(pipe, st["plan"], st["folder"], model_id=model_name(model), evaluator=evaluator,
+                             selection=st["selection"], committee=committee if st["selection"] else (),
                              sampling=SamplingSettings(num_inference_steps=args.gen_steps),
                              batch_size=args.gen_batch_size, progress=progress, real_subset=real.name,
                              extra_config={"difficulty": {**st["spec"].__dict__, "description": st["spec"].describe()},
@@ -272,7 +288,6 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
 def set_images(st, counts, real):
     """(images, labels) of a set's first `counts[c]` images per class."""
 
-
     if st["kind"] == "generated":
         m = take_first(load_manifest(st["folder"]), counts)
         return load_generated_images(st["folder"], m), np.array([real.class_index(c) for c in m["class"]])
@@ -283,7 +298,6 @@ def set_images(st, counts, real):
 def measure_sets(args, sets, real, cells_dir: Path) -> list[dict]:
     """Each set's summary, measured by the evaluation classifier (real arms too, so they compare).
     Summaries are cached beside the cells, so a table can be rebuilt without the images."""
-
 
     rows, evaluator = [], None
     for st in sets.values():
@@ -324,12 +338,12 @@ def cell_specs(args, sets) -> list[dict]:
     nan = float("nan")
     for r in args.ratios:
         for mu in args.mus:
-            for arm in ("dacd", "real-matched"):
-                name = f"{arm}-plain-mu{mu:g}" if arm == "dacd" else f"real-matched-mu{mu:g}"
+            arms = [(f"dacd {mode}" if mode != "plain" else "dacd", f"dacd-{mode}-mu{mu:g}") for mode in args.samplings]
+            for label, name in arms + [("real-matched", f"real-matched-mu{mu:g}")]:
                 if name in sets:
-                    cells.append({"cell": f"{arm} mu={mu:g} r={r:g}", "model": arm, "sampling": sets[name]["sampling"],
-                                  "mode": "added", "mu": mu, "ratio": r, "set": name,
-                                  "headline": mu == args.headline_mu})
+                    cells.append({"cell": f"{label} mu={mu:g} r={r:g}", "model": sets[name]["arm"],
+                                  "sampling": sets[name]["sampling"], "mode": "added", "mu": mu, "ratio": r,
+                                  "set": name, "headline": mu == args.headline_mu})
         for arm, name in (("baseline", "baseline-plain"), ("real-random", "real-random"),
                           ("real-duplicate", "real-duplicate")):
             if name in sets:
@@ -337,7 +351,9 @@ def cell_specs(args, sets) -> list[dict]:
                               "mode": "added", "mu": nan, "ratio": r, "set": name, "headline": arm == "baseline"})
     if "alone" in args.arms:
         r = max(args.ratios)
-        for name, label in ((f"dacd-plain-mu{args.headline_mu:g}", f"dacd mu={args.headline_mu:g}"),
+        mu_h = f"mu={args.headline_mu:g}"
+        for name, label in ((f"dacd-plain-mu{args.headline_mu:g}", f"dacd {mu_h}"),
+                            (f"dacd-selected-mu{args.headline_mu:g}", f"dacd selected {mu_h}"),
                             ("baseline-plain", "baseline"),
                             (f"real-matched-mu{args.headline_mu:g}", f"real-matched mu={args.headline_mu:g}"),
                             ("real-random", "real-random")):
@@ -374,7 +390,6 @@ def cache_path(cells_dir: Path, cell, seed, meta) -> Path:
 
 def main(argv=None):
     args = parse_args(argv)
-
 
     t_start = time.time()
     progress = not args.no_progress

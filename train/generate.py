@@ -141,7 +141,6 @@ def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE):
 def main(argv=None):
     args = parse_args(argv)
 
-
     state = PartialState()
     if state.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ and state.device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))

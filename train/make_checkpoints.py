@@ -5,7 +5,9 @@ Stages, each skipped when its output exists (delete a folder to redo it) and eac
 from its own state under runs/ when interrupted:
 
   base       train/train_base.py           tiny SD (VAE, then U-Net + text encoder)
-  evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1)
+  evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1): judges, never selects
+  classifier-2  train/train_classifier.py  second scoring classifier (resnet14t, seed 2): with classifier/,
+                                           the committee that selects images (train/generate.py --select)
   dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling)
   baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data)
   calibrate  train/calibrate.py            calibration curve, measured by the scoring classifier
@@ -32,6 +34,9 @@ DACD_STEPS = 1500  # dacd and baseline train for the same number of steps
 STAGES = {
     "base": (CK / LAYOUT.base / "model_index.json", ["train/train_base.py"]),
     "evaluator": (CK / LAYOUT.evaluator / "config.json", ["train/train_classifier.py"]),
+    "classifier-2": (CK / LAYOUT.classifier_2 / "config.json",  # the selection committee's second member
+                     ["train/train_classifier.py", "--arch", "resnet14t", "--seed", "2",
+                      "--output-dir", str(CK / LAYOUT.classifier_2)]),
     "dacd": (CK / LAYOUT.dacd / LAYOUT.dacd_config, ["train/train_dacd.py", "--max-train-steps", str(DACD_STEPS)]),
     "baseline": (CK / LAYOUT.baseline / LAYOUT.dacd_config,
                  ["train/train_dacd.py", "--no-difficulty", "--balance-power", "0", "--max-train-steps",

@@ -52,7 +52,6 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
 
-
     device = Accelerator().device
     out = Path(args.output_dir)
     if (out / "metrics.json").is_file() and json.loads((out / "metrics.json").read_text()).get("args") == vars(args):
