@@ -99,21 +99,15 @@ class Limit:
             return f"{kind} of at least {self.lo:g}"
         return f"{kind} from {self.lo:g} to {self.hi:g}"
 
-    def check(self, value):
-        """`value` as float (int if integer) when allowed, else ValueError."""
-        if isinstance(value, bool):
-            raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.")
+    def check(self, value) -> float | int:
+        """`value` as float (int if integer) when allowed, else a ValueError naming the input and the range."""
         try:
-            v = float(value)
+            v = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
-            raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.") from None
-        if not math.isfinite(v) or not self.lo <= v <= self.hi:
+            v = math.nan
+        if not math.isfinite(v) or not self.lo <= v <= self.hi or (self.integer and v != int(v)):
             raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.")
-        if self.integer:
-            if v != int(v):
-                raise ValueError(f"{self.label} must be {self.describe()}, got {value!r}.")
-            return int(v)
-        return v
+        return int(v) if self.integer else v
 
 
 MAX_SEED = 2**31 - 1

@@ -17,7 +17,7 @@ Two kinds of work plug in here:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -66,9 +66,9 @@ class Samples:
 
     images: np.ndarray  # float (N, H, W, C) in [0, 1]
     conditioning_s: list[float]  # what the encoder saw (differs from the request when calibrated)
-    tries: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # tries made per row (1 = first)
-    accepted: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    distance: np.ndarray = field(default_factory=lambda: np.zeros(0))  # accept's distance of the kept try
+    tries: np.ndarray  # tries made per row (1 = the first)
+    accepted: np.ndarray  # bool; always True without an accept step
+    distance: np.ndarray  # accept's distance of the kept try (0 without an accept step)
 
 
 # accept(images (n, H, W, C) float, row indices) -> (accepted bool (n,), distance float (n,)):

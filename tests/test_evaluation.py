@@ -91,7 +91,7 @@ def test_controllability_quick_on_tiny_models(tiny_dacd, tiny_baseline, tiny_eva
     run_script("bench/controllability.py", "--quick", "--model", tiny_dacd, "--baseline", tiny_baseline,
                "--evaluator", tiny_evaluator, "--scorer", tiny_scores / "classifier",
                "--scores", tiny_scores / "scores.parquet", "--data-dir", fake_fmnist,
-               "--classes", "0", "Trouser", "--steps", "2", "--out", tmp_path, "--write-calibration", "--no-progress")
+               "--classes", "0", "Trouser", "--steps", "2", "--out", tmp_path, "--no-progress")
     cells = pd.read_csv(tmp_path / "cells.csv")
     assert list(cells.columns) == ["source", "label", "class_name", "bin", "n", "measured_mean", "measured_std",
                                    "accuracy", "abs_error", "real_train_count", "kid"]
@@ -100,5 +100,26 @@ def test_controllability_quick_on_tiny_models(tiny_dacd, tiny_baseline, tiny_eva
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {"dacd", "baseline", "real_ceiling"} <= set(summary["medium_band_share"])
     assert (tmp_path / "controllability.html").stat().st_size > 10000
-    cal = Calibration.load(tiny_dacd)
-    assert cal is not None and set(cal.measured) == {"0", "1"}
+    cal = Calibration.load(tmp_path)  # the curve of this grid, measured by the scorer
+    assert cal is not None and set(cal.measured) == {"0", "1"} and cal.meta["measured_by"] == "classifier"
+    assert Calibration.load(tiny_dacd) is None  # a benchmark writes nothing into the model folder
+
+
+@pytest.mark.slow
+def test_calibrate_stage_fits_every_class(tiny_dacd, tiny_scores, tmp_path):
+    run_script("train/calibrate.py", "--model", tiny_dacd, "--scorer", tiny_scores / "classifier", "--n", "2",
+               "--steps", "2", "--out", tmp_path, "--no-progress")
+    cal = Calibration.load(tmp_path)
+    assert set(cal.measured) == {str(c) for c in range(10)} and len(cal.requested) == 10
+    assert all(0 <= v <= 1 for curve in cal.measured.values() for v in curve)
+    assert cal.meta["n_per_cell"] == 2 and cal.meta["measured_by"] == "classifier"
+
+
+def test_calibration_fit_takes_the_mean_per_class_and_grid_value():
+    rows = pd.DataFrame({"label": [0, 0, 0, 0, 1, 1, 1, 1], "requested_s": [0.1, 0.1, 0.9, 0.9] * 2,
+                         "measured_s": [0.2, 0.4, 0.6, 1.0, 0.0, 0.1, 0.5, 0.5]})
+    cal = Calibration.fit(rows.sample(frac=1.0, random_state=0), meta={"n": 2})  # order does not matter
+    assert cal.requested == [0.1, 0.9]
+    assert cal.measured["0"] == pytest.approx([0.3, 0.8]) and cal.measured["1"] == pytest.approx([0.05, 0.5])
+    with pytest.raises(ValueError, match="lacks images"):
+        Calibration.fit(rows.iloc[:6])  # class 1 has no image at 0.9
