@@ -199,55 +199,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         return latents.to(self._execution_device) * (scheduler or self.scheduler).init_noise_sigma
 
-    # ------------------------------------------------------------ call
-    @torch.no_grad()
-    def __call__(self, class_labels, difficulty=0.5, prompt=None, *, difficulty_only: bool = False,
-                 calibrated: bool = False, guidance_scale: float = SAMPLING.guidance_scale,
-                 difficulty_guidance_scale: float | None = SAMPLING.difficulty_guidance_scale,
-                 num_inference_steps: int = SAMPLING.num_inference_steps, scheduler: str | None = SAMPLING.scheduler,
-                 generator=None, latents=None, eta: float = 0.0, output_type: str = "pil",
-                 guidance_branches: str = "auto", return_dict: bool = True):
-        """Generate one image per (class, difficulty) pair; scalars broadcast.
-
-        Defaults are the project's (`dacd.defaults.SAMPLING`): text guidance 5, difficulty guidance 8.
-        `difficulty_guidance_scale=None` sets it equal to `guidance_scale`, which makes the
-        step plain two-branch CFG over [text ⊕ difficulty] tokens (what stock SD would do).
-        `guidance_branches="three"` forces the three-branch formula even where the
-        two-branch shortcut applies (for benchmarks and tests); "auto" picks the cheapest.
-        `generator` may be a list (one per image): equal seeds give equal noise, which is
-        how a sweep holds the noise fixed along a row.
-        """
-        if guidance_branches not in ("auto", "three"):
-            raise ValueError(f"guidance_branches must be 'auto' or 'three', got {guidance_branches!r}")
-        # 1. check and broadcast inputs
-        n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
-                              num_inference_steps, difficulty_only, scheduler)
-        labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
-        cond_s = self.conditioning_difficulties(labels, requested, calibrated)
-        device = self._execution_device
-        sched = self.get_scheduler(scheduler)
-
-        # 2. conditioning sequences per guidance branch: text tokens, then difficulty tokens
-        branches, g_t, g_d = self.guidance_branches(prompts, labels, cond_s, guidance_scale,
-                                                    difficulty_guidance_scale, difficulty_only, guidance_branches,
-                                                    device)
-
-        # 3. latents and timesteps
-        sched.set_timesteps(num_inference_steps, device=device)
-        latents = self.prepare_latents(n, generator, latents, sched)
-        extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
-
-        # 4. denoising loop
-        latents = self.denoise(latents, sched, branches, g_t, g_d, extra)
-
-        # 5. decode
-        images = self.decode(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, labels, requested
-        return DifficultyPipelineOutput(images=images, class_labels=labels, difficulties=requested,
-                                        conditioning_difficulties=cond_s, prompts=prompts)
-
+    # ------------------------------------------------------------ denoising steps
     def _broadcast(self, n, class_labels, difficulty, prompt, difficulty_only):
         labels = [int(c) for c in _as_list(class_labels, n)]
         labels = labels * n if len(labels) == 1 else labels
@@ -272,7 +224,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                              "(train/calibrate.py writes calibration.json into the dacd folder)")
         return [self.calibration.invert(c, s) for c, s in zip(labels, requested)]
 
-    def guidance_branches(self, prompts, labels, cond_s, guidance_scale, difficulty_guidance_scale,
+    def guidance_contexts(self, prompts, labels, cond_s, guidance_scale, difficulty_guidance_scale,
                           difficulty_only, mode, device) -> tuple[list[torch.Tensor], float, float]:
         """The conditioning of each guidance branch and the two scales in effect.
 
@@ -319,6 +271,55 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
         return self.image_processor.postprocess(decoded, output_type=output_type,
                                                 do_denormalize=[True] * len(latents))
+
+    # ------------------------------------------------------------ call
+    @torch.no_grad()
+    def __call__(self, class_labels, difficulty=0.5, prompt=None, *, difficulty_only: bool = False,
+                 calibrated: bool = False, guidance_scale: float = SAMPLING.guidance_scale,
+                 difficulty_guidance_scale: float | None = SAMPLING.difficulty_guidance_scale,
+                 num_inference_steps: int = SAMPLING.num_inference_steps, scheduler: str | None = SAMPLING.scheduler,
+                 generator=None, latents=None, eta: float = 0.0, output_type: str = "pil",
+                 guidance_branches: str = "auto", return_dict: bool = True):
+        """Generate one image per (class, difficulty) pair; scalars broadcast.
+
+        Defaults are the project's (`dacd.defaults.SAMPLING`): text guidance 5, difficulty guidance 8.
+        `difficulty_guidance_scale=None` sets it equal to `guidance_scale`, which makes the
+        step plain two-branch CFG over [text ⊕ difficulty] tokens (what stock SD would do).
+        `guidance_branches="three"` forces the three-branch formula even where the
+        two-branch shortcut applies (for benchmarks and tests); "auto" picks the cheapest.
+        `generator` may be a list (one per image): equal seeds give equal noise, which is
+        how a sweep holds the noise fixed along a row.
+        """
+        if guidance_branches not in ("auto", "three"):
+            raise ValueError(f"guidance_branches must be 'auto' or 'three', got {guidance_branches!r}")
+        # 1. check and broadcast inputs
+        n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
+                              num_inference_steps, difficulty_only, scheduler)
+        labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
+        cond_s = self.conditioning_difficulties(labels, requested, calibrated)
+        device = self._execution_device
+        sched = self.get_scheduler(scheduler)
+
+        # 2. conditioning sequences per guidance branch: text tokens, then difficulty tokens
+        branches, g_t, g_d = self.guidance_contexts(prompts, labels, cond_s, guidance_scale,
+                                                    difficulty_guidance_scale, difficulty_only, guidance_branches,
+                                                    device)
+
+        # 3. latents and timesteps
+        sched.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(n, generator, latents, sched)
+        extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
+
+        # 4. denoising loop
+        latents = self.denoise(latents, sched, branches, g_t, g_d, extra)
+
+        # 5. decode
+        images = self.decode(latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, labels, requested
+        return DifficultyPipelineOutput(images=images, class_labels=labels, difficulties=requested,
+                                        conditioning_difficulties=cond_s, prompts=prompts)
 
     # ------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory, base: str | None = None, lora_config: dict | None = None,
