@@ -364,7 +364,8 @@ def generate_rows(pipe, rows: pd.DataFrame, settings, *, batch_size: int = 100, 
     res = sample(pipe, rows.label.tolist(), rows.requested_s.tolist(), rows.seed.tolist(), settings,
                  chunk_size=batch_size, progress=lambda f, d: bar.update(round(f * len(rows)) - bar.n))
     bar.close()
-    return res.images.transpose(0, 3, 1, 2)
+    # contiguous, as classifiers have always been fed: a strided view takes other kernels (last-bit differences)
+    return np.ascontiguousarray(res.images.transpose(0, 3, 1, 2))
 
 
 def measured_curve_rows(scorer, images, rows: pd.DataFrame) -> pd.DataFrame:
