@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .data import resolve_class, slugify
 from .defaults import DIFFICULTY, MEDIUM_BAND, PROMPT_TEMPLATE
 from .evaluation import measure, medium_share
-from .sampling import SamplingSettings, sample
+from .sampling import SamplingSettings, sample, seed_from
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
                     "measured_s", "predicted_class", "path", "real_subset", "selection_s", "tries", "accepted"]
@@ -187,10 +187,6 @@ def counts_from_ratio(real_labels, ratio: float, num_classes: int) -> dict[int, 
     return {c: int(np.floor(ratio * n + 0.5)) for c, n in enumerate(per_class)}  # half up, not to even
 
 
-def _image_seed(plan_seed: int, label: int, index: int) -> int:
-    return int(np.random.SeedSequence([plan_seed, label, index]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 def make_plan(class_names, counts: dict[int, int] | int, difficulty: DifficultySpec | None = None, *,
               prompts: dict[int, list[str]] | None = None, prompt_template: str = PROMPT_TEMPLATE,
               seed: int = 0) -> pd.DataFrame:
@@ -217,7 +213,7 @@ def make_plan(class_names, counts: dict[int, int] | int, difficulty: DifficultyS
             rng = np.random.default_rng([seed, c, k, 1])
             s = float(np.clip(rng.normal(mu, sigma), 0.0, 1.0)) if sigma > 0 else float(mu)
             prompt = captions[int(rng.integers(len(captions)))] if captions else prompt_template.format(class_names[c])
-            rows.append((f"{slug}-{k:06d}", class_names[c], c, k, s, _image_seed(seed, c, k), prompt))
+            rows.append((f"{slug}-{k:06d}", class_names[c], c, k, s, seed_from(seed, c, k), prompt))
     plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
     if plan.id.duplicated().any():
         dup = plan.id[plan.id.duplicated()].iloc[0]

@@ -53,11 +53,14 @@ class SamplingSettings:
         return kw
 
 
+def seed_from(*parts: int) -> int:
+    """A noise seed in [0, 2**31) that depends only on `parts` (plan rows, tries)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 def try_seed(seed: int, k: int) -> int:
     """The noise seed of try k of a row whose seed is `seed` (try 0 is the row's own seed)."""
-    if k == 0:
-        return int(seed)
-    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0] & 0x7FFFFFFF)
+    return int(seed) if k == 0 else seed_from(seed, k)
 
 
 @dataclass
