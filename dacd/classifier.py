@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .weights import DamagedWeightsError, check_safetensors
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -133,9 +135,11 @@ class Classifier(nn.Module):
                 files = sorted(set(json.loads(w_path.read_text())["weight_map"].values()))
                 state = {}
                 for f in files:
-                    state.update(load_file(str(folder / f)))
+                    state.update(load_file(str(check_safetensors(folder / f))))
             else:
-                state = load_file(str(w_path))
+                state = load_file(str(check_safetensors(w_path)))
+        except DamagedWeightsError:
+            raise
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"classifier weights {w_path} are corrupted ({e}); retrain or restore the file") from e
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -113,8 +113,8 @@ def resolve_class(name_or_index, class_names) -> int:
         if key.isdigit() and int(key) < len(class_names):
             return int(key)
     raise ValueError(
-        f"unknown class {name_or_index!r}: choose an index in [0, {len(class_names) - 1}] "
-        f"or one of {list(class_names)}"
+        f"Unknown class {name_or_index!r}: give a class name ({', '.join(class_names)}) "
+        f"or its number, 0 to {len(class_names) - 1}."
     )
 
 

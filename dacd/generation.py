@@ -324,16 +324,28 @@ def chunk_path(out_dir: Path, c: int) -> Path:
     return out_dir / f".chunk-{c:06d}.parquet"
 
 
+def _differences(name: str, old, new) -> list[str]:
+    """'name: X in the folder, Y now' for each differing (nested) setting."""
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(f"{name}.{k}", old.get(k), new.get(k))]
+    return [f"{name}: {old!r} in the folder, {new!r} now"]
+
+
 def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) -> None:
     path = out_dir / CONFIG_NAME
     if is_main:
         if path.is_file():
             old = json.loads(path.read_text())
             keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection")
-            diff = [k for k in keys if old.get(k) != config.get(k)]
-            if diff:
+            if any(old.get(k) != config.get(k) for k in keys):
+                # every setting that differs, not only the ones that decide (the plan fingerprint alone
+                # would not say that --mu changed)
+                shown = sorted(config, key=lambda k: k == "plan_fingerprint")
+                diff = [d for k in shown for d in _differences(k, old.get(k), config.get(k))]
                 raise GenerationError(
-                    f"{out_dir} holds a generation with other settings ({', '.join(diff)} differ): "
+                    f"{out_dir} holds a generation with other settings ({'; '.join(diff)}; see {path}): "
                     "rerun with the same arguments to continue it, or pass another output folder")
         else:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,10 @@ from peft.utils import get_peft_model_state_dict
 
 from . import __version__
 from .calibration import Calibration
+from .data import resolve_class
 from .defaults import LAYOUT, LIMITS, PROMPT_TEMPLATE, SAMPLING
 from .encoder import DifficultyEncoder
+from .weights import check_folder
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -55,6 +57,11 @@ class DifficultyPipelineOutput(BaseOutput):
     difficulties: list[float]  # as requested
     conditioning_difficulties: list[float]  # what the encoder saw (differs when calibrated=True)
     prompts: list[str]
+
+
+def _is_path(ref: str) -> bool:
+    """A base reference that can only be a local path (relative or absolute), never a hub id."""
+    return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1
 
 
 def _is_number(x, integer: bool = False) -> bool:
@@ -107,6 +114,10 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         return self.difficulty_encoder is not None
 
     # ------------------------------------------------------------ prompts
+    def class_id(self, c):
+        """A class name (as in `class_names`, any case) -> its id; anything else is returned as is."""
+        return resolve_class(c, self.class_names) if isinstance(c, str) else c
+
     def class_prompt(self, class_label: int) -> str:
         return self.prompt_template.format(self.class_names[class_label])
 
@@ -143,11 +154,12 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                      num_inference_steps, difficulty_only, scheduler):
         labels = _as_list(class_labels)
         if not labels:
-            raise ValueError("class_labels is empty: pass at least one class id")
+            raise ValueError("class_labels is empty: pass at least one class id or name")
         for c in labels:
+            c = self.class_id(c)
             if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < self.num_classes:
-                raise ValueError(f"class_labels contains {c!r}: each must be an integer class id in "
-                                 f"[0, {self.num_classes - 1}] ({', '.join(self.class_names)})")
+                raise ValueError(f"class_labels contains {c!r}: each must be a class name or an integer class id "
+                                 f"in [0, {self.num_classes - 1}] ({', '.join(self.class_names)})")
         diffs = _as_list(difficulty)
         for s in diffs:
             if not _is_number(s) or not LIMITS["difficulty"].lo <= float(s) <= LIMITS["difficulty"].hi:
@@ -201,7 +213,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
 
     # ------------------------------------------------------------ denoising steps
     def _broadcast(self, n, class_labels, difficulty, prompt, difficulty_only):
-        labels = [int(c) for c in _as_list(class_labels, n)]
+        labels = [int(self.class_id(c)) for c in _as_list(class_labels, n)]
         labels = labels * n if len(labels) == 1 else labels
         requested = [float(s) for s in _as_list(difficulty, n)]
         requested = requested * n if len(requested) == 1 else requested
@@ -380,7 +392,17 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         if not base_ref:
             raise ValueError(f"{cfg_path} names no base model; pass base=... or fix the file")
         local = (folder / base_ref) if not Path(base_ref).is_absolute() else Path(base_ref)
-        base_path = str(local.resolve()) if local.exists() else base_ref
+        if local.exists():
+            base_path = str(local.resolve())
+            check_folder(local)
+        elif _is_path(base_ref):
+            raise FileNotFoundError(
+                f"the base model {base_ref!r} named in {cfg_path} is missing: expected the folder {local}. A dacd "
+                "folder reuses the base folder beside it (the checkpoint layout: base/ next to dacd/); copy the "
+                "whole checkpoint folder, or pass base=... (--base) pointing at the base model")
+        else:
+            base_path = base_ref
+        check_folder(folder)
         try:
             sd = StableDiffusionPipeline.from_pretrained(base_path, safety_checker=None, feature_extractor=None,
                                                          requires_safety_checker=False, dtype=dtype)

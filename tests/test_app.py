@@ -56,7 +56,7 @@ def test_generate_returns_n_captioned_images(client):
 
 def test_bad_inputs_are_refused_and_the_app_keeps_serving(client):
     for bad, match in ((dict(s=1.5), "difficulty"), (dict(s=-0.2), "difficulty"),
-                       (dict(class_name="jacket"), "unknown class"), (dict(n=40), "number of images"),
+                       (dict(class_name="jacket"), "Unknown class"), (dict(n=40), "number of images"),
                        (dict(seed=-3), "seed"), (dict(steps=0), "steps")):
         refused(lambda: client.predict(*gen_args(**bad), api_name="/generate"), match)
     gallery, *_ = client.predict(*gen_args(n=1), api_name="/generate")
@@ -104,7 +104,7 @@ def test_distribution(client):
 def test_browse(client):
     gallery, hist, dmap, table = client.predict("Bag", api_name="/browse")
     assert len(gallery) == 9 and "s=" in gallery[0]["caption"]
-    refused(lambda: client.predict("jacket", api_name="/browse"), "unknown class")
+    refused(lambda: client.predict("jacket", api_name="/browse"), "Unknown class")
 
 
 @pytest.mark.skipif(not (EMBEDDED_CHECKPOINT / "dacd" / "dacd_config.json").exists(), reason="dacd model not shipped yet")

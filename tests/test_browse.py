@@ -32,7 +32,7 @@ def test_figures_for_a_class(ex):
 
 
 def test_unknown_class_and_id_are_clear_errors(ex):
-    with pytest.raises(ValueError, match="unknown class 'jacket'"):
+    with pytest.raises(ValueError, match="Unknown class 'jacket'"):
         ex.browse("jacket")
     with pytest.raises(ValueError, match="ids look like"):
         ex.image("banana")

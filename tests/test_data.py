@@ -105,5 +105,5 @@ def test_class_names_and_slugs():
     assert resolve_class("ankle-boot", FASHION_MNIST_CLASSES) == 9
     assert resolve_class(3, FASHION_MNIST_CLASSES) == 3
     for bad in ("jacket", 10, -1, True):
-        with pytest.raises(ValueError, match="unknown class"):
+        with pytest.raises(ValueError, match="Unknown class"):
             resolve_class(bad, FASHION_MNIST_CLASSES)

@@ -168,6 +168,7 @@ def test_kill_and_resume_gives_the_same_manifest(uninterrupted, tiny_dacd, tiny_
     assert '"complete": true' in again.stdout
     proc = run_script(*gen_args(out, tiny_dacd, tiny_evaluator, "--mu", "0.8"), check=False)
     assert proc.returncode != 0 and "other settings" in proc.stderr
+    assert "difficulty.mu: 0.5 in the folder, 0.8 now" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.slow

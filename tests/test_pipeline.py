@@ -102,6 +102,13 @@ def test_fixed_noise_per_row_with_generator_list(pipe):
     np.testing.assert_allclose(out[0], out[2], atol=1e-5)  # same seed, same s -> same image
 
 
+def test_class_names_and_ids_give_the_same_images(pipe):
+    by_id = run(pipe, labels=(1, 3))
+    by_name = run(pipe, labels=("Trouser", "dress"))
+    assert by_name.class_labels == [1, 3] and by_name.prompts == by_id.prompts
+    np.testing.assert_array_equal(by_name.images, by_id.images)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(class_labels=[0], difficulty=1.5), "difficulty"),
     (dict(class_labels=[0], difficulty=-0.1), "difficulty"),
@@ -111,6 +118,7 @@ def test_fixed_noise_per_row_with_generator_list(pipe):
     (dict(class_labels=[-1], difficulty=0.5), "class_labels"),
     (dict(class_labels=[0.5], difficulty=0.5), "class_labels"),
     (dict(class_labels=[], difficulty=0.5), "class_labels"),
+    (dict(class_labels=["Jacket"], difficulty=0.5), "Unknown class 'Jacket'"),
     (dict(class_labels=[0, 1], difficulty=[0.1, 0.2, 0.3]), "same length|has 2 entries"),
     (dict(class_labels=[0, 1], difficulty=0.5, prompt=["a", "b", "c"]), "prompt"),
     (dict(class_labels=[0], difficulty=0.5, guidance_scale=math.inf), "guidance_scale"),
