@@ -58,6 +58,7 @@ class CheckpointLayout:
     classifier_2: str = "classifier-2"  # a second scoring classifier (other architecture and seed): selects
     evaluator: str = "evaluator"  # the evaluation classifier (judges; never selects)
     scores: str = "scores.parquet"
+    distribution_view: str = "distribution_view.json"  # the app's default Distributions view (precomputed)
     scores_summary: str = "scores_summary.json"
     # inside a dacd folder
     dacd_config: str = "dacd_config.json"
@@ -134,4 +135,5 @@ APP_LIMITS = {
     "sweep_rows": Limit("number of seeds (rows)", 1, 8, integer=True),
     "sweep_columns": Limit("columns", 2, 12, integer=True),
     "distribution_n": Limit("N", 1, 2000, integer=True),
+    "threads": Limit("torch threads", 1, 256, integer=True),
 }

@@ -5,8 +5,11 @@ tabs call. Thread-safe: each resource is loaded once, under a lock.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +18,13 @@ import torch
 
 from . import evaluation
 from .classifier import Classifier
-from .data import ImageDataset, load_dataset, resolve_class
+from .data import DatasetError, ImageDataset, load_dataset, resolve_class
 from .defaults import APP_LIMITS, CHECKPOINT_ENV, DIFFICULTY, LAYOUT, MEDIUM_BAND, default_checkpoint
 from .difficulty import load_scores
 from .sampling import SamplingSettings, sample
+from .weights import DamagedWeightsError, check_folder, model_fingerprint
+
+log = logging.getLogger(__name__)
 
 BROWSE_PERCENTILES = (0, 10, 25, 50, 75, 90, 95, 99, 100)
 
@@ -44,6 +50,41 @@ class Explorer:
             if key not in self._cache:
                 self._cache[key] = loader()
             return self._cache[key]
+
+    @property
+    def name(self) -> str:
+        """The checkpoint's folder name: what the page and exports show (never the server's path)."""
+        return self.checkpoint.name or str(self.checkpoint)
+
+    def problems(self) -> list[str]:
+        """What is missing or damaged, each as a sentence with its fix; checked at start without
+        loading any model (file presence, weights headers, the real images)."""
+        ck, out = self.checkpoint, []
+        fix = f"run `make checkpoints`, or point --checkpoint (or ${CHECKPOINT_ENV}) at a complete checkpoint folder"
+        if not ck.is_dir():
+            return [f"Checkpoint folder {self.name} not found: {fix}."]
+        needed = {"score table": ck / LAYOUT.scores, "dacd model": ck / LAYOUT.dacd / LAYOUT.dacd_config,
+                  "evaluation classifier": ck / LAYOUT.evaluator / "config.json"}
+        out += [f"The {what} ({path.relative_to(ck)}) is missing from checkpoint {self.name}: {fix}."
+                for what, path in needed.items() if not path.is_file()]
+        try:
+            check_folder(ck)
+        except DamagedWeightsError as e:
+            out.append(str(e).replace(str(ck), self.name))
+        try:
+            self.require_real("train")
+            self.require_real("test")
+        except DatasetError as e:
+            out.append(str(e))
+        return out
+
+    def require_real(self, split: str = "train") -> ImageDataset:
+        """The real images of a split, or a DatasetError that says what needs them and the fix."""
+        try:
+            return self.dataset(split)
+        except (DatasetError, FileNotFoundError) as e:
+            raise DatasetError(f"The real Fashion-MNIST images are missing, so Browse, the real-image rows of "
+                               f"Difficulty factors and the real curve of Distributions cannot work: {e}") from e
 
     # ------------------------------------------------------------ resources
     @property
@@ -215,7 +256,7 @@ class Workbench(Explorer):
         used = {"steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
                 "difficulty_guidance_scale": settings.difficulty_guidance_scale, "scheduler": settings.scheduler,
                 "prompt": prompt or pipe.class_prompt(c), "calibrated": bool(calibrated),
-                "checkpoint": str(self.checkpoint)}
+                "checkpoint": self.name}
         return Generated(list(out.images), [c] * n, [s] * n, list(out.conditioning_s), measured.tolist(), pred, seeds,
                          used)
 
@@ -227,6 +268,7 @@ class Workbench(Explorer):
         APP_LIMITS["sweep_rows"].check(len(seeds))
         columns = APP_LIMITS["sweep_columns"].check(columns)
         settings = app_sampling(steps)
+        self.require_real("train")  # before generating: the real row needs it
         s_values = np.round(np.linspace(0.05, 0.95, columns), 3)
         labels = [c] * (len(seeds) * columns)
         s = np.tile(s_values, len(seeds)).tolist()
@@ -252,6 +294,7 @@ class Workbench(Explorer):
         n = APP_LIMITS["distribution_n"].check(n)
         seed = APP_LIMITS["seed"].check(seed)
         classes = list(range(len(self.class_names))) if class_name in (None, "", "all") else [self.class_index(class_name)]
+        test = self.require_real("test")  # before generating: the real curve needs it
         rng = np.random.default_rng(seed)
         labels = rng.choice(classes, n)
         req = evaluation.draw_difficulties(n, mu, sigma, seed)
@@ -261,7 +304,6 @@ class Workbench(Explorer):
             imgs = sample(self.pipeline(kind), labels.tolist(), req.tolist(), seeds, SamplingSettings(),
                           chunk_size=CHUNK_SIZE, progress=progress, desc=kind).images
             out[kind] = self.measure(imgs, labels)[0]
-        test = self.dataset("test")
         t = self.scores
         te = t[t.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
         pos = evaluation.real_ceiling_sample(te, req, labels)
@@ -271,3 +313,48 @@ class Workbench(Explorer):
                          if k in ("requested", "dacd", "baseline", "real")}
         out["band"] = MEDIUM_BAND
         return out
+
+    # ------------------------------------------------------------ the default Distributions view
+    def distribution_fingerprint(self, view: dict) -> str:
+        """What a Distributions result depends on: the models' and the evaluator's content, the
+        score table, the view's settings and the sampling defaults."""
+        h = hashlib.sha256(json.dumps({"view": view, "sampling": asdict(SamplingSettings())}, sort_keys=True).encode())
+        for kind in ("dacd", "baseline"):
+            if self.has_model(kind):
+                h.update(model_fingerprint(self.checkpoint / MODELS[kind]).encode())
+        h.update(model_fingerprint(self.checkpoint / LAYOUT.evaluator).encode())
+        h.update((self.checkpoint / LAYOUT.scores).read_bytes())
+        return h.hexdigest()[:16]
+
+    def save_default_distribution(self, progress=None) -> Path:
+        """Compute the default view (DEFAULT_VIEW) and store it beside the checkpoint with its fingerprint."""
+        result = self.distribution(**DEFAULT_VIEW, progress=progress)
+        data = {"fingerprint": self.distribution_fingerprint(DEFAULT_VIEW), "view": DEFAULT_VIEW,
+                "result": {k: (np.asarray(v).tolist() if k not in ("shares", "band") else v) for k, v in result.items()}}
+        path = self.checkpoint / LAYOUT.distribution_view
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=0) + "\n")
+        tmp.replace(path)
+        return path
+
+    def default_distribution(self) -> dict | None:
+        """The stored default view, when it was computed from exactly these models and settings;
+        None (with a log line saying why) otherwise, and the app computes views live."""
+        path = self.checkpoint / LAYOUT.distribution_view
+        if not path.is_file():
+            log.info("no %s in %s: the Distributions tab computes its first view live", path.name, self.name)
+            return None
+        try:
+            data = json.loads(path.read_text())
+            ok = data.get("view") == DEFAULT_VIEW and data.get("fingerprint") == self.distribution_fingerprint(DEFAULT_VIEW)
+        except (json.JSONDecodeError, OSError, FileNotFoundError) as e:
+            log.warning("ignoring %s (%s): rebuild it with train/distribution_view.py", path, e)
+            return None
+        if not ok:
+            log.warning("ignoring %s: it was computed from other models or settings than this checkpoint's; "
+                        "rebuild it with train/distribution_view.py", path.name)
+            return None
+        return data["result"]
+
+
+DEFAULT_VIEW = {"mu": DIFFICULTY.mu, "sigma": DIFFICULTY.sigma, "n": 200, "class_name": "all", "seed": 0}

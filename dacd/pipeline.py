@@ -13,9 +13,11 @@ prompt (the sequence the model saw under text dropout), so only difficulty guide
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,8 @@ from .data import resolve_class
 from .defaults import LAYOUT, LIMITS, PROMPT_TEMPLATE, SAMPLING
 from .encoder import DifficultyEncoder
 from .weights import check_folder
+
+_TOKENIZER_LOCK = threading.Lock()
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -125,8 +129,9 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
     def encode_prompt(self, prompts: list[str], device=None) -> torch.Tensor:
         """Text tokens (B, 77, D) from the last hidden state, as SD does."""
         device = device or self._execution_device
-        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+        with _TOKENIZER_LOCK:  # a fast tokenizer changes its padding state per call: not thread-safe
+            ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(device))[0].to(self.unet.dtype)
 
     def encode_conditions(self, text_embeds: torch.Tensor, class_labels=None, difficulty=None, *,
@@ -189,16 +194,18 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         return n
 
     def get_scheduler(self, name: str | None):
-        """A scheduler by name, built from the base's noise schedule (cached)."""
+        """A scheduler by name, built from the base's noise schedule. Each call gets its own copy:
+        a scheduler keeps per-run state (timesteps, step index, past model outputs), so one shared
+        instance would mix up two generations running at once in different threads (the app)."""
         if name is None:
-            return self.scheduler
+            return copy.deepcopy(self.scheduler)
         if name not in self._schedulers:
             cls = SCHEDULERS[name]
             cfg = dict(self.scheduler.config)
             if name == "dpm++":
                 cfg.update(algorithm_type="dpmsolver++", solver_order=2)
             self._schedulers[name] = cls.from_config(cfg)
-        return self._schedulers[name]
+        return copy.deepcopy(self._schedulers[name])
 
     def prepare_latents(self, batch_size, generator, latents=None, scheduler=None):
         size = self.unet.config.sample_size

@@ -27,19 +27,31 @@ def to_pil(image, scale: int = 1) -> Image.Image:
     return im
 
 
-def image_grid(images, ncols: int, scale: int = 1, pad: int = 2, background: int = 255) -> Image.Image:
-    """Tile images (any form `to_pil` takes) into one grid, row-major."""
+def image_grid(images, ncols: int, scale: int = 1, pad: int = 2, background: int = 255,
+               column_labels=None, row_labels=None) -> Image.Image:
+    """Tile images (any form `to_pil` takes) into one grid, row-major; optional text headers
+    over the columns and left of the rows (e.g. the requested s and the seed)."""
+    from PIL import ImageDraw, ImageFont
+
     tiles = [to_pil(im, scale) for im in images]
     if not tiles:
         raise ValueError("image_grid needs at least one image")
     w, h = tiles[0].size
     mode = "RGB" if any(t.mode == "RGB" for t in tiles) else "L"
     nrows = int(np.ceil(len(tiles) / ncols))
-    grid = Image.new(mode, (ncols * w + (ncols + 1) * pad, nrows * h + (nrows + 1) * pad),
-                     background if mode == "L" else (background,) * 3)
+    font = ImageFont.load_default(size=max(12, min(w // 4, 20)))
+    top = (font.size + 8) if column_labels is not None else 0
+    left = (font.size * max(len(str(t)) for t in row_labels) * 3 // 5 + 10) if row_labels is not None else 0
+    ink, paper = (0, background) if mode == "L" else ((0, 0, 0), (background,) * 3)
+    grid = Image.new(mode, (left + ncols * w + (ncols + 1) * pad, top + nrows * h + (nrows + 1) * pad), paper)
     for i, t in enumerate(tiles):
         r, c = divmod(i, ncols)
-        grid.paste(t.convert(mode), (pad + c * (w + pad), pad + r * (h + pad)))
+        grid.paste(t.convert(mode), (left + pad + c * (w + pad), top + pad + r * (h + pad)))
+    draw = ImageDraw.Draw(grid)
+    for c, text in enumerate(column_labels or []):
+        draw.text((left + pad + c * (w + pad) + w / 2, top / 2), str(text), fill=ink, font=font, anchor="mm")
+    for r, text in enumerate(row_labels or []):
+        draw.text((left - 6, top + pad + r * (h + pad) + h / 2), str(text), fill=ink, font=font, anchor="rm")
     return grid
 
 
@@ -55,10 +67,11 @@ def difficulty_histogram(table: pd.DataFrame, class_name: str | None = None, bin
         sub = table[table.class_name == class_name]
         fig.add_trace(go.Histogram(x=sub.s, xbins=dict(start=0, end=1, size=1 / bins), histnorm="probability",
                                    name=class_name, marker_color="#e76f51", opacity=0.7))
-    fig.update_layout(barmode="overlay", title=title or "difficulty s = 1 − p(true class)",
-                      xaxis_title="s", yaxis_title="share of images", yaxis_type="log",
-                      margin=dict(l=40, r=10, t=40, b=40), height=320, legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(barmode="overlay", title=title or "How hard are the real images?",
+                      xaxis_title="difficulty s = 1 − p(true class)", yaxis_title="share of images (log scale)",
+                      margin=dict(l=50, r=10, t=40, b=40), height=340, legend=dict(orientation="h", y=-0.3))
     fig.update_xaxes(range=[edges[0], edges[-1]])
+    fig.update_yaxes(type="log", dtick=1, tickformat="~%")  # decades only: 100%, 10%, 1%, 0.1%
     return fig
 
 
@@ -84,13 +97,14 @@ def data_map_figure(table: pd.DataFrame, class_name: str | None = None, max_poin
             marker=dict(size=5, color=color, opacity=0.7), customdata=np.stack([r.id, r.s, r.pred_name], -1),
             hovertemplate="id %{customdata[0]}<br>s %{customdata[1]:.3f}<br>predicted %{customdata[2]}"
                           "<br>variability %{x:.3f}<br>confidence %{y:.3f}<extra></extra>"))
-    fig.update_layout(title=f"data map{': ' + class_name if class_name else ''}", xaxis_title="variability",
-                      yaxis_title="confidence", height=380, margin=dict(l=40, r=10, t=40, b=40),
-                      legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title=f"Data map{': ' + class_name if class_name else ''}",
+                      xaxis_title="variability (spread of p(true class) over epochs)",
+                      yaxis_title="confidence (mean p(true class))", height=400, margin=dict(l=50, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 
-def measured_histogram(measured, requested: float | None = None, title: str = "measured difficulty"):
+def measured_histogram(measured, requested: float | None = None, title: str = "Measured difficulty"):
     """Histogram of measured s with the requested value marked."""
     import plotly.graph_objects as go
 
@@ -99,7 +113,8 @@ def measured_histogram(measured, requested: float | None = None, title: str = "m
     if requested is not None:
         fig.add_vline(x=requested, line_dash="dash", line_color="#264653", annotation_text=f"requested {requested:.2f}")
     fig.update_layout(title=title, xaxis_title="s measured by the evaluation classifier", yaxis_title="images",
-                      xaxis_range=[0, 1], height=300, margin=dict(l=40, r=10, t=40, b=40))
+                      xaxis_range=[0, 1], height=300, margin=dict(l=50, r=10, t=40, b=40), showlegend=False)
+    fig.update_yaxes(tickformat="d")
     return fig
 
 
@@ -110,30 +125,43 @@ def sweep_lines(s_values, measured, seeds, baseline_measured=None):
     fig = go.Figure()
     for seed, row in zip(seeds, measured):
         fig.add_trace(go.Scatter(x=list(s_values), y=list(row), mode="lines+markers", name=f"seed {seed}"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"), name="y = x"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
+                             name="measured = requested"))
     if baseline_measured is not None:
-        for seed, v in zip(seeds, baseline_measured):
-            fig.add_trace(go.Scatter(x=[0.5], y=[float(v)], mode="markers", marker_symbol="x", marker_size=10,
-                                     name=f"baseline, seed {seed}", showlegend=False))
-    fig.update_layout(title="does the sweep get harder? measured s per row", xaxis_title="requested s",
-                      yaxis_title="measured s", xaxis_range=[0, 1], yaxis_range=[0, 1], height=360,
-                      margin=dict(l=40, r=10, t=40, b=40))
+        fig.add_trace(go.Scatter(x=[0.5] * len(seeds), y=[float(v) for v in baseline_measured], mode="markers",
+                                 marker=dict(symbol="x", size=10, color="#264653"),
+                                 name="baseline (no dial), same seeds", text=[f"seed {sd}" for sd in seeds],
+                                 hovertemplate="baseline, %{text}: measured s %{y:.2f}<extra></extra>"))
+    fig.update_layout(title="Measured s along each row", xaxis_title="requested s",
+                      yaxis_title="measured s (evaluation classifier)", xaxis_range=[0, 1], yaxis_range=[0, 1],
+                      height=380, margin=dict(l=50, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.25))
     return fig
 
 
-def distribution_figure(curves: dict, band=MEDIUM_BAND):
-    """Overlaid histograms of s: requested and each measured set (same instrument)."""
-    import plotly.graph_objects as go
+DISTRIBUTION_COLORS = {"requested": "#adb5bd", "dacd": "#e76f51", "baseline": "#2a9d8f", "real": "#264653"}
+DISTRIBUTION_NAMES = {"requested": "requested s (the plan)", "dacd": "dacd images, measured",
+                      "baseline": "baseline images, measured", "real": "real test images, measured"}
 
-    colors = {"requested": "#adb5bd", "dacd": "#e76f51", "baseline": "#2a9d8f", "real": "#264653"}
-    fig = go.Figure()
-    for name, values in curves.items():
-        fig.add_trace(go.Histogram(x=list(values), xbins=dict(start=0, end=1, size=0.05), histnorm="probability",
-                                   name=name, opacity=0.55, marker_color=colors.get(name)))
-    fig.add_vrect(x0=band[0], x1=band[1], fillcolor="#e9c46a", opacity=0.15, line_width=0,
-                  annotation_text="medium band")
-    fig.update_layout(barmode="overlay", title="requested vs measured difficulty", xaxis_title="s",
-                      yaxis_title="share of images", xaxis_range=[0, 1], height=380, margin=dict(l=40, r=10, t=40, b=40))
+
+def distribution_figure(curves: dict, band=MEDIUM_BAND):
+    """One histogram of s per set, stacked on a shared axis: the requested plan, then what each
+    set measures (same instrument), with the medium band shaded."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(curves)
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[DISTRIBUTION_NAMES.get(n, n) for n in names])
+    for i, name in enumerate(names, start=1):
+        fig.add_trace(go.Histogram(x=list(curves[name]), xbins=dict(start=0, end=1, size=0.05),
+                                   histnorm="probability", name=DISTRIBUTION_NAMES.get(name, name),
+                                   marker_color=DISTRIBUTION_COLORS.get(name), showlegend=False), row=i, col=1)
+        fig.add_vrect(x0=band[0], x1=band[1], fillcolor="#e9c46a", opacity=0.25, line_width=0, row=i, col=1)
+        fig.update_yaxes(title_text="share", tickformat=".0%", row=i, col=1)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_xaxes(title_text=f"difficulty s (shaded: medium band {band[0]}–{band[1]})", row=len(names), col=1)
+    fig.update_layout(title="Asked for vs measured difficulty", height=150 + 130 * len(names),
+                      margin=dict(l=55, r=10, t=70, b=50))
     return fig
 
 
@@ -147,7 +175,8 @@ def calibration_figure(calibration, class_names):
             fig.add_trace(go.Scatter(x=calibration.requested, y=ys, mode="lines+markers",
                                      name=class_names[int(key)]))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"), name="y = x"))
-    fig.update_layout(title="calibration: requested → measured s" + ("" if calibration else " (none in checkpoint)"),
-                      xaxis_title="requested s", yaxis_title="mean measured s", height=380,
-                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=40, r=10, t=40, b=40))
+    fig.update_layout(title="Calibration curve" + ("" if calibration else " (none in this checkpoint)"),
+                      xaxis_title="s given to the model", yaxis_title="mean measured s", height=400,
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=50, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.25))
     return fig

@@ -4,9 +4,12 @@ as a loader's "Unable to load weights" from deep inside diffusers or peft."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
+
+from .defaults import LAYOUT
 
 RESTORE_HINT = ("restore it (git checkout / git lfs pull for the shipped checkpoint) or rebuild it "
                 "(make checkpoints, or the train/ script that wrote it)")
@@ -48,3 +51,20 @@ def check_folder(folder: str | Path) -> None:
     """Check every safetensors file under `folder` (recursively)."""
     for path in sorted(Path(folder).rglob("*.safetensors")):
         check_safetensors(path)
+
+
+def model_fingerprint(model: str | Path) -> str:
+    """A model folder's content (and its base's, when dacd_config.json names a relative base that
+    exists): 16 hex digits that change when any weight or config file changes."""
+    h, folder = hashlib.sha256(), Path(model)
+    folders = [folder]
+    cfg = folder / LAYOUT.dacd_config
+    if cfg.is_file():
+        base = json.loads(cfg.read_text()).get("base", "")
+        if base and (folder / base).is_dir():
+            folders.append(folder / base)
+    for f in folders:
+        for file in sorted(p for p in f.rglob("*") if p.is_file() and p.suffix != ".md" and p.suffix != ".png"):
+            h.update(str(file.relative_to(f)).encode())
+            h.update(file.read_bytes())
+    return h.hexdigest()[:16]

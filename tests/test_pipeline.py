@@ -155,3 +155,16 @@ def test_sd2_shaped_base_generates():
     p = dummy_pipeline(config=cfg)
     assert p.unet.config.use_linear_projection and p.scheduler.config.prediction_type == "v_prediction"
     assert run(p).images.shape == (2, 32, 32, 1)
+
+
+def test_concurrent_calls_give_the_images_of_calls_alone(pipe):
+    """The app serves several users at once from one pipeline: each call owns its scheduler state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [dict(labels=(c, 3 - c), s=(0.1 * c, 0.9), seed=c, scheduler="dpm++", num_inference_steps=6)
+            for c in range(4)]
+    alone = [run(pipe, **job).images for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: run(pipe, **job).images, jobs * 2))
+    for i, images in enumerate(together):
+        np.testing.assert_array_equal(images, alone[i % 4])

@@ -85,6 +85,7 @@ from dacd.generation import (
 )
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
+from dacd.weights import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = EMBEDDED_CHECKPOINT
@@ -174,22 +175,6 @@ def prompt_template(model) -> str:
     """The prompt template a dacd folder was trained with (its dacd_config.json)."""
     cfg = Path(model) / LAYOUT.dacd_config
     return json.loads(cfg.read_text()).get("prompt_template", PROMPT_TEMPLATE) if cfg.is_file() else PROMPT_TEMPLATE
-
-
-def model_fingerprint(model) -> str:
-    """A model folder's content (and its base's, when dacd_config.json names a relative base)."""
-    h, folder = hashlib.sha256(), Path(model)
-    folders = [folder]
-    cfg = folder / LAYOUT.dacd_config
-    if cfg.is_file():
-        base = json.loads(cfg.read_text()).get("base", "")
-        if base and (folder / base).is_dir():
-            folders.append(folder / base)
-    for f in folders:
-        for file in sorted(p for p in f.rglob("*") if p.is_file() and p.suffix != ".md" and p.suffix != ".png"):
-            h.update(str(file.relative_to(f)).encode())
-            h.update(file.read_bytes())
-    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- the added sets

@@ -11,6 +11,7 @@ from its own state under runs/ when interrupted:
   dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling)
   baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data)
   calibrate  train/calibrate.py            calibration curve, measured by the scoring classifier
+  distribution-view  train/distribution_view.py  the app's default Distributions view (with its fingerprint)
 
 The difficulty scores (scores.parquet, classifier/) are shipped and are not rebuilt here:
 `make scores` does that. Wall-clock seconds per stage go to checkpoints/fashion-mnist/stage_seconds.json.
@@ -42,6 +43,7 @@ STAGES = {
                  ["train/train_dacd.py", "--no-difficulty", "--balance-power", "0", "--max-train-steps",
                   str(DACD_STEPS), "--output-dir", str(CK / LAYOUT.baseline)]),
     "calibrate": (CK / LAYOUT.dacd / LAYOUT.calibration, ["train/calibrate.py"]),
+    "distribution-view": (CK / LAYOUT.distribution_view, ["train/distribution_view.py", "--checkpoint", str(CK)]),
 }
 
 
