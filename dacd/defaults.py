@@ -96,9 +96,10 @@ class Limit:
 
     def describe(self) -> str:
         kind = "a whole number" if self.integer else "a number"
+        lo, hi = (f"{int(v):d}" if self.integer and math.isfinite(v) else f"{v:g}" for v in (self.lo, self.hi))
         if math.isinf(self.hi):
-            return f"{kind} of at least {self.lo:g}"
-        return f"{kind} from {self.lo:g} to {self.hi:g}"
+            return f"{kind} of at least {lo}"
+        return f"{kind} from {lo} to {hi}"
 
     def check(self, value) -> float | int:
         """`value` as float (int if integer) when allowed, else a ValueError naming the input and the range."""

@@ -148,7 +148,7 @@ class Explorer:
         out = []
         for s in s_values:
             r = sub.iloc[int(np.argmin(np.abs(sub.s.to_numpy() - s)))]
-            out.append((self.image(r.id), f"real · s={r.s:.3f} · {r.id}"))
+            out.append((self.image(r.id), f"real · s={r.s:.3f} (nearest to {s:.2f}) · {r.id}"))
         return out
 
     def count_near(self, class_name, s: float, width: float = 0.1, split: str = "train") -> int:

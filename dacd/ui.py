@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import random
 import tempfile
 import zipfile
@@ -12,10 +13,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import gradio as gr
+import torch
 
-from .data import DatasetError
+from .data import DatasetError, resolve_class
 from .defaults import APP_LIMITS, DIFFICULTY, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
-from .explore import BROWSE_PERCENTILES, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
+from .explore import BROWSE_PERCENTILES, DEFAULT_VIEW, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
 from .plots import (
     calibration_figure,
     data_map_figure,
@@ -36,48 +38,120 @@ except ImportError:  # pragma: no cover - depends on the host
         return fn if fn is not None else (lambda f: f)
 
 DISPLAY_SCALE = 5  # 32 px -> 160 px, nearest-neighbour: pixels stay crisp
-CSS = ".dacd-gallery img { image-rendering: pixelated; }"
 THEME = "soft"
+# Galleries: thumbnails of at least 144 px in as many columns as fit, each caption under its image
+# in full (wrapped, never cut or over the image), room above for the gallery's label, no reserved
+# blank height.
+CSS = """
+.dacd-gallery img { image-rendering: pixelated; }
+.dacd-gallery .grid-wrap { overflow: visible !important; height: auto !important; max-height: none !important;
+  padding-top: 2.4em !important; }
+.dacd-gallery .fixed-height { min-height: 0 !important; max-height: none !important; }
+.dacd-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(144px, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; }
+.dacd-gallery .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column; overflow: visible !important; }
+.dacd-gallery .thumbnail-item img { aspect-ratio: 1 / 1; width: 100% !important; height: auto !important;
+  min-width: 128px; }
+.dacd-gallery .caption-label { position: static !important; max-width: none !important; width: auto;
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; opacity: 1 !important;
+  border: none !important; border-radius: 0 !important; line-height: 1.3; overflow-wrap: anywhere; }
+.dacd-note { font-size: 0.95em; }
+"""
 
 
-class _NamesItself:
-    """Out-of-range input through the API is refused with a message naming the control."""
+def sentence(text: str) -> str:
+    """An error as a sentence: capital first letter, final full stop, no wrapping quotes."""
+    text = str(text).strip().strip("'\"").strip()
+    if not text:
+        return "Something went wrong."
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+class _Limited:
+    """A numeric control bounded by an `APP_LIMITS` entry (`limit`, set by `Slider`/`Number`): a
+    value sent through the API outside it is refused while the event is processed (so
+    gradio_client receives the reason) with the same sentence the library uses. (Gradio builds a
+    component's config from its __init__ signature, so these classes keep Gradio's __init__.)"""
+
+    limit = None
 
     def preprocess(self, payload):
+        if payload is None:
+            return None
         try:
-            return super().preprocess(payload)
-        except gr.Error as e:
-            raise gr.Error(f"{self.label}: {e.message}") from None
+            return self.limit.check(payload)
+        except ValueError as e:
+            raise gr.Error(sentence(str(e))) from None
+
+    def api_info(self) -> dict:
+        kind = "integer" if self.limit.integer else "number"
+        return {"type": kind, "description": sentence(f"{self.limit.label}: {self.limit.describe()}")}
 
 
-class Slider(_NamesItself, gr.Slider):
+class LimitedSlider(_Limited, gr.Slider):
     def get_block_name(self) -> str:  # rendered by Gradio's own slider
         return "slider"
 
 
-class Number(_NamesItself, gr.Number):
+class LimitedNumber(_Limited, gr.Number):
     def get_block_name(self) -> str:
         return "number"
 
 
-def span(limit: str) -> dict:
-    """A slider's or number box's bounds: those of `APP_LIMITS[limit]`, which the validators check."""
+def _bounded(cls, limit: str, **kwargs):
     lim = APP_LIMITS[limit]
-    return {"minimum": lim.lo, "maximum": lim.hi}
+    control = cls(minimum=lim.lo, maximum=lim.hi, **kwargs)
+    control.limit = lim
+    return control
+
+
+def Slider(limit: str, **kwargs) -> LimitedSlider:  # noqa: N802 - reads like the component it builds
+    """A slider spanning `APP_LIMITS[limit]`, refusing anything else through the API."""
+    return _bounded(LimitedSlider, limit, **kwargs)
+
+
+def Number(limit: str, **kwargs) -> LimitedNumber:  # noqa: N802
+    """A number box spanning `APP_LIMITS[limit]`, refusing anything else through the API."""
+    return _bounded(LimitedNumber, limit, **kwargs)
+
+
+class ClassDropdown(gr.Dropdown):
+    """The class picker (built by `ClassBox`): a fixed list in the page (no free typing), while
+    API clients may send a class name in any case or its number; unknown classes are refused with
+    the list of classes."""
+
+    class_names: list = []
+    extra: tuple = ()
+
+    def get_block_name(self) -> str:
+        return "dropdown"
+
+    def preprocess(self, payload):
+        if payload is None or payload in self.extra or payload in self.class_names:
+            return payload
+        try:
+            return self.class_names[resolve_class(payload, self.class_names)]
+        except ValueError as e:
+            raise gr.Error(sentence(str(e))) from None
+
+    def api_info(self) -> dict:
+        also = f", {', '.join(map(repr, self.extra))}" if self.extra else ""
+        return {"type": "string", "description": f"a class name ({', '.join(self.class_names)}{also}) or its number"}
+
+
+def ClassBox(choices, class_names, extra=(), **kwargs) -> ClassDropdown:  # noqa: N802
+    box = ClassDropdown(choices, allow_custom_value=False, filterable=False, **kwargs)
+    box.class_names, box.extra = list(class_names), tuple(extra)
+    return box
 
 
 # ---------------------------------------------------------------- an event's inputs, by name
 
 def limited(limit: str):
-    """A field of an event's inputs that the validator checks against `APP_LIMITS[limit]`."""
+    """A field of an event's inputs bounded by `APP_LIMITS[limit]` (its control is built with it)."""
     return field(metadata={"limit": limit})
-
-
-def check_limits(x, skip=()) -> None:
-    """ValueError for the first field of `x` (not named in `skip`) outside its `limited(...)` bounds."""
-    for f in fields(x):
-        if "limit" in f.metadata and f.name not in skip:
-            APP_LIMITS[f.metadata["limit"]].check(getattr(x, f.name))
 
 
 def in_order(inputs_cls, **controls) -> list:
@@ -112,85 +186,93 @@ def takes(inputs_cls):
     return decorate
 
 
-def refuse(inputs_cls, check):
-    """A Gradio event validator: `check(inputs)` raising ValueError refuses the event before it
-    reaches the queue, with the error's message."""
-
-    @takes(inputs_cls)
-    def validate(x):
-        try:
-            check(x)
-        except ValueError as e:
-            raise gr.Error(str(e)) from e
-        return [gr.validate(True, "") for _ in fields(x)]
-
-    return validate
-
-
 def user_errors(fn):
-    """Turn the library's clear errors into a gr.Error the user sees; the app keeps serving."""
+    """The library's clear errors reach the user (a toast in the page, the exception's text in
+    gradio_client) as sentences; the app keeps serving. Handlers check their inputs before any
+    work, so a refusal is immediate."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except gr.Error:
+            raise
         except (ValueError, FileNotFoundError, DatasetError, OSError) as e:
-            raise gr.Error(str(e)) from e
+            raise gr.Error(sentence(str(e))) from e
 
     return wrapper
 
 
+def note(text: str):
+    """A tab's plain-words "what am I looking at"."""
+    return gr.Markdown(text, elem_classes="dacd-note")
+
+
 def intro(ex: Explorer) -> str:
+    device = ex.device() if hasattr(ex, "device") else "cpu"
     return (
-        "**dacd — difficulty-aware controlled diffusion.** Generate images of a class at a chosen difficulty "
-        "`s = 1 − p(true class)`, sweep the difficulty with the noise fixed to see what makes a class hard, and "
-        "check with an independent classifier that the dial really works. "
-        f"Loaded checkpoint: `{ex.checkpoint}` (device: {ex.device() if hasattr(ex, 'device') else 'cpu'})."
+        "## dacd: difficulty-aware controlled diffusion\n"
+        "Make training images of a class at a chosen **difficulty** `s = 1 − p(true class)`: `s` near 0 is an item a "
+        "classifier finds easy, near 1 one it finds hard. Every generated image is then *measured* by a separate "
+        "evaluation classifier, so you can see whether the dial did what was asked. "
+        f"Checkpoint: **{ex.name}** · device: {device}."
     )
 
 
 # ---------------------------------------------------------------- browse
 
-def browse_tab(ex: Explorer, class_choices: list[str]) -> None:
+def browse_tab(ex: Workbench, class_names: list[str]) -> None:
     @user_errors
     def browse(class_name: str):
         r = ex.browse(class_name)
         gallery = [(to_pil(im, DISPLAY_SCALE), cap) for im, cap in zip(r.images, r.captions)]
+        table = ex.hardest(class_name)
+        numbers = table.select_dtypes("number").columns
+        table[numbers] = table[numbers].astype(float).round(3)  # float32 would show 0.8999999761581421
         return (gallery, difficulty_histogram(ex.scores[ex.scores.split == "train"], class_name),
-                data_map_figure(ex.scores, class_name), ex.hardest(class_name))
+                data_map_figure(ex.scores, class_name), table)
 
     @user_errors
     def show_image(image_id: str):
         image_id = (image_id or "").strip()
+        if not image_id:
+            raise ValueError("Give an image id such as train:123 (pick a row of the table, or type one)")
+        image = ex.image(image_id)
         row = ex.scores[ex.scores.id == image_id]
-        caption = (f"{image_id} · {row.class_name.iloc[0]} · s={row.s.iloc[0]:.3f} · predicted "
-                   f"{row.pred_name.iloc[0]} · {row.region.iloc[0]}") if len(row) else image_id
-        return to_pil(ex.image(image_id), 8), caption
+        caption = (f"**{image_id}** · {row.class_name.iloc[0]} · s = {row.s.iloc[0]:.3f} · predicted "
+                   f"{row.pred_name.iloc[0]} · {row.region.iloc[0]}") if len(row) else f"**{image_id}** (no score)"
+        return to_pil(image, 8), caption
 
     def pick(table, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return table.iloc[row]["id"]
 
-    with gr.Tab("Browse real data"):
-        gr.Markdown("Real training images of one class from easiest to hardest (percentiles of `s`), the class's "
-                    "score histogram against all classes, and its data map. Pick a row of the table, or type an id, "
-                    "to see that image.")
+    with gr.Tab("Real data", id="browse"):
+        note("**What am I looking at?** Real training images of one class, from the easiest (`p0`, the classifier is "
+             "sure) to the hardest (`p100`, the classifier thinks it is another class), with each image's `s` and "
+             "what the scoring classifier predicted. The histogram shows how the class's difficulty compares with "
+             "all classes. The **data map** plots each image by *confidence* (the classifier's mean probability for "
+             "the true class during training) against *variability* (how much that probability moved between "
+             "epochs): *easy-to-learn* images are confident and stable, *hard-to-learn* ones stay unlikely, "
+             "*ambiguous* ones swing. Pick a row of the table to see an image.")
         with gr.Row():
-            cls = gr.Dropdown(class_choices, value=class_choices[0] if class_choices else None, label="class",
-                              allow_custom_value=True)
-            go_btn = gr.Button("Browse", variant="primary")
-        gallery = gr.Gallery(label=f"percentiles {', '.join(map(str, BROWSE_PERCENTILES))} of s", columns=9,
-                             height="auto", format="png", object_fit="contain", elem_classes="dacd-gallery")
+            cls = ClassBox(class_names, class_names, value=class_names[0] if class_names else None, label="class",
+                           scale=3)
+            go_btn = gr.Button("Browse", variant="primary", elem_id="browse-button", scale=1)
+        gallery = gr.Gallery(label=f"percentiles {', '.join(map(str, BROWSE_PERCENTILES))} of s (easy → hard)",
+                             height="auto", format="png", object_fit="contain", elem_classes="dacd-gallery",
+                             elem_id="browse-gallery", allow_preview=False)
         with gr.Row():
-            hist = gr.Plot(label="difficulty histogram")
-            dmap = gr.Plot(label="data map")
+            hist = gr.Plot(label="difficulty histogram", min_width=320)
+            dmap = gr.Plot(label="data map", min_width=320)
         with gr.Row():
-            table = gr.Dataframe(label="hardest images of the class", interactive=False, max_height=300)
-            with gr.Column():
+            table = gr.Dataframe(label="hardest images of the class", interactive=False, max_height=320,
+                                 min_width=320)
+            with gr.Column(min_width=320):
                 image_id = gr.Textbox(label="image id", placeholder="train:123")
                 show_btn = gr.Button("Show image")
                 shown = gr.Image(label="image", type="pil", format="png", height=256)
-                shown_caption = gr.Markdown()
+                shown_caption = gr.Markdown(label="image details")
         go_btn.click(browse, cls, [gallery, hist, dmap, table], api_name="browse")
         cls.change(browse, cls, [gallery, hist, dmap, table], api_visibility="private")
         show_btn.click(show_image, image_id, [shown, shown_caption], api_name="show_image")
@@ -216,39 +298,34 @@ class GenerateInputs:
     prompt: str
 
 
-def generate_validator(ex: Workbench):
-    def check(x: GenerateInputs):
-        ex.class_index(x.class_name)
-        check_limits(x, skip=("seed",) if x.randomize else ())  # a random seed replaces the box's
-
-    return refuse(GenerateInputs, check)
+def generate_caption(requested, conditioned, measured, predicted, seed, calibrated: bool) -> str:
+    return (f"requested s={requested:.2f}" + (f" (conditioned {conditioned:.2f})" if calibrated else "")
+            + f" · measured s={measured:.2f} · predicted {predicted} · seed {seed}")
 
 
-def generate_tab(ex: Workbench, class_choices: list[str]):
+def generate_tab(ex: Workbench, class_names: list[str]):
     @user_errors
     @gpu
     @takes(GenerateInputs)
     def generate(x: GenerateInputs, progress=gr.Progress()):
-        seed = random.randint(0, MAX_SEED) if x.randomize else int(x.seed)
-        r = ex.generate(x.class_name, x.s, int(x.n), seed, steps=int(x.steps), guidance_scale=x.g,
-                        difficulty_guidance_scale=x.gd, prompt=x.prompt, calibrated=x.calibrated,
+        seed = random.randint(0, MAX_SEED) if x.randomize else x.seed
+        r = ex.generate(x.class_name, x.s, x.n, seed, steps=x.steps, guidance_scale=x.g,
+                        difficulty_guidance_scale=x.gd, prompt=x.prompt or None, calibrated=bool(x.calibrated),
                         progress=lambda f, d: progress(f, desc=d))
-        gallery = [(to_pil(im, DISPLAY_SCALE),
-                    f"requested s={rq:.2f}" + (f" (conditioned {cs:.2f})" if x.calibrated else "")
-                    + f" · measured s={ms:.2f} · predicted {pr} · seed {sd}")
+        gallery = [(to_pil(im, DISPLAY_SCALE), generate_caption(rq, cs, ms, pr, sd, bool(x.calibrated)))
                    for im, rq, cs, ms, pr, sd in zip(r.images, r.requested_s, r.conditioning_s, r.measured_s,
                                                      r.predicted, r.seeds)]
-        s = float(x.s)
-        near = ex.count_near(x.class_name, s, NEAR_WIDTH)
-        warn = (f"⚠️ Only {near} real training images of {x.class_name} have s within ±{NEAR_WIDTH} of {s:.2f}: "
+        s, name = float(x.s), ex.class_names[ex.class_index(x.class_name)]
+        near = ex.count_near(name, s, NEAR_WIDTH)
+        warn = (f"⚠️ Only {near} real training images of {name} have s within ±{NEAR_WIDTH} of {s:.2f}: "
                 "the model is extrapolating here, take these images with care." if near < NEAR_MIN_COUNT else
-                f"{near} real training images of {x.class_name} lie within ±{NEAR_WIDTH} of s={s:.2f}.")
-        return gallery, measured_histogram(r.measured_s, s), warn, seed, r
+                f"{near} real training images of {name} lie within ±{NEAR_WIDTH} of s = {s:.2f}.")
+        return gallery, measured_histogram(r.measured_s, s), warn, int(seed), r
 
     @user_errors
     def export(state):
         if state is None:
-            raise ValueError("generate some images first, then export them")
+            raise ValueError("Generate some images first, then export them")
         folder = Path(tempfile.mkdtemp(prefix="dacd-export-"))
         path = folder / "dacd_images.zip"
         with zipfile.ZipFile(path, "w") as z:
@@ -258,44 +335,44 @@ def generate_tab(ex: Workbench, class_choices: list[str]):
             z.writestr("manifest.csv", state.manifest(ex.class_names).to_csv(index=False))
         return str(path)
 
-    with gr.Tab("Generate"):
-        gr.Markdown("Pick a class and a difficulty; every image is measured by the evaluation classifier "
-                    "(another architecture and seed than the scoring classifier).")
+    with gr.Tab("Generate", id="generate"):
+        note("**What am I looking at?** Pick a class and a difficulty `s`, then *Generate*. Under each image: the `s` "
+             "you asked for, the `s` a separate evaluation classifier measured on it, and the class it thinks the "
+             "image shows (a hard image is often mistaken for a neighbouring class). The histogram sums up how far "
+             "the measured values are from the request. *Calibrated* asks the model for the value that measured as "
+             "your request when the checkpoint was built.")
         with gr.Row():
-            with gr.Column(scale=1):
-                cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None,
-                                  label="class", allow_custom_value=True)
-                s = Slider(**span("difficulty"), value=0.5, step=0.01, label="difficulty s (0 = easy, 1 = hard)")
-                calibrated = gr.Checkbox(ex.has_calibration(), label="calibrated (ask for the measured difficulty)",
-                                         info="condition on the value the scoring classifier measures as s")
-                n = Slider(**span("num_images"), value=8, step=1, label="number of images")
+            with gr.Column(scale=1, min_width=280):
+                cls = ClassBox(class_names, class_names, value=class_names[6] if len(class_names) > 6 else None,
+                               label="class")
+                s = Slider("difficulty", value=DIFFICULTY.mu, step=0.01, label="difficulty s (0 = easy, 1 = hard)")
+                calibrated = gr.Checkbox(ex.has_calibration(), label="calibrated (ask for the measured difficulty)")
+                n = Slider("num_images", value=8, step=1, label="number of images")
                 with gr.Row():
-                    seed = Number(0, label="seed", precision=0, **span("seed"))
+                    seed = Number("seed", value=0, label="seed", precision=0)
                     randomize = gr.Checkbox(False, label="randomize seed")
                 with gr.Accordion("sampling", open=False):
-                    steps = Slider(**span("num_inference_steps"), value=SAMPLING.num_inference_steps, step=1,
+                    steps = Slider("num_inference_steps", value=SAMPLING.num_inference_steps, step=1,
                                    label=f"steps ({SAMPLING.scheduler})")
-                    g = Slider(**span("guidance_scale"), value=SAMPLING.guidance_scale, step=0.5,
-                               label="text guidance g_t")
-                    gd = Slider(**span("difficulty_guidance_scale"), value=SAMPLING.difficulty_guidance_scale,
-                                step=0.5, label="difficulty guidance g_d")
-                    prompt = gr.Textbox(label=f"prompt (empty: '{PROMPT_TEMPLATE.format('{class}')}')")
+                    g = Slider("guidance_scale", value=SAMPLING.guidance_scale, step=0.5, label="text guidance g_t")
+                    gd = Slider("difficulty_guidance_scale", value=SAMPLING.difficulty_guidance_scale, step=0.5,
+                                label="difficulty guidance g_d")
+                    prompt = gr.Textbox("", label=f"prompt (empty: '{PROMPT_TEMPLATE.format('{class}')}')")
                 btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
-            with gr.Column(scale=3):
-                gallery = gr.Gallery(label="generated", columns=8, height="auto", format="png", object_fit="contain",
-                                     elem_id="generate-gallery", elem_classes="dacd-gallery")
-                warn = gr.Markdown(elem_id="generate-warning")
+            with gr.Column(scale=3, min_width=300):
+                gallery = gr.Gallery(label="generated images", height="auto", format="png", object_fit="contain",
+                                     elem_id="generate-gallery", elem_classes="dacd-gallery", allow_preview=False)
+                warn = gr.Markdown(label="real images near this s", elem_id="generate-warning")
                 with gr.Row():
-                    hist = gr.Plot(label="measured s")
-                    with gr.Column():
-                        used_seed = Number(label="seed used (reusable)", precision=0, interactive=False)
+                    hist = gr.Plot(label="measured s", min_width=280)
+                    with gr.Column(min_width=200):
+                        used_seed = gr.Number(label="seed used (reusable)", precision=0, interactive=False)
                         export_btn = gr.Button("Export images + manifest (zip)")
-                        export_file = gr.File(label="export")
+                        export_file = gr.File(label="export", height=80)
         state = gr.State(None)
         inputs = in_order(GenerateInputs, class_name=cls, s=s, calibrated=calibrated, n=n, seed=seed,
                           randomize=randomize, steps=steps, g=g, gd=gd, prompt=prompt)
-        btn.click(generate, inputs, [gallery, hist, warn, used_seed, state], api_name="generate",
-                  validator=generate_validator(ex))
+        btn.click(generate, inputs, [gallery, hist, warn, used_seed, state], api_name="generate")
         export_btn.click(export, state, export_file, api_name="export")
 
 
@@ -315,64 +392,63 @@ class SweepInputs:
 def parse_seeds(text) -> list[int]:
     parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p]
     if not parts:
-        raise ValueError("give at least one seed, e.g. '0, 1, 2, 3'")
+        raise ValueError("Give at least one seed, e.g. '0, 1, 2, 3'")
     try:
-        return [APP_LIMITS["seed"].check(p) for p in parts]
+        seeds = [APP_LIMITS["seed"].check(p) for p in parts]
     except ValueError as e:
-        raise ValueError(f"{e} Seeds are whole numbers separated by commas.") from None
+        raise ValueError(f"{sentence(str(e))} Seeds are whole numbers separated by commas.") from None
+    APP_LIMITS["sweep_rows"].check(len(seeds))
+    return seeds
 
 
-def sweep_validator(ex: Workbench):
-    def check(x: SweepInputs):
-        ex.class_index(x.class_name)
-        APP_LIMITS["sweep_rows"].check(len(parse_seeds(x.seeds)))
-        check_limits(x)
-
-    return refuse(SweepInputs, check)
-
-
-def sweep_tab(ex: Workbench, class_choices: list[str]):
+def sweep_tab(ex: Workbench, class_names: list[str]):
     @user_errors
     @gpu
     @takes(SweepInputs)
     def sweep(x: SweepInputs, progress=gr.Progress()):
-        r = ex.sweep(x.class_name, parse_seeds(x.seeds), int(x.columns), difficulty_only=bool(x.difficulty_only),
-                     steps=int(x.steps), progress=lambda f, d: progress(f, desc=d))
+        seeds = parse_seeds(x.seeds)
+        r = ex.sweep(x.class_name, seeds, x.columns, difficulty_only=bool(x.difficulty_only), steps=x.steps,
+                     progress=lambda f, d: progress(f, desc=d))
         rows, cols = r["measured"].shape
-        grid = image_grid([im for row in r["images"] for im in row], ncols=cols, scale=4)
+        grid = image_grid([im for row in r["images"] for im in row], ncols=cols, scale=4,
+                          column_labels=[f"s={v:.2f}" for v in r["s_values"]],
+                          row_labels=[f"seed {sd}" for sd in r["seeds"]])
         real = [(to_pil(im, DISPLAY_SCALE), cap) for im, cap in r["real"]]
         base = [(to_pil(im, DISPLAY_SCALE), f"baseline · seed {sd} · measured s={m:.2f}")
                 for im, sd, m in zip(r.get("baseline", []), r["seeds"], r.get("baseline_measured", []))]
-        header = " · ".join(f"{v:.2f}" for v in r["s_values"])
-        return (grid, f"columns: requested s = {header}; rows: seeds {', '.join(map(str, r['seeds']))}",
-                sweep_lines(r["s_values"], r["measured"], r["seeds"], r.get("baseline_measured")), real, base)
+        caption = (f"Columns: requested s from {r['s_values'][0]:.2f} to {r['s_values'][-1]:.2f}; rows: seeds "
+                   f"{', '.join(map(str, r['seeds']))} (the starting noise is the same along a row).")
+        return grid, caption, sweep_lines(r["s_values"], r["measured"], r["seeds"], r.get("baseline_measured")), real, base
 
-    with gr.Tab("Difficulty factors"):
-        gr.Markdown("Sweep `s` from easy to hard with the noise fixed along each row: what changes is what makes "
-                    "the class hard. *Difficulty only* drops the prompt (empty prompt + difficulty tokens), as in the "
-                    "paper's factor visualisation.")
+    with gr.Tab("Difficulty factors", id="sweep"):
+        note("**What am I looking at?** Each row starts from the same random noise and only the requested difficulty "
+             "changes from left (easy) to right (hard), so what changes along a row is what makes this class hard "
+             "for a classifier. The plot shows what the evaluation classifier measured along each row (the dotted "
+             "line is *measured = requested*; crosses are the baseline model without the dial). Below: real images "
+             "of the class at the same `s`, for comparison. *Difficulty only* drops the text prompt.")
         with gr.Row():
-            cls = gr.Dropdown(class_choices, value=class_choices[6] if len(class_choices) > 6 else None, label="class",
-                              allow_custom_value=True)
-            seeds = gr.Textbox("0, 1, 2, 3", label="seeds (one row each)")
-            columns = Slider(**span("sweep_columns"), value=8, step=1, label="columns (s steps)")
-            difficulty_only = gr.Checkbox(False, label="difficulty only")
-            steps = Slider(**span("num_inference_steps"), value=SAMPLING.num_inference_steps, step=1, label="steps")
-            btn = gr.Button("Sweep", variant="primary")
+            cls = ClassBox(class_names, class_names, value=class_names[6] if len(class_names) > 6 else None,
+                           label="class", min_width=160)
+            seeds = gr.Textbox("0, 1, 2, 3", label="seeds (one row each)", min_width=160)
+            columns = Slider("sweep_columns", value=8, step=1, label="columns (s steps)", min_width=160)
+            steps = Slider("num_inference_steps", value=SAMPLING.num_inference_steps, step=1, label="steps",
+                           min_width=160)
         with gr.Row():
-            with gr.Column(scale=3):
-                grid = gr.Image(label="sweep (rows: seeds, columns: easy → hard)", type="pil", format="png",
-                                elem_classes="dacd-gallery")
-                caption = gr.Markdown()
-            lines = gr.Plot(label="measured s along each row")
+            difficulty_only = gr.Checkbox(False, label="difficulty only (no prompt)")
+            btn = gr.Button("Sweep", variant="primary", elem_id="sweep-button")
+        caption = gr.Markdown(label="how to read the grid")
+        grid = gr.Image(label="sweep: rows are seeds, columns go from easy to hard", type="pil", format="png",
+                        elem_classes="dacd-gallery", elem_id="sweep-grid", show_label=False)  # headers in the image
+        lines = gr.Plot(label="measured s along each row")
         with gr.Row():
-            real = gr.Gallery(label="real images of the class at the same s", columns=8, height="auto", format="png",
-                              elem_classes="dacd-gallery")
-            base = gr.Gallery(label="baseline (no difficulty control), same seeds", columns=4, height="auto",
-                              format="png", elem_classes="dacd-gallery")
+            real = gr.Gallery(label="real images of the class at the same s", height="auto", format="png",
+                              elem_classes="dacd-gallery", elem_id="sweep-real", allow_preview=False, min_width=300)
+            base = gr.Gallery(label="baseline (no difficulty control), same seeds", height="auto", format="png",
+                              elem_classes="dacd-gallery", elem_id="sweep-baseline", allow_preview=False,
+                              min_width=300)
         inputs = in_order(SweepInputs, class_name=cls, seeds=seeds, columns=columns, difficulty_only=difficulty_only,
                           steps=steps)
-        btn.click(sweep, inputs, [grid, caption, lines, real, base], api_name="sweep", validator=sweep_validator(ex))
+        btn.click(sweep, inputs, [grid, caption, lines, real, base], api_name="sweep")
 
 
 # ---------------------------------------------------------------- distributions
@@ -388,78 +464,91 @@ class DistributionInputs:
     seed: int = limited("seed")
 
 
-def distribution_validator(ex: Workbench):
-    def check(x: DistributionInputs):
-        check_limits(x)
-        if x.class_name not in (None, "", "all"):
-            ex.class_index(x.class_name)
+def distribution_outputs(r: dict):
+    """The figure and the share table of a Distributions result (live or the stored default view)."""
+    curves = {k: r[k] for k in ("requested", "dacd", "baseline", "real") if k in r}
+    lo, hi = r["band"]
+    rows = "\n".join(f"| {k} | {v:.1%} |" for k, v in r["shares"].items())
+    text = (f"Share of images in the medium band [{lo}, {hi}] (all measured by the evaluation classifier "
+            f"except *requested*):\n\n| set | share |\n|---|---|\n{rows}")
+    return distribution_figure(curves, r["band"]), text
 
-    return refuse(DistributionInputs, check)
 
-
-def distribution_tab(ex: Workbench, class_choices: list[str]):
+def distribution_tab(ex: Workbench, class_names: list[str]):
     @user_errors
     @gpu
     @takes(DistributionInputs)
     def distribution(x: DistributionInputs, progress=gr.Progress()):
-        r = ex.distribution(x.mu, x.sigma, int(x.n), x.class_name, int(x.seed),
-                            progress=lambda f, d: progress(f, desc=d))
-        curves = {k: r[k] for k in ("requested", "dacd", "baseline", "real") if k in r}
-        lo, hi = r["band"]
-        rows = "\n".join(f"| {k} | {v:.1%} |" for k, v in r["shares"].items())
-        text = (f"Share of images in the medium band [{lo}, {hi}] (all measured by the evaluation classifier "
-                f"except *requested*):\n\n| set | share |\n|---|---|\n{rows}")
-        return distribution_figure(curves, r["band"]), text
+        r = ex.distribution(x.mu, x.sigma, x.n, x.class_name, x.seed, progress=lambda f, d: progress(f, desc=d))
+        return distribution_outputs(r)
 
-    with gr.Tab("Distributions"):
-        gr.Markdown("The paper's central figure, live: ask for `s ~ N(mu, sigma)` and compare what dacd, the baseline "
-                    "and real test images (same instrument) actually measure.")
+    with gr.Tab("Distributions", id="distribution"):
+        note("**What am I looking at?** A synthetic training set is made by asking for difficulties drawn from a "
+             "bell curve `s ~ N(mu, sigma)`: *mu* is the average difficulty asked for, *sigma* its spread, *N* the "
+             "number of images. The top histogram is that plan; below it, what a separate evaluation classifier "
+             "measured on the **dacd** images, on the **baseline** model's images (same classes, no difficulty "
+             "dial) and on **real** test images chosen for the same plan. The closer a set's histogram is to the "
+             "plan, the better the dial works; the shaded *medium band* is where the paper says useful training "
+             "images lie. The default view is precomputed; *Compare* recomputes it for your settings.")
         with gr.Row():
-            mu = Slider(**span("mu"), value=DIFFICULTY.mu, step=0.05, label="mu")
-            sigma = Slider(**span("sigma"), value=DIFFICULTY.sigma, step=0.01, label="sigma")
-            n = Slider(**span("distribution_n"), value=200, step=1, label="N")
-            cls = gr.Dropdown(["all"] + class_choices, value="all", label="class", allow_custom_value=True)
-            seed = Number(0, label="seed", precision=0, **span("seed"))
-            btn = gr.Button("Compare", variant="primary")
+            mu = Slider("mu", value=DIFFICULTY.mu, step=0.05, label="mu (mean difficulty asked for)", min_width=160)
+            sigma = Slider("sigma", value=DIFFICULTY.sigma, step=0.01, label="sigma (spread)", min_width=160)
+            n = Slider("distribution_n", value=DEFAULT_VIEW["n"], step=1, label="N (images per set)", min_width=160)
         with gr.Row():
-            fig = gr.Plot(label="histograms")
-            shares = gr.Markdown()
+            cls = ClassBox(["all"] + class_names, class_names, extra=("all",), value="all", label="class",
+                           min_width=160)
+            seed = Number("seed", value=0, label="seed", precision=0, min_width=120)
+            btn = gr.Button("Compare", variant="primary", elem_id="distribution-button")
+        with gr.Row():
+            fig = gr.Plot(label="histograms", min_width=320, scale=2)
+            shares = gr.Markdown(label="medium-band shares", elem_id="distribution-shares")
         calib = gr.Plot(label="calibration curve")
         inputs = in_order(DistributionInputs, mu=mu, sigma=sigma, n=n, class_name=cls, seed=seed)
-        btn.click(distribution, inputs, [fig, shares], api_name="distribution", validator=distribution_validator(ex))
+        # its own queue: a long comparison never holds up Generate or Sweep
+        btn.click(distribution, inputs, [fig, shares], api_name="distribution", concurrency_id="distribution",
+                  concurrency_limit=1)
 
-        def show_calibration():
+        def first_view():
+            """The stored default view and the calibration curve, shown when the page opens."""
             try:
                 cal = ex.pipeline("dacd").calibration
             except (FileNotFoundError, OSError, ValueError):
                 cal = None
-            return calibration_figure(cal, ex.class_names)
+            stored = ex.default_distribution()
+            view = distribution_outputs(stored) if stored else (None, "Press *Compare* to compute a view.")
+            return (*view, calibration_figure(cal, ex.class_names))
 
-        return show_calibration, calib
+        return first_view, [fig, shares, calib]
 
 
 # ---------------------------------------------------------------- app
 
-def build_app(ex: Workbench | None = None, max_queue: int = 16, concurrency: int = 1) -> gr.Blocks:
+def default_concurrency(threads: int) -> int:
+    """Events served at once: one per `threads` CPU cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
+
+
+def build_app(ex: Workbench | None = None, max_queue: int = 16, concurrency: int | None = None) -> gr.Blocks:
     ex = ex or Workbench()
+    problems = ex.problems()
     try:
-        class_choices = ex.class_names
-    except (FileNotFoundError, ValueError) as e:  # the app still opens and says what is missing
-        class_choices, missing = [], str(e)
-    else:
-        missing = None
+        class_names = ex.class_names
+    except (FileNotFoundError, ValueError, OSError) as e:  # the app still opens and says what is missing
+        class_names = []
+        problems = problems or [sentence(str(e))]
     with gr.Blocks(title="dacd: difficulty-aware controlled diffusion", analytics_enabled=False) as demo:
         gr.Markdown(intro(ex))
-        if missing:
-            gr.Markdown(f"⚠️ {missing}")
-        with gr.Tabs():
-            generate_tab(ex, class_choices)
-            sweep_tab(ex, class_choices)
-            show_calibration, calib = distribution_tab(ex, class_choices)
-            browse_tab(ex, class_choices)
-        if class_choices:
-            demo.load(show_calibration, None, calib, api_visibility="private")
-    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
+        if problems:
+            gr.Markdown("\n".join(f"> ⚠️ {p}" for p in problems), elem_id="problems")
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone, tabs wrap instead of hiding behind "⋯"
+            generate_tab(ex, class_names)
+            sweep_tab(ex, class_names)
+            first_view, first_outputs = distribution_tab(ex, class_names)
+            browse_tab(ex, class_names)
+        if class_names:
+            demo.load(user_errors(first_view), None, first_outputs, api_visibility="private")
+    limit = concurrency or default_concurrency(torch.get_num_threads())
+    demo.queue(max_size=max_queue, default_concurrency_limit=limit)
     return demo
 
 

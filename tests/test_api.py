@@ -15,7 +15,7 @@ REQUIRED = "<no default>"  # a parameter the client must pass
 # checkpoint (no calibration curve, so `calibrated` is off by default).
 API = {
     "/generate": [("class_name", "Shirt"), ("s", 0.5), ("calibrated", False), ("n", 8), ("seed", 0),
-                  ("randomize", False), ("steps", 15), ("g", 5.0), ("gd", 8.0), ("prompt", REQUIRED)],
+                  ("randomize", False), ("steps", 15), ("g", 5.0), ("gd", 8.0), ("prompt", "")],
     "/export": [],
     "/sweep": [("class_name", "Shirt"), ("seeds", "0, 1, 2, 3"), ("columns", 8), ("difficulty_only", False),
                ("steps", 15)],
@@ -54,7 +54,7 @@ def app(tmp_path_factory):
     return build_app(NamedClasses(tmp_path_factory.mktemp("no-checkpoint")))
 
 
-def test_every_slider_spans_exactly_what_its_validator_accepts(app):
+def test_every_bounded_control_spans_exactly_what_it_accepts(app):
     import gradio as gr
 
     from dacd.ui import DistributionInputs, GenerateInputs, SweepInputs
@@ -64,23 +64,39 @@ def test_every_slider_spans_exactly_what_its_validator_accepts(app):
     for fn in app.fns.values():
         if fn.api_name not in inputs_of:
             continue
-        defaults = [c.value for c in fn.inputs]
-        assert all(v["is_valid"] for v in fn.validator(*defaults))
-        for i, (f, control) in enumerate(zip(fields(inputs_of[fn.api_name]), fn.inputs, strict=True)):
-            if not isinstance(control, (gr.Slider, gr.Number)):
+        for f, control in zip(fields(inputs_of[fn.api_name]), fn.inputs, strict=True):
+            if "limit" not in f.metadata:
                 continue
             limit = APP_LIMITS[f.metadata["limit"]]
+            assert control.limit is limit, (fn.api_name, f.name)
             assert (control.minimum, control.maximum) == (limit.lo, limit.hi), (fn.api_name, f.name)
-            step = control.step or 1
+            assert control.preprocess(control.value) == control.value  # the default is allowed
+            step = control.step if isinstance(control, gr.Slider) else 1
             for value, allowed in ((limit.lo, True), (limit.hi, True), (limit.lo - step, False),
                                    (limit.hi + step, False)):
-                args = defaults[:i] + [value] + defaults[i + 1:]
                 if allowed:
-                    fn.validator(*args)
+                    assert control.preprocess(value) == value
                 else:
-                    with pytest.raises(gr.Error, match=re.escape(limit.label)):
-                        fn.validator(*args)
+                    with pytest.raises(gr.Error, match=re.escape(limit.label[0].upper() + limit.label[1:])):
+                        control.preprocess(value)
             bounded.add(f"{fn.api_name}.{f.name}")
     assert bounded == {"generate.s", "generate.n", "generate.seed", "generate.steps", "generate.g", "generate.gd",
                        "sweep.columns", "sweep.steps", "distribution.mu", "distribution.sigma", "distribution.n",
                        "distribution.seed"}
+
+
+def test_class_boxes_take_names_and_ids_and_refuse_others(app):
+    import gradio as gr
+
+    from dacd.ui import ClassDropdown
+
+    boxes = {fn.api_name: c for fn in app.fns.values() for c in fn.inputs if isinstance(c, ClassDropdown)}
+    assert {"generate", "sweep", "distribution", "browse"} <= set(boxes)
+    for name, box in boxes.items():
+        assert not box.filterable and not box.allow_custom_value  # no free typing in the page
+        assert box.preprocess("class 3") == "class 3"
+        assert box.preprocess(3) == box.preprocess("3") == box.preprocess("CLASS 3") == "class 3"
+        with pytest.raises(gr.Error) as e:
+            box.preprocess("class 12")
+        assert e.value.message.startswith("Unknown class 'class 12': give a class name (class 0, class 1,")
+    assert boxes["distribution"].preprocess("all") == "all"

@@ -25,18 +25,23 @@ GEN = dict(class_name="Trouser", s=0.3, calibrated=False, n=3, seed=7, randomize
 
 
 def refused(call, match: str) -> str:
-    """The call must fail with a message matching `match`, whether Gradio refused it before the
-    queue (HTTP 400 with a detail) or the event raised (AppError)."""
+    """The call must fail with an exception whose text matches `match` (not a bare HTTP status:
+    gradio_client drops the body of a refused request, so checks run inside the event) and reads
+    as a sentence."""
     try:
         call()
     except httpx.HTTPStatusError as e:
-        message = e.response.json().get("detail", "")
-    except Exception as e:  # gradio_client.exceptions.AppError and friends
+        raise AssertionError(f"refused before the queue: the client sees only {e}") from None
+    except Exception as e:  # gradio_client.exceptions.AppError
         message = str(e)
     else:
         raise AssertionError("the call was not refused")
     assert re.search(match, message), message
+    assert SENTENCE.match(message), f"not a sentence: {message!r}"
     return message
+
+
+SENTENCE = re.compile(r"^[A-Z][^\n]*[.!?]$")
 
 
 def gen_args(**kw):
@@ -54,28 +59,54 @@ def test_generate_returns_n_captioned_images(client):
     assert "real training images" in warn
 
 
-def test_bad_inputs_are_refused_and_the_app_keeps_serving(client):
-    for bad, match in ((dict(s=1.5), "difficulty"), (dict(s=-0.2), "difficulty"),
-                       (dict(class_name="jacket"), "Unknown class"), (dict(n=40), "number of images"),
-                       (dict(seed=-3), "seed"), (dict(steps=0), "steps")):
+def test_bad_inputs_are_refused_with_the_reason_and_the_app_keeps_serving(client):
+    for bad, match in ((dict(s=1.7), r"Difficulty must be a number from 0 to 1, got 1\.7"),
+                       (dict(s=-0.1), r"Difficulty must be a number from 0 to 1"),
+                       (dict(class_name="Shirtx"), r"Unknown class 'Shirtx': give a class name \(T-shirt/top, .*\) or "
+                                                   r"its number, 0 to 9"),
+                       (dict(n=1000), r"Number of images must be a whole number from 1 to 16, got 1000"),
+                       (dict(seed=-5), r"Seed must be a whole number from 0 to 2147483647, got -5"),
+                       (dict(steps=0), r"Steps must be a whole number from 1 to 50, got 0")):
         refused(lambda: client.predict(*gen_args(**bad), api_name="/generate"), match)
+    refused(lambda: client.predict("Trouser", "0, 1", 100, False, 2, api_name="/sweep"),
+            r"Columns must be a whole number from 2 to 12, got 100")
+    refused(lambda: client.predict(0.5, 0.1, 100000, "all", 0, api_name="/distribution"),
+            r"N must be a whole number from 1 to 2000, got 100000")
     gallery, *_ = client.predict(*gen_args(n=1), api_name="/generate")
     assert len(gallery) == 1
 
 
-def test_nan_difficulty_is_refused_by_the_validator(tiny_checkpoint, fake_fmnist):
-    """JSON clients cannot even send NaN; a raw request that does meets the same validator."""
+def test_defaults_class_ids_and_typed_named_outputs(client):
+    gallery, hist, warn, seed = client.predict("Shirt", 0.5, api_name="/generate")  # every other input defaults
+    assert len(gallery) == 8 and isinstance(seed, int) and seed == 0
+    by_id, *_ = client.predict(6, 0.5, n=2, steps=3, api_name="/generate")
+    by_name, *_ = client.predict("shirt", 0.5, n=2, steps=3, api_name="/generate")
+    assert [g["caption"] for g in by_id] == [g["caption"] for g in by_name]
+    assert [open(g["image"], "rb").read() for g in by_id] == [open(g["image"], "rb").read() for g in by_name]
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name, endpoint in api.items():
+        for out in endpoint["returns"]:
+            assert not out["label"].startswith("value_"), (name, out["label"])
+        for p in endpoint["parameters"]:
+            if p["parameter_name"] in ("n", "seed", "steps", "columns"):
+                assert p["python_type"]["type"] == "int", (name, p)
+
+
+def test_nan_and_out_of_range_values_are_refused_by_the_controls():
+    """JSON clients cannot even send NaN; a raw request that does meets the same check."""
     import gradio as gr
 
-    from dacd.ui import generate_validator
+    from dacd.ui import Slider
 
-    check = generate_validator(Workbench(tiny_checkpoint, data_dir=fake_fmnist))
-    with pytest.raises(gr.Error, match="difficulty"):
-        check(*gen_args(s=float("nan")))
-    assert all(v["is_valid"] for v in check(*gen_args()))
+    s = Slider("difficulty", value=0.5, label="difficulty s")
+    assert s.preprocess(0.25) == 0.25
+    for bad in (float("nan"), 1.01, "hard"):
+        with pytest.raises(gr.Error) as e:
+            s.preprocess(bad)
+        assert e.value.message == f"Difficulty must be a number from 0 to 1, got {bad!r}."  # a sentence, no quotes
 
 
-def test_export_zip_has_images_and_manifest(client):
+def test_export_zip_has_images_and_manifest(client, tiny_checkpoint):
     client.predict(*gen_args(n=2, seed=3), api_name="/generate")
     # export reads the session state, so do both calls in one job sequence through the same client session
     path = client.predict(api_name="/export")
@@ -85,26 +116,29 @@ def test_export_zip_has_images_and_manifest(client):
         manifest = pd.read_csv(z.open("manifest.csv"))
     assert list(manifest.seed) == [3, 4] and (manifest["class"] == "Trouser").all()
     assert {"requested_s", "measured_s", "steps", "guidance_scale"} <= set(manifest.columns)
+    assert set(manifest.checkpoint) == {tiny_checkpoint.name}  # the folder's name, never the server's path
 
 
 def test_sweep(client):
     grid, caption, lines, real, base = client.predict("Trouser", "0, 1", 3, False, 2, api_name="/sweep")
     assert grid and "rows: seeds 0, 1" in caption
     assert len(real) == 3 and len(base) == 2
-    refused(lambda: client.predict("Trouser", "0, x", 3, False, 2, api_name="/sweep"), "seed")
+    refused(lambda: client.predict("Trouser", "0, x", 3, False, 2, api_name="/sweep"), "Seed must be")
 
 
 def test_distribution(client):
     fig, text = client.predict(0.5, 0.1, 20, "all", 0, api_name="/distribution")
     for name in ("requested", "dacd", "baseline", "real"):
         assert f"| {name} |" in text
-    refused(lambda: client.predict(0.5, 2.0, 20, "all", 0, api_name="/distribution"), "sigma")
+    refused(lambda: client.predict(0.5, 2.0, 20, "all", 0, api_name="/distribution"), "Sigma must be")
 
 
 def test_browse(client):
     gallery, hist, dmap, table = client.predict("Bag", api_name="/browse")
     assert len(gallery) == 9 and "s=" in gallery[0]["caption"]
     refused(lambda: client.predict("jacket", api_name="/browse"), "Unknown class")
+    refused(lambda: client.predict("", api_name="/show_image"), "Give an image id")
+    refused(lambda: client.predict("train:99999999", api_name="/show_image"), "No image with id")
 
 
 @pytest.mark.skipif(not (EMBEDDED_CHECKPOINT / "dacd" / "dacd_config.json").exists(), reason="dacd model not shipped yet")
@@ -120,7 +154,7 @@ def test_generate_on_the_shipped_checkpoint():
         gallery, hist, warn, seed, *_ = client.predict(*gen_args(class_name="Shirt", s=0.7, n=2, steps=5),
                                                        api_name="/generate")
         assert len(gallery) == 2 and all("requested s=0.70" in g["caption"] for g in gallery)
-        refused(lambda: client.predict(*gen_args(s=2.0), api_name="/generate"), "difficulty")
+        refused(lambda: client.predict(*gen_args(s=2.0), api_name="/generate"), "Difficulty")
         gallery, *_ = client.predict(*gen_args(class_name="Bag", s=0.1, n=1, steps=5), api_name="/generate")
         assert len(gallery) == 1
     finally:
