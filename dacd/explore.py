@@ -335,11 +335,17 @@ class Workbench(Explorer):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=0) + "\n")
         tmp.replace(path)
+        with self._lock:
+            self._cache.pop("default_distribution", None)
         return path
 
     def default_distribution(self) -> dict | None:
         """The stored default view, when it was computed from exactly these models and settings;
-        None (with a log line saying why) otherwise, and the app computes views live."""
+        None (with a log line saying why) otherwise, and the app computes views live. Checked once
+        per Workbench (the fingerprint reads every model file)."""
+        return self._get("default_distribution", self._load_default_distribution)
+
+    def _load_default_distribution(self) -> dict | None:
         path = self.checkpoint / LAYOUT.distribution_view
         if not path.is_file():
             log.info("no %s in %s: the Distributions tab computes its first view live", path.name, self.name)

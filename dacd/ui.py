@@ -15,8 +15,9 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from .calibration import Calibration
 from .data import DatasetError, resolve_class
-from .defaults import APP_LIMITS, DIFFICULTY, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
+from .defaults import APP_LIMITS, DIFFICULTY, LAYOUT, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
 from .explore import BROWSE_PERCENTILES, DEFAULT_VIEW, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
 from .plots import (
     calibration_figure,
@@ -509,10 +510,11 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
                   concurrency_limit=1)
 
         def first_view():
-            """The stored default view and the calibration curve, shown when the page opens."""
+            """The stored default view and the calibration curve, shown when the page opens (read
+            from files: no model is loaded for it)."""
             try:
-                cal = ex.pipeline("dacd").calibration
-            except (FileNotFoundError, OSError, ValueError):
+                cal = Calibration.load(ex.checkpoint / LAYOUT.dacd)
+            except ValueError:
                 cal = None
             stored = ex.default_distribution()
             view = distribution_outputs(stored) if stored else (None, "Press *Compare* to compute a view.")
@@ -546,6 +548,7 @@ def build_app(ex: Workbench | None = None, max_queue: int = 16, concurrency: int
             first_view, first_outputs = distribution_tab(ex, class_names)
             browse_tab(ex, class_names)
         if class_names:
+            ex.default_distribution()  # checked (fingerprint) once, at start, not when the page opens
             demo.load(user_errors(first_view), None, first_outputs, api_visibility="private")
     limit = concurrency or default_concurrency(torch.get_num_threads())
     demo.queue(max_size=max_queue, default_concurrency_limit=limit)

@@ -100,3 +100,17 @@ def test_class_boxes_take_names_and_ids_and_refuse_others(app):
             box.preprocess("class 12")
         assert e.value.message.startswith("Unknown class 'class 12': give a class name (class 0, class 1,")
     assert boxes["distribution"].preprocess("all") == "all"
+
+
+def test_error_texts_read_as_sentences():
+    from dacd.ui import sentence
+
+    assert sentence("'unknown class 3'") == "Unknown class 3."
+    assert sentence("steps must be a whole number from 1 to 50, got 0.") == "Steps must be a whole number from 1 to 50, got 0."
+    assert sentence("") == "Something went wrong."
+    for limit in APP_LIMITS.values():
+        try:
+            limit.check(-1e12)
+        except ValueError as e:
+            text = sentence(str(e))
+            assert text[0].isupper() and text.endswith(".") and text[0] not in "'\"", text

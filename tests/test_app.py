@@ -159,3 +159,32 @@ def test_generate_on_the_shipped_checkpoint():
         assert len(gallery) == 1
     finally:
         demo.close()
+
+
+def test_default_distribution_view_is_stored_and_checked(tiny_checkpoint, fake_fmnist, tmp_path, caplog):
+    """The Distributions tab's first view comes from a file beside the models, used only while its
+    fingerprint matches the models and settings it was computed from."""
+    import json
+    import logging
+
+    from dacd.defaults import LAYOUT
+    from dacd.explore import DEFAULT_VIEW
+
+    root = tmp_path / "checkpoint"
+    root.mkdir()
+    for item in tiny_checkpoint.iterdir():
+        (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    ex = Workbench(root, data_dir=fake_fmnist)
+    assert ex.default_distribution() is None  # nothing stored: computed live
+    path = ex.save_default_distribution()
+    stored = Workbench(root, data_dir=fake_fmnist).default_distribution()
+    live = ex.distribution(**DEFAULT_VIEW)
+    assert stored is not None and stored["shares"] == pytest.approx(live["shares"])
+    for key in ("requested", "dacd", "baseline", "real"):
+        assert stored[key] == pytest.approx(live[key].tolist())
+    data = json.loads(path.read_text())
+    data["fingerprint"] = "0" * 16  # as if computed from other models
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="dacd.explore"):
+        assert Workbench(root, data_dir=fake_fmnist).default_distribution() is None
+    assert f"ignoring {LAYOUT.distribution_view}" in caplog.text
