@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -202,6 +203,11 @@ class Workbench(Explorer):
     def device(self) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def workers(self) -> int:
+        """Threads one request samples with: every core when torch runs one thread per call (the
+        app's default, `--threads 1`), else one (torch's own threads use the cores)."""
+        return (os.cpu_count() or 1) if self.device() == "cpu" and torch.get_num_threads() == 1 else 1
+
     def pipeline(self, kind: str = "dacd"):
         if kind not in MODELS:
             raise ValueError(f"unknown model {kind!r}: 'dacd' or 'baseline'")
@@ -251,7 +257,7 @@ class Workbench(Explorer):
                              "switch 'calibrated' off")
         seeds = [seed + i for i in range(n)]
         out = sample(pipe, [c] * n, [s] * n, seeds, settings, prompts=[prompt] * n if prompt else None,
-                     chunk_size=CHUNK_SIZE, progress=progress, desc="generating")
+                     chunk_size=CHUNK_SIZE, workers=self.workers(), progress=progress, desc="generating")
         measured, pred = self.measure(out.images, [c] * n)
         used = {"steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
                 "difficulty_guidance_scale": settings.difficulty_guidance_scale, "scheduler": settings.scheduler,
@@ -273,7 +279,8 @@ class Workbench(Explorer):
         labels = [c] * (len(seeds) * columns)
         s = np.tile(s_values, len(seeds)).tolist()
         row_seeds = np.repeat(seeds, columns).tolist()
-        imgs = sample(self.pipeline("dacd"), labels, s, row_seeds, settings, chunk_size=CHUNK_SIZE, progress=progress,
+        imgs = sample(self.pipeline("dacd"), labels, s, row_seeds, settings, chunk_size=CHUNK_SIZE,
+                      workers=self.workers(), progress=progress,
                       desc="sweep", difficulty_only=bool(difficulty_only)).images
         measured, pred = self.measure(imgs, labels)
         result = {"s_values": s_values.tolist(), "seeds": seeds, "images": imgs.reshape(len(seeds), columns, *imgs.shape[1:]),
@@ -281,7 +288,7 @@ class Workbench(Explorer):
                   "real": self.real_at_difficulty(c, s_values)}
         if self.has_model("baseline"):
             b = sample(self.pipeline("baseline"), [c] * len(seeds), [0.5] * len(seeds), seeds, settings,
-                       chunk_size=CHUNK_SIZE).images
+                       chunk_size=CHUNK_SIZE, workers=self.workers()).images
             result["baseline"] = b
             result["baseline_measured"] = self.measure(b, [c] * len(seeds))[0]
         return result
@@ -302,7 +309,9 @@ class Workbench(Explorer):
         out = {"requested": req, "labels": labels}
         for kind in ["dacd"] + (["baseline"] if self.has_model("baseline") else []):
             imgs = sample(self.pipeline(kind), labels.tolist(), req.tolist(), seeds, SamplingSettings(),
-                          chunk_size=CHUNK_SIZE, progress=progress, desc=kind).images
+                          chunk_size=CHUNK_SIZE, workers=1, progress=progress, desc=kind).images
+            # workers=1: a comparison is the long job; on its own queue and one core it leaves the
+            # other cores to Generate and Sweep (bench/app_latency.py: Generate during Distributions)
             out[kind] = self.measure(imgs, labels)[0]
         t = self.scores
         te = t[t.split == "test"].set_index("id").loc[list(test.ids)].reset_index()

@@ -17,6 +17,8 @@ Two kinds of work plug in here:
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -95,12 +97,15 @@ def _run_pipe(pipe, labels, difficulties, seeds, settings, prompts, sources, ext
 
 def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None = None, *, prompts=None,
            sources=None, chunk_size: int = 32, accept: AcceptFn | None = None, max_tries: int = 1,
-           progress: Callable[[float, str], None] | None = None, desc: str = "sampling", **pipe_kwargs) -> Samples:
+           progress: Callable[[float, str], None] | None = None, desc: str = "sampling", workers: int = 1,
+           **pipe_kwargs) -> Samples:
     """Generate one image per row in chunks of `chunk_size`, one generator per image.
 
     `pipe_kwargs` go to the pipeline as they are (e.g. `difficulty_only=True`; dropped for a
     model without a difficulty encoder). `progress(fraction, desc)` is called before each chunk
-    and at the end.
+    and at the end. `workers` > 1 runs chunks in that many threads at once (chunks shrink so that
+    each worker gets one): with torch at one thread each, this uses several cores without torch's
+    thread-pool barriers, which collapse when another process competes for the cores (the app).
     """
     labels, difficulties, seeds = list(labels), list(difficulties), [int(s) for s in seeds]
     n = len(labels)
@@ -116,7 +121,11 @@ def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None 
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if max_tries < 1:
         raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     settings = settings or SamplingSettings()
+    if workers > 1:
+        chunk_size = min(chunk_size, -(-n // workers))
 
     def run(rows: np.ndarray, k: int):
         return _run_pipe(pipe, [labels[i] for i in rows], [difficulties[i] for i in rows],
@@ -126,9 +135,12 @@ def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None 
 
     images, cond = [None] * n, [0.0] * n
     tries, accepted, distance = np.zeros(n, int), np.zeros(n, bool), np.full(n, np.inf)
-    for start in range(0, n, chunk_size):
+    done, lock = [0], threading.Lock()
+
+    def chunk(start: int) -> None:  # fills rows start..start+chunk_size-1 (no two chunks share a row)
         if progress is not None:
-            progress(start / max(n, 1), desc)
+            with lock:
+                progress(done[0] / n, desc)
         todo = np.arange(start, min(n, start + chunk_size))
         for k in range(max_tries):
             imgs, c = run(todo, k)
@@ -143,6 +155,16 @@ def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None 
             todo = todo[~ok]
             if not len(todo):
                 break
+        with lock:
+            done[0] += min(n, start + chunk_size) - start
+
+    starts = range(0, n, chunk_size)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(workers, len(starts))) as pool:
+            list(pool.map(chunk, starts))  # list(): re-raises a worker's exception here
+    else:
+        for start in starts:
+            chunk(start)
     if progress is not None:
         progress(1.0, desc)
     return Samples(np.stack(images), cond, tries, accepted, distance)
