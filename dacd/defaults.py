@@ -125,7 +125,7 @@ LIMITS = {
     "seed": Limit("seed", 0, MAX_SEED, integer=True),
 }
 
-# The app's stricter profile: what its sliders allow and its validators accept (CPU-sized).
+# The app's stricter profile: what its controls allow and accept through the API (CPU-sized).
 APP_LIMITS = {
     **LIMITS,
     "sigma": Limit("sigma", 0.0, 0.5),

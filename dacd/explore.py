@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import evaluation
+from . import __version__, evaluation
 from .classifier import Classifier
 from .data import DatasetError, ImageDataset, load_dataset, resolve_class
 from .defaults import APP_LIMITS, CHECKPOINT_ENV, DIFFICULTY, LAYOUT, MEDIUM_BAND, default_checkpoint
@@ -64,14 +64,17 @@ class Explorer:
         fix = f"run `make checkpoints`, or point --checkpoint (or ${CHECKPOINT_ENV}) at a complete checkpoint folder"
         if not ck.is_dir():
             return [f"Checkpoint folder {self.name} not found: {fix}."]
-        needed = {"score table": ck / LAYOUT.scores, "dacd model": ck / LAYOUT.dacd / LAYOUT.dacd_config,
-                  "evaluation classifier": ck / LAYOUT.evaluator / "config.json"}
-        out += [f"The {what} ({path.relative_to(ck)}) is missing from checkpoint {self.name}: {fix}."
-                for what, path in needed.items() if not path.is_file()]
+        needed = {"score table": (ck / LAYOUT.scores, "run `make scores`, or point --checkpoint (or "
+                                  f"${CHECKPOINT_ENV}) at a complete checkpoint folder"),
+                  "dacd model": (ck / LAYOUT.dacd / LAYOUT.dacd_config, fix),
+                  "evaluation classifier": (ck / LAYOUT.evaluator / "config.json", fix)}
+        out += [f"The {what} ({path.relative_to(ck)}) is missing from checkpoint {self.name}: {how}."
+                for what, (path, how) in needed.items() if not path.is_file()]
         try:
             check_folder(ck)
         except DamagedWeightsError as e:
-            out.append(str(e).replace(str(ck), self.name))
+            message = str(e).replace(str(ck.resolve()), self.name).replace(str(ck), self.name)
+            out.append(message[0].upper() + message[1:])
         try:
             self.require_real("train")
             self.require_real("test")
@@ -84,8 +87,9 @@ class Explorer:
         try:
             return self.dataset(split)
         except (DatasetError, FileNotFoundError) as e:
-            raise DatasetError(f"The real Fashion-MNIST images are missing, so Browse, the real-image rows of "
-                               f"Difficulty factors and the real curve of Distributions cannot work: {e}") from e
+            raise DatasetError(f"The real Fashion-MNIST images are missing or unreadable, so the Real data tab, the "
+                               f"real images of Difficulty factors and the real curve of Distributions cannot "
+                               f"work: {e}") from e
 
     # ------------------------------------------------------------ resources
     @property
@@ -327,7 +331,10 @@ class Workbench(Explorer):
     def distribution_fingerprint(self, view: dict) -> str:
         """What a Distributions result depends on: the models' and the evaluator's content, the
         score table, the view's settings and the sampling defaults."""
-        h = hashlib.sha256(json.dumps({"view": view, "sampling": asdict(SamplingSettings())}, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps({"view": view, "sampling": asdict(SamplingSettings()), "dacd": __version__},
+                                      sort_keys=True).encode())
+        test = self.dataset("test")  # the real curve's images
+        h.update(f"{test.name}:{len(test)}".encode() + np.ascontiguousarray(test.labels).tobytes())
         for kind in ("dacd", "baseline"):
             if self.has_model(kind):
                 h.update(model_fingerprint(self.checkpoint / MODELS[kind]).encode())
@@ -361,9 +368,10 @@ class Workbench(Explorer):
             return None
         try:
             data = json.loads(path.read_text())
-            ok = data.get("view") == DEFAULT_VIEW and data.get("fingerprint") == self.distribution_fingerprint(DEFAULT_VIEW)
-        except (json.JSONDecodeError, OSError, FileNotFoundError) as e:
-            log.warning("ignoring %s (%s): rebuild it with train/distribution_view.py", path, e)
+            ok = (isinstance(data, dict) and isinstance(data.get("result"), dict) and data.get("view") == DEFAULT_VIEW
+                  and data.get("fingerprint") == self.distribution_fingerprint(DEFAULT_VIEW))
+        except (ValueError, OSError, DatasetError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            log.warning("ignoring %s (%s): rebuild it with train/distribution_view.py", path.name, e)
             return None
         if not ok:
             log.warning("ignoring %s: it was computed from other models or settings than this checkpoint's; "

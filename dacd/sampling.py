@@ -17,6 +17,7 @@ Two kinds of work plug in here:
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -106,6 +107,8 @@ def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None 
     and at the end. `workers` > 1 runs chunks in that many threads at once (chunks shrink so that
     each worker gets one): with torch at one thread each, this uses several cores without torch's
     thread-pool barriers, which collapse when another process competes for the cores (the app).
+    Then `progress` and `accept` may be called from several threads at once (progress under a
+    lock; each in the caller's context variables).
     """
     labels, difficulties, seeds = list(labels), list(difficulties), [int(s) for s in seeds]
     n = len(labels)
@@ -160,8 +163,11 @@ def sample(pipe, labels, difficulties, seeds, settings: SamplingSettings | None 
 
     starts = range(0, n, chunk_size)
     if workers > 1 and len(starts) > 1:
+        # each chunk runs in a copy of the caller's context, so context-bound callbacks (Gradio's
+        # progress bar finds its event through context variables) work from the worker threads
+        contexts = [contextvars.copy_context() for _ in starts]
         with ThreadPoolExecutor(min(workers, len(starts))) as pool:
-            list(pool.map(chunk, starts))  # list(): re-raises a worker's exception here
+            list(pool.map(lambda ctx, start: ctx.run(chunk, start), contexts, starts))  # re-raises errors
     else:
         for start in starts:
             chunk(start)

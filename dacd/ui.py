@@ -63,7 +63,9 @@ CSS = """
 
 def sentence(text: str) -> str:
     """An error as a sentence: capital first letter, final full stop, no wrapping quotes."""
-    text = str(text).strip().strip("'\"").strip()
+    text = str(text).strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # a message wrapped in quotes
+        text = text[1:-1].strip()
     if not text:
         return "Something went wrong."
     text = text[0].upper() + text[1:]

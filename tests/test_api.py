@@ -37,7 +37,7 @@ def test_api_parameters_are_pinned(app_url):
     assert not api["unnamed_endpoints"]
 
 
-# ---------------------------------------------------------------- controls and validators agree
+# ---------------------------------------------------------------- controls accept exactly their limits
 
 class NamedClasses(Workbench):
     """A workbench with class names and no checkpoint files: enough to build the app."""
@@ -106,6 +106,7 @@ def test_error_texts_read_as_sentences():
     from dacd.ui import sentence
 
     assert sentence("'unknown class 3'") == "Unknown class 3."
+    assert sentence("ids look like 'train:123' or 'test:45'") == "Ids look like 'train:123' or 'test:45'."
     assert sentence("steps must be a whole number from 1 to 50, got 0.") == "Steps must be a whole number from 1 to 50, got 0."
     assert sentence("") == "Something went wrong."
     for limit in APP_LIMITS.values():

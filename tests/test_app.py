@@ -164,7 +164,6 @@ def test_generate_on_the_shipped_checkpoint():
 def test_default_distribution_view_is_stored_and_checked(tiny_checkpoint, fake_fmnist, tmp_path, caplog):
     """The Distributions tab's first view comes from a file beside the models, used only while its
     fingerprint matches the models and settings it was computed from."""
-    import json
     import logging
 
     from dacd.defaults import LAYOUT
@@ -182,9 +181,13 @@ def test_default_distribution_view_is_stored_and_checked(tiny_checkpoint, fake_f
     assert stored is not None and stored["shares"] == pytest.approx(live["shares"])
     for key in ("requested", "dacd", "baseline", "real"):
         assert stored[key] == pytest.approx(live[key].tolist())
-    data = json.loads(path.read_text())
-    data["fingerprint"] = "0" * 16  # as if computed from other models
-    path.write_text(json.dumps(data))
+    # another score table (an input of the real curve): the stored view no longer applies
+    scores = pd.read_parquet(root / LAYOUT.scores)
+    (root / LAYOUT.scores).unlink()
+    scores.loc[0, "s"] = 1.0 - scores.loc[0, "s"]
+    scores.to_parquet(root / LAYOUT.scores)
     with caplog.at_level(logging.WARNING, logger="dacd.explore"):
         assert Workbench(root, data_dir=fake_fmnist).default_distribution() is None
     assert f"ignoring {LAYOUT.distribution_view}" in caplog.text
+    path.write_bytes(b"\x00\xff not json")  # a damaged file is ignored, never fatal
+    assert Workbench(root, data_dir=fake_fmnist).default_distribution() is None

@@ -69,17 +69,23 @@ def test_accept_retry_seeds_each_try_and_keeps_the_nearest(pipe):
 
 
 def test_workers_give_the_rows_of_one_worker(pipe):
+    import contextvars
+
     import torch
 
     labels, s, seeds = [0, 1, 2, 3, 0, 1, 2], [0.1, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9], list(range(20, 27))
     one = sample(pipe, labels, s, seeds, FAST)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    event = contextvars.ContextVar("event", default=None)  # how Gradio's progress bar finds its event
+    event.set("mine")
     try:
         calls = []
-        many = sample(pipe, labels, s, seeds, FAST, workers=3, progress=lambda f, d: calls.append(f))
+        many = sample(pipe, labels, s, seeds, FAST, workers=3, progress=lambda f, d: calls.append((f, event.get())))
     finally:
         torch.set_num_threads(threads)
+    assert {e for _, e in calls} == {"mine"}  # every call, from every worker, sees the caller's context
+    calls = [f for f, _ in calls]
     np.testing.assert_allclose(many.images, one.images, atol=1e-5)
     assert many.conditioning_s == pytest.approx(one.conditioning_s)
     assert len(calls) == 3 + 1 and calls[-1] == 1.0 and all(0 <= f <= 1 for f in calls)  # 3 chunks of <= 3 rows

@@ -21,7 +21,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from dacd.defaults import default_checkpoint
+from dacd.defaults import LAYOUT, default_checkpoint
 from dacd.explore import DEFAULT_VIEW, Workbench
 
 
@@ -29,8 +29,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(default_checkpoint()))
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder (the real curve needs the test split)")
+    p.add_argument("--force", action="store_true", help="recompute even when the stored view is up to date")
     args = p.parse_args(argv)
     ex = Workbench(args.checkpoint, data_dir=args.data_dir)
+    if not args.force and ex.default_distribution() is not None:
+        print(f"{ex.checkpoint / LAYOUT.distribution_view} is up to date (its fingerprint matches the models)")
+        return 0
     t0 = time.perf_counter()
     bar = tqdm(total=100, desc="distribution view", unit="%")
 

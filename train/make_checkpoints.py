@@ -11,7 +11,8 @@ from its own state under runs/ when interrupted:
   dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling)
   baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data)
   calibrate  train/calibrate.py            calibration curve, measured by the scoring classifier
-  distribution-view  train/distribution_view.py  the app's default Distributions view (with its fingerprint)
+  distribution-view  train/distribution_view.py  the app's default Distributions view (with its fingerprint;
+                                           always checked, recomputed when the models changed)
 
 The difficulty scores (scores.parquet, classifier/) are shipped and are not rebuilt here:
 `make scores` does that. Wall-clock seconds per stage go to checkpoints/fashion-mnist/stage_seconds.json.
@@ -43,7 +44,8 @@ STAGES = {
                  ["train/train_dacd.py", "--no-difficulty", "--balance-power", "0", "--max-train-steps",
                   str(DACD_STEPS), "--output-dir", str(CK / LAYOUT.baseline)]),
     "calibrate": (CK / LAYOUT.dacd / LAYOUT.calibration, ["train/calibrate.py"]),
-    "distribution-view": (CK / LAYOUT.distribution_view, ["train/distribution_view.py", "--checkpoint", str(CK)]),
+    # no marker: always run; the script itself returns at once when the stored view matches the models
+    "distribution-view": (None, ["train/distribution_view.py", "--checkpoint", str(CK)]),
 }
 
 
@@ -55,7 +57,7 @@ def main(argv=None):
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     for name in args.stages:
         done_marker, cmd = STAGES[name]
-        if done_marker.exists():
+        if done_marker is not None and done_marker.exists():
             print(f"[{name}] done ({done_marker.relative_to(ROOT)} exists)")
             continue
         print(f"[{name}] {' '.join(cmd)}", flush=True)
