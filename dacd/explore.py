@@ -22,6 +22,7 @@ from .classifier import Classifier
 from .data import DatasetError, ImageDataset, load_dataset, resolve_class
 from .defaults import APP_LIMITS, CHECKPOINT_ENV, DIFFICULTY, LAYOUT, MEDIUM_BAND, default_checkpoint
 from .difficulty import load_scores
+from .generation import Selection, committee_accept
 from .sampling import SamplingSettings, sample
 from .weights import DamagedWeightsError, check_folder, model_fingerprint
 
@@ -166,6 +167,7 @@ class Explorer:
 
 # ---------------------------------------------------------------- generation
 
+EXACT = Selection(max_tries=6, tolerance=0.05, label_rule=True)  # the app's "exact difficulty"
 NEAR_WIDTH, NEAR_MIN_COUNT = 0.05, 50  # "few real images near the requested s" below this count
 CHUNK_SIZE = 32  # images per pipeline call
 MODELS = {"dacd": LAYOUT.dacd, "baseline": LAYOUT.baseline}  # model kind -> its folder in the checkpoint
@@ -181,13 +183,16 @@ class Generated:
     predicted: list[str]
     seeds: list[int]
     settings: dict
+    tries: list[int] | None = None  # exact difficulty: tries made per image (try k seeded from (seed, k))
+    accepted: list[bool] | None = None  # exact difficulty: the kept try met the tolerance and the label rule
 
     def manifest(self, class_names) -> pd.DataFrame:
+        exact = {} if self.tries is None else {"tries": self.tries, "accepted": self.accepted}
         return pd.DataFrame({
             "file": [f"{i:03d}.png" for i in range(len(self.images))],
             "class": [class_names[c] for c in self.class_label], "requested_s": self.requested_s,
             "conditioning_s": self.conditioning_s, "measured_s": self.measured_s, "predicted": self.predicted,
-            "seed": self.seeds, **{k: [v] * len(self.images) for k, v in self.settings.items()},
+            "seed": self.seeds, **exact, **{k: [v] * len(self.images) for k, v in self.settings.items()},
         })
 
 
@@ -249,26 +254,51 @@ class Workbench(Explorer):
 
     def generate(self, class_name, difficulty: float, n: int = 8, seed: int = 0, *, steps: int | None = None,
                  guidance_scale: float | None = None, difficulty_guidance_scale: float | None = None,
-                 prompt: str | None = None, calibrated: bool = False, progress=None) -> Generated:
+                 prompt: str | None = None, calibrated: bool = False, exact: bool = False,
+                 selection: Selection = EXACT, progress=None) -> Generated:
+        """`exact`: each image is tried up to `selection.max_tries` times and kept when the scoring
+        committee (classifier/ and classifier-2/) measures it within `selection.tolerance` of the
+        request with every member still naming the class (`train/generate.py --select`, per image)."""
         c = self.class_index(class_name)
         s = APP_LIMITS["difficulty"].check(difficulty)
         n = APP_LIMITS["num_images"].check(n)
         seed = APP_LIMITS["seed"].check(seed)
         settings = app_sampling(steps, guidance_scale, difficulty_guidance_scale, calibrated)
+        committee = self.committee() if exact else ()
         pipe = self.pipeline("dacd")
         if calibrated and pipe.calibration is None:
             raise ValueError("this checkpoint has no calibration curve (train/calibrate.py makes one); "
                              "switch 'calibrated' off")
         seeds = [seed + i for i in range(n)]
+        select = dict(accept=committee_accept(committee, [c] * n, [s] * n, selection),
+                      max_tries=selection.max_tries) if exact else {}
         out = sample(pipe, [c] * n, [s] * n, seeds, settings, prompts=[prompt] * n if prompt else None,
-                     chunk_size=CHUNK_SIZE, workers=self.workers(), progress=progress, desc="generating")
+                     chunk_size=CHUNK_SIZE, workers=self.workers(), progress=progress, desc="generating", **select)
         measured, pred = self.measure(out.images, [c] * n)
         used = {"steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
                 "difficulty_guidance_scale": settings.difficulty_guidance_scale, "scheduler": settings.scheduler,
-                "prompt": prompt or pipe.class_prompt(c), "calibrated": bool(calibrated),
+                "prompt": prompt or pipe.class_prompt(c), "calibrated": bool(calibrated), "exact": bool(exact),
                 "checkpoint": self.name}
+        if exact:
+            used.update(max_tries=selection.max_tries, tolerance=selection.tolerance)
         return Generated(list(out.images), [c] * n, [s] * n, list(out.conditioning_s), measured.tolist(), pred, seeds,
-                         used)
+                         used, out.tries.tolist() if exact else None, out.accepted.tolist() if exact else None)
+
+    def has_committee(self) -> bool:
+        """Whether the checkpoint has the scoring classifier that exact difficulty selects with."""
+        return (self.checkpoint / LAYOUT.classifier / "config.json").is_file()
+
+    def committee(self) -> list[Classifier]:
+        """The scoring committee: classifier/ (defines s) and classifier-2/ when shipped. The
+        evaluation classifier is never a member: it judges."""
+        if not self.has_committee():
+            raise ValueError(f"Exact difficulty needs the checkpoint's scoring classifier ({LAYOUT.classifier}/), "
+                             f"which {self.name} lacks: switch 'exact difficulty' off, or use a checkpoint that has "
+                             f"one (train/score_difficulty.py writes it)")
+        names = [LAYOUT.classifier] + ([LAYOUT.classifier_2] if (self.checkpoint / LAYOUT.classifier_2 /
+                                                                  "config.json").is_file() else [])
+        return self._get(("committee", tuple(names)),
+                         lambda: [Classifier.from_pretrained(self.checkpoint / name) for name in names])
 
     def sweep(self, class_name, seeds, columns: int = 8, *, difficulty_only: bool = False, steps: int | None = None,
               progress=None) -> dict:

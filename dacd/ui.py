@@ -18,7 +18,7 @@ import torch
 from .calibration import Calibration
 from .data import DatasetError, resolve_class
 from .defaults import APP_LIMITS, DIFFICULTY, LAYOUT, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
-from .explore import BROWSE_PERCENTILES, DEFAULT_VIEW, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
+from .explore import BROWSE_PERCENTILES, DEFAULT_VIEW, EXACT, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
 from .plots import (
     calibration_figure,
     data_map_figure,
@@ -299,11 +299,16 @@ class GenerateInputs:
     g: float = limited("guidance_scale")
     gd: float = limited("difficulty_guidance_scale")
     prompt: str
+    exact: bool
 
 
-def generate_caption(requested, conditioned, measured, predicted, seed, calibrated: bool) -> str:
-    return (f"requested s={requested:.2f}" + (f" (conditioned {conditioned:.2f})" if calibrated else "")
+def generate_caption(requested, conditioned, measured, predicted, seed, calibrated: bool, tries=None,
+                     accepted=None) -> str:
+    text = (f"requested s={requested:.2f}" + (f" (conditioned {conditioned:.2f})" if calibrated else "")
             + f" · measured s={measured:.2f} · predicted {predicted} · seed {seed}")
+    if tries is not None:
+        text += f" · try {tries}" + ("" if accepted else f" (none of {EXACT.max_tries} within ±{EXACT.tolerance})")
+    return text
 
 
 def generate_tab(ex: Workbench, class_names: list[str]):
@@ -314,15 +319,20 @@ def generate_tab(ex: Workbench, class_names: list[str]):
         seed = random.randint(0, MAX_SEED) if x.randomize else x.seed
         r = ex.generate(x.class_name, x.s, x.n, seed, steps=x.steps, guidance_scale=x.g,
                         difficulty_guidance_scale=x.gd, prompt=x.prompt or None, calibrated=bool(x.calibrated),
-                        progress=lambda f, d: progress(f, desc=d))
-        gallery = [(to_pil(im, DISPLAY_SCALE), generate_caption(rq, cs, ms, pr, sd, bool(x.calibrated)))
-                   for im, rq, cs, ms, pr, sd in zip(r.images, r.requested_s, r.conditioning_s, r.measured_s,
-                                                     r.predicted, r.seeds)]
+                        exact=bool(x.exact), progress=lambda f, d: progress(f, desc=d))
+        tries, accepted = r.tries or [None] * len(r.images), r.accepted or [None] * len(r.images)
+        gallery = [(to_pil(im, DISPLAY_SCALE), generate_caption(rq, cs, ms, pr, sd, bool(x.calibrated), tr, ok))
+                   for im, rq, cs, ms, pr, sd, tr, ok in zip(r.images, r.requested_s, r.conditioning_s, r.measured_s,
+                                                             r.predicted, r.seeds, tries, accepted)]
         s, name = float(x.s), ex.class_names[ex.class_index(x.class_name)]
         near = ex.count_near(name, s, NEAR_WIDTH)
         warn = (f"⚠️ Only {near} real training images of {name} have s within ±{NEAR_WIDTH} of {s:.2f}: "
                 "the model is extrapolating here, take these images with care." if near < NEAR_MIN_COUNT else
                 f"{near} real training images of {name} lie within ±{NEAR_WIDTH} of s = {s:.2f}.")
+        if r.tries is not None:
+            warn += (f"\n\nExact difficulty: {sum(r.tries) / len(r.tries):.1f} tries per image on average (the cost: "
+                     f"each try is one more generation); {sum(r.accepted)} of {len(r.accepted)} images within "
+                     f"±{EXACT.tolerance} of s by the scoring classifiers and still named {name} by each.")
         return gallery, measured_histogram(r.measured_s, s), warn, int(seed), r
 
     @user_errors
@@ -361,6 +371,9 @@ def generate_tab(ex: Workbench, class_names: list[str]):
                     gd = Slider("difficulty_guidance_scale", value=SAMPLING.difficulty_guidance_scale, step=0.5,
                                 label="difficulty guidance g_d")
                     prompt = gr.Textbox("", label=f"prompt (empty: '{PROMPT_TEMPLATE.format('{class}')}')")
+                exact = gr.Checkbox(False, label=f"exact difficulty (up to {EXACT.max_tries} tries per image)",
+                                    info="keep a try only when the scoring classifiers measure it within "
+                                         f"±{EXACT.tolerance} of s and still name the class; slower")
                 btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
             with gr.Column(scale=3, min_width=300):
                 gallery = gr.Gallery(label="generated images", height="auto", format="png", object_fit="contain",
@@ -374,7 +387,7 @@ def generate_tab(ex: Workbench, class_names: list[str]):
                         export_file = gr.File(label="export", height=80)
         state = gr.State(None)
         inputs = in_order(GenerateInputs, class_name=cls, s=s, calibrated=calibrated, n=n, seed=seed,
-                          randomize=randomize, steps=steps, g=g, gd=gd, prompt=prompt)
+                          randomize=randomize, steps=steps, g=g, gd=gd, prompt=prompt, exact=exact)
         btn.click(generate, inputs, [gallery, hist, warn, used_seed, state], api_name="generate")
         export_btn.click(export, state, export_file, api_name="export")
 

@@ -15,7 +15,7 @@ REQUIRED = "<no default>"  # a parameter the client must pass
 # checkpoint (no calibration curve, so `calibrated` is off by default).
 API = {
     "/generate": [("class_name", "Shirt"), ("s", 0.5), ("calibrated", False), ("n", 8), ("seed", 0),
-                  ("randomize", False), ("steps", 15), ("g", 5.0), ("gd", 8.0), ("prompt", "")],
+                  ("randomize", False), ("steps", 15), ("g", 5.0), ("gd", 8.0), ("prompt", ""), ("exact", False)],
     "/export": [],
     "/sweep": [("class_name", "Shirt"), ("seeds", "0, 1, 2, 3"), ("columns", 8), ("difficulty_only", False),
                ("steps", 15)],

@@ -21,7 +21,7 @@ def client(app_url):
 
 
 GEN = dict(class_name="Trouser", s=0.3, calibrated=False, n=3, seed=7, randomize=False, steps=2, g=3.0, gd=3.0,
-           prompt="")
+           prompt="", exact=False)
 
 
 def refused(call, match: str) -> str:
@@ -46,7 +46,8 @@ SENTENCE = re.compile(r"^[A-Z][^\n]*[.!?]$")
 
 def gen_args(**kw):
     d = dict(GEN, **kw)
-    return [d[k] for k in ("class_name", "s", "calibrated", "n", "seed", "randomize", "steps", "g", "gd", "prompt")]
+    return [d[k] for k in ("class_name", "s", "calibrated", "n", "seed", "randomize", "steps", "g", "gd", "prompt",
+                           "exact")]
 
 
 def test_generate_returns_n_captioned_images(client):
@@ -191,3 +192,22 @@ def test_default_distribution_view_is_stored_and_checked(tiny_checkpoint, fake_f
     assert f"ignoring {LAYOUT.distribution_view}" in caplog.text
     path.write_bytes(b"\x00\xff not json")  # a damaged file is ignored, never fatal
     assert Workbench(root, data_dir=fake_fmnist).default_distribution() is None
+
+
+def test_exact_difficulty_selects_per_image_and_is_refused_without_a_scoring_classifier(client, tiny_checkpoint,
+                                                                                       fake_fmnist, tmp_path):
+    gallery, hist, text, seed = client.predict(*gen_args(n=2, exact=True), api_name="/generate")
+    assert len(gallery) == 2 and all(" · try " in g["caption"] for g in gallery)
+    assert "tries per image on average" in text
+    r = Workbench(tiny_checkpoint, data_dir=fake_fmnist).generate("Trouser", 0.3, 2, 7, steps=2, exact=True)
+    assert all(1 <= t <= 6 for t in r.tries) and len(r.accepted) == 2
+    plain = Workbench(tiny_checkpoint, data_dir=fake_fmnist).generate("Trouser", 0.3, 2, 7, steps=2)
+    for t, a, im, im0 in zip(r.tries, r.accepted, r.images, plain.images):  # try 1 is the plain image
+        assert (t == 1) <= bool((im == im0).all())
+    root = tmp_path / "no-scorer"
+    root.mkdir()
+    for item in tiny_checkpoint.iterdir():
+        if item.name != "classifier":
+            (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    with pytest.raises(ValueError, match=r"Exact difficulty needs the checkpoint's scoring classifier \(classifier/\)"):
+        Workbench(root, data_dir=fake_fmnist).generate("Trouser", 0.3, 1, 0, steps=2, exact=True)
