@@ -167,7 +167,7 @@ class Explorer:
 
 # ---------------------------------------------------------------- generation
 
-EXACT = Selection(max_tries=6, tolerance=0.05, label_rule=True)  # the app's "exact difficulty"
+EXACT = Selection(max_tries=6, tolerance=0.05, label_rule=True, pilot=0)  # the app's "exact difficulty" (per image)
 NEAR_WIDTH, NEAR_MIN_COUNT = 0.05, 50  # "few real images near the requested s" below this count
 CHUNK_SIZE = 32  # images per pipeline call
 MODELS = {"dacd": LAYOUT.dacd, "baseline": LAYOUT.baseline}  # model kind -> its folder in the checkpoint

@@ -32,7 +32,7 @@ import io
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +40,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .calibration import Calibration
 from .data import resolve_class, slugify
 from .defaults import DIFFICULTY, MEDIUM_BAND, PROMPT_TEMPLATE
-from .evaluation import measure, medium_share
+from .evaluation import generate_rows, grid_rows, measure, medium_share
 from .sampling import SamplingSettings, sample, seed_from
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
@@ -253,10 +254,13 @@ class Selection:
     max_tries: int = 6
     tolerance: float = 0.05
     label_rule: bool = True
+    pilot: int = 4  # images per (class, grid value) of the pilot that fits per-class conditioning; 0: none
 
     def __post_init__(self):
         if not (isinstance(self.max_tries, (int, np.integer)) and self.max_tries >= 1):
             raise GenerationError(f"max_tries must be an integer >= 1, got {self.max_tries!r}")
+        if not (isinstance(self.pilot, (int, np.integer)) and self.pilot >= 0):
+            raise GenerationError(f"pilot must be an integer >= 0 (images per class and grid value), got {self.pilot!r}")
         if not (np.isfinite(self.tolerance) and 0 <= self.tolerance <= 1):
             raise GenerationError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
 
@@ -285,6 +289,22 @@ def committee_accept(committee, labels, targets, selection: Selection):
         return (gap <= selection.tolerance) & faithful, gap + np.where(faithful, 0.0, 1.0)
 
     return accept
+
+
+PILOT_SEED = 7919  # the pilot's noise: fixed, and apart from the seeds plans and the calibration grid use
+
+
+def fit_pilot(pipe, committee, classes, sampling: SamplingSettings, n: int, batch_size: int = 100) -> Calibration:
+    """Per-class conditioning for selection, fitted before the first chunk: `n` images per class
+    and grid value of s (the controllability grid, seed PILOT_SEED), generated uncalibrated at
+    `sampling` and measured by the committee's mean s. Its `invert(label, target)` is the
+    conditioning whose images the committee measured as `target` on average, so that the first
+    tries of a row already land near its target and acceptance stays high."""
+    rows = grid_rows(list(classes), n, PILOT_SEED)
+    images = generate_rows(pipe, rows, replace(sampling, calibrated=False), batch_size=batch_size)
+    s, _ = committee_scores(committee, to_uint8(images), rows.label.to_numpy())
+    return Calibration.fit(rows.assign(measured_s=s), meta={"fitted_by": "selection pilot", "n_per_cell": n,
+                                                           "seed": PILOT_SEED, "measured_by": "committee mean"})
 
 
 def to_uint8(images) -> np.ndarray:
@@ -333,12 +353,20 @@ def _differences(name: str, old, new) -> list[str]:
     return [f"{name}: {old!r} in the folder, {new!r} now"]
 
 
+def _read_config(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / CONFIG_NAME
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (ValueError, OSError):
+        return None
+
+
 def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) -> None:
     path = out_dir / CONFIG_NAME
     if is_main:
         if path.is_file():
             old = json.loads(path.read_text())
-            keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection")
+            keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot")
             if any(old.get(k) != config.get(k) for k in keys):
                 # every setting that differs, not only the ones that decide (the plan fingerprint alone
                 # would not say that --mu changed)
@@ -394,9 +422,19 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             if (names and names != list(pipe.class_names)) or clf.config.num_classes != len(pipe.class_names):
                 raise GenerationError(f"a committee classifier knows {names or clf.config.num_classes} classes, the "
                                       f"model {list(pipe.class_names)}: pass classifiers trained on its classes")
+    pilot = None
+    if selection is not None and selection.pilot and pipe.has_difficulty:
+        old = _read_config(out_dir)  # a resumed run reuses its pilot (deterministic, but not free)
+        if old is not None and old.get("pilot") and old.get("selection") == asdict(selection) \
+                and old.get("model") == model_id and old.get("sampling") == asdict(sampling):
+            pilot = Calibration(**old["pilot"])
+        else:
+            classes = sorted({pipe.class_names.index(n) for n in plan["class"]})
+            pilot = fit_pilot(pipe, committee, classes, sampling, selection.pilot, batch_size)
     config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
               "sampling_mode": "plain" if selection is None else "selected",
               "selection": None if selection is None else asdict(selection),
+              "pilot": None if pilot is None else asdict(pilot),
               "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
               "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()},
               **(extra_config or {})}
@@ -418,7 +456,12 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
         rows = plan.iloc[c * batch_size:(c + 1) * batch_size]
         labels = [label_of[n] for n in rows["class"]]
         accept = None if selection is None else committee_accept(committee, labels, rows.requested_s, selection)
-        res = sample(pipe, labels, rows.requested_s.tolist(), rows.seed.tolist(), sampling,
+        if pilot is None:
+            difficulties, row_sampling = rows.requested_s.tolist(), sampling
+        else:  # the pilot's conditioning replaces the checkpoint's calibration curve
+            difficulties = [pilot.invert(c, t) for c, t in zip(labels, rows.requested_s)]
+            row_sampling = replace(sampling, calibrated=False)
+        res = sample(pipe, labels, difficulties, rows.seed.tolist(), row_sampling,
                      prompts=rows.prompt.tolist(), chunk_size=len(rows), accept=accept,
                      max_tries=1 if selection is None else selection.max_tries)
         imgs = to_uint8(res.images)  # (B, H, W, C)

@@ -50,7 +50,7 @@ def selected(pipe, committee, out, selection, **kw):
 
 
 def test_accepted_rows_are_in_band_and_label_faithful(pipe, committee, tmp_path):
-    sel = Selection(max_tries=3, tolerance=0.45)
+    sel = Selection(max_tries=3, tolerance=0.45, pilot=0)  # no pilot: each row conditioned on its request
     plan, summary = selected(pipe, committee, tmp_path / "set", sel)
     m = load_manifest(tmp_path / "set")
     assert summary["complete"] and list(m.id) == list(plan.id)
@@ -74,13 +74,13 @@ def test_accepted_rows_are_in_band_and_label_faithful(pipe, committee, tmp_path)
 
 def test_without_the_label_rule_everything_within_tolerance_passes(pipe, committee, tmp_path):
     _, summary = selected(pipe, committee, tmp_path / "loose", Selection(max_tries=2, tolerance=1.0,
-                                                                          label_rule=False))
+                                                                          label_rule=False, pilot=0))
     m = load_manifest(tmp_path / "loose")
     assert m.accepted.all() and (m.tries == 1).all() and summary["mean_tries"] == 1.0
 
 
 def test_killed_resumed_and_split_runs_equal_one_run(pipe, committee, tmp_path):
-    sel = Selection(max_tries=3, tolerance=0.45)
+    sel = Selection(max_tries=3, tolerance=0.45, pilot=1)  # with a pilot: each process fits or reuses the same one
     selected(pipe, committee, tmp_path / "one", sel)
     one = load_manifest(tmp_path / "one")
     _, first = selected(pipe, committee, tmp_path / "killed", sel, stop_after_chunks=1)
@@ -98,7 +98,7 @@ def test_killed_resumed_and_split_runs_equal_one_run(pipe, committee, tmp_path):
         for p in m.path:
             assert (tmp_path / other / p).read_bytes() == (tmp_path / "one" / p).read_bytes()
     with pytest.raises(GenerationError, match="selection"):  # other selection settings: refused
-        selected(pipe, committee, tmp_path / "one", Selection(max_tries=4, tolerance=0.45))
+        selected(pipe, committee, tmp_path / "one", Selection(max_tries=4, tolerance=0.45, pilot=1))
 
 
 def test_selection_needs_a_committee(pipe, tmp_path):
@@ -106,3 +106,25 @@ def test_selection_needs_a_committee(pipe, tmp_path):
         selected(pipe, [], tmp_path / "x", Selection())
     with pytest.raises(GenerationError, match="max_tries"):
         Selection(max_tries=0)
+
+
+def test_the_pilot_fits_per_class_conditioning_and_is_stored(pipe, committee, tmp_path):
+    import json
+
+    from dacd.calibration import Calibration
+    from dacd.generation import CONFIG_NAME, fit_pilot
+
+    out = tmp_path / "piloted"
+    selected(pipe, committee, out, Selection(max_tries=2, tolerance=0.45, pilot=2))
+    stored = json.loads((out / CONFIG_NAME).read_text())["pilot"]
+    pilot = Calibration(**stored)
+    assert pilot.meta["measured_by"] == "committee mean" and set(pilot.measured) == {"0", "1", "2", "3"}
+    m = load_manifest(out)
+    np.testing.assert_allclose(m.conditioning_s, [pilot.invert(c, t) for c, t in zip(m.label, m.requested_s)],
+                               atol=1e-6)  # every row is conditioned through the pilot's curve of its class
+    assert not np.allclose(m.conditioning_s, m.requested_s, atol=1e-3)
+    again = fit_pilot(pipe, committee, [0, 1, 2, 3], FAST, 2, batch_size=4)  # deterministic: the same curve
+    for key, values in pilot.measured.items():
+        assert again.measured[key] == pytest.approx(values)
+    with pytest.raises(GenerationError, match="pilot"):
+        Selection(pilot=-1)

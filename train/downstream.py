@@ -120,6 +120,8 @@ def parse_args(argv=None):
     p.add_argument("--max-tries", type=int, default=Selection.max_tries, help="selected: tries per image")
     p.add_argument("--tolerance", type=float, default=Selection.tolerance, help="selected: |committee s - plan|")
     p.add_argument("--no-label-rule", action="store_true", help="selected: accept tries that a member misclassifies")
+    p.add_argument("--pilot", type=int, default=Selection.pilot,
+                   help="selected: pilot images per class and grid value fitting per-class conditioning (0: none)")
     p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
                                                       str(EMBEDDED / LAYOUT.classifier_2)],
                    help="selected: scoring classifiers that select (never the evaluator)")
@@ -191,7 +193,7 @@ def plan_sets(args, real, counts) -> dict:
                  "plan": plan_fingerprint(plan)}
         selection = None
         if mode == "selected":
-            selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule)
+            selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot)
             ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])
         name = f"{arm}-{mode}" + (f"-mu{mu:g}" if mu is not None else "")
         sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": mode, "kind": "generated", "plan": plan,

@@ -83,6 +83,9 @@ def parse_args(argv=None):
     sel.add_argument("--tolerance", type=float, default=Selection.tolerance)
     sel.add_argument("--no-label-rule", action="store_true",
                      help="accept a try even when a committee member ranks another class first")
+    sel.add_argument("--pilot", type=int, default=Selection.pilot,
+                     help="before the first chunk, N images per class and grid value of s fit per-class conditioning "
+                          "(stored in generation.json; 0: none, condition on the request)")
     sel.add_argument("--committee", nargs="+", default=None,
                      help="scoring classifier folders (default: the checkpoint's classifier/ and classifier-2/); "
                           "never the evaluator, which judges")
@@ -172,7 +175,7 @@ def main(argv=None):
         if state.is_main_process:
             print(f"{len(plan)} images from {model_dir} into {args.out}: {extra['difficulty']['description']}, "
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
-        selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule) if args.select else None)
+        selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot) if args.select else None)
         summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
                                    selection=selection, committee=committee,
                                    sampling=sampling, batch_size=args.batch_size, extra_config=extra,
