@@ -167,6 +167,14 @@ class Explorer:
 
 # ---------------------------------------------------------------- generation
 
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 EXACT = Selection(max_tries=6, tolerance=0.05, label_rule=True, pilot=0)  # the app's "exact difficulty" (per image)
 NEAR_WIDTH, NEAR_MIN_COUNT = 0.05, 50  # "few real images near the requested s" below this count
 CHUNK_SIZE = 32  # images per pipeline call
@@ -215,7 +223,7 @@ class Workbench(Explorer):
     def workers(self) -> int:
         """Threads one request samples with: every core when torch runs one thread per call (the
         app's default, `--threads 1`), else one (torch's own threads use the cores)."""
-        return (os.cpu_count() or 1) if self.device() == "cpu" and torch.get_num_threads() == 1 else 1
+        return cpu_cores() if self.device() == "cpu" and torch.get_num_threads() == 1 else 1
 
     def pipeline(self, kind: str = "dacd"):
         if kind not in MODELS:

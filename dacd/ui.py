@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 import random
 import tempfile
 import zipfile
@@ -18,7 +17,16 @@ import torch
 from .calibration import Calibration
 from .data import DatasetError, resolve_class
 from .defaults import APP_LIMITS, DIFFICULTY, LAYOUT, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
-from .explore import BROWSE_PERCENTILES, DEFAULT_VIEW, EXACT, NEAR_MIN_COUNT, NEAR_WIDTH, Explorer, Workbench
+from .explore import (
+    BROWSE_PERCENTILES,
+    DEFAULT_VIEW,
+    EXACT,
+    NEAR_MIN_COUNT,
+    NEAR_WIDTH,
+    Explorer,
+    Workbench,
+    cpu_cores,
+)
 from .plots import (
     calibration_figure,
     data_map_figure,
@@ -425,7 +433,7 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
         seeds = parse_seeds(x.seeds)
         r = ex.sweep(x.class_name, seeds, x.columns, difficulty_only=bool(x.difficulty_only), steps=x.steps,
                      progress=lambda f, d: progress(f, desc=d))
-        rows, cols = r["measured"].shape
+        cols = r["measured"].shape[1]
         grid = image_grid([im for row in r["images"] for im in row], ncols=cols, scale=4,
                           column_labels=[f"s={v:.2f}" for v in r["s_values"]],
                           row_labels=[f"seed {sd}" for sd in r["seeds"]])
@@ -542,7 +550,7 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
 
 def default_concurrency(threads: int) -> int:
     """Events served at once: one per `threads` CPU cores (at least one)."""
-    return max(1, (os.cpu_count() or 1) // max(1, threads))
+    return max(1, cpu_cores() // max(1, threads))
 
 
 def build_app(ex: Workbench | None = None, max_queue: int = 16, concurrency: int | None = None) -> gr.Blocks:
