@@ -525,7 +525,8 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
             btn = gr.Button("Compare", variant="primary", elem_id="distribution-button")
         with gr.Row():
             fig = gr.Plot(label="histograms", min_width=320, scale=2)
-            shares = gr.Markdown(label="medium-band shares", elem_id="distribution-shares")
+            with gr.Column(min_width=260):  # a column's min width makes the row wrap on phones
+                shares = gr.Markdown(label="medium-band shares", elem_id="distribution-shares")
         calib = gr.Plot(label="calibration curve")
         inputs = in_order(DistributionInputs, mu=mu, sigma=sigma, n=n, class_name=cls, seed=seed)
         # its own queue: a long comparison never holds up Generate or Sweep
