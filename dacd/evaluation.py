@@ -73,6 +73,70 @@ def kid(real: np.ndarray, gen: np.ndarray) -> float:
                  - 2 * k_rg.mean())
 
 
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+@torch.no_grad()
+def ssim(a, b, data_range: float = 1.0, window: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """Structural similarity (Wang et al. 2004) of each image pair, averaged over its pixels
+    and channels: Gaussian window (11, sigma 1.5), K1 = 0.01, K2 = 0.03, valid region only.
+    `a`, `b`: (N, C, H, W) arrays or tensors on the same scale (`data_range` wide)."""
+    a = torch.as_tensor(np.asarray(a), dtype=torch.float64)
+    b = torch.as_tensor(np.asarray(b), dtype=torch.float64)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"ssim needs two (N, C, H, W) batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(a.shape[-2:]) < window:
+        raise ValueError(f"images of {tuple(a.shape[-2:])} are smaller than the {window}-pixel window")
+    n, c = a.shape[:2]
+    w = _gaussian_window(window, sigma).expand(c, 1, window, window)
+    blur = lambda x: torch.nn.functional.conv2d(x, w, groups=c)  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    m = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return m.reshape(n, -1).mean(1).numpy()
+
+
+def _pairwise(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    d2 = (x ** 2).sum(1)[:, None] + (y ** 2).sum(1)[None] - 2 * x @ y.T
+    return np.sqrt(np.maximum(d2, 0))
+
+
+def _knn_radius(x: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each row to its k-th nearest other row."""
+    d = _pairwise(x, x)
+    np.fill_diagonal(d, np.inf)
+    return np.partition(d, k - 1, axis=1)[:, k - 1]
+
+
+def manifold_metrics(real, gen, k: int = 5) -> dict:
+    """Precision and recall (Kynkaanniemi et al. 2019) and density and coverage (Naeem et al.
+    2020) of generated vs real feature sets, with k-nearest-neighbour balls.
+
+    precision: share of generated rows inside some real row's ball (fidelity); recall: share of
+    real rows inside some generated row's ball (diversity); density: mean number of real balls
+    holding a generated row, over k (about 1 for matching distributions, can exceed 1); coverage:
+    share of real rows whose ball holds a generated row."""
+    real, gen = np.asarray(real, np.float64), np.asarray(gen, np.float64)
+    if len(real) <= k or len(gen) <= k:
+        raise ValueError(f"manifold metrics need more than k={k} rows in each set, got {len(real)} real "
+                         f"and {len(gen)} generated")
+    r_real, r_gen = _knn_radius(real, k), _knn_radius(gen, k)
+    d = _pairwise(real, gen)  # (real, gen)
+    inside_real = d <= r_real[:, None]  # generated row j inside real ball i
+    return {"precision": float(inside_real.any(0).mean()),
+            "recall": float((d <= r_gen[None, :]).any(1).mean()),
+            "density": float(inside_real.sum(0).mean() / k),
+            "coverage": float(inside_real.any(1).mean()), "k": k}
+
+
 def error_distribution(labels, preds, num_classes: int) -> np.ndarray:
     """Off-diagonal confusion mass, normalised to sum to 1 (zeros if no errors)."""
     m = np.zeros((num_classes, num_classes))

@@ -500,6 +500,18 @@ class BaseTrainConfig:
     checkpointing_steps: int = 500
     log_every: int = 50
     seed: int = 0
+    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights of min-SNR-gamma: min(SNR, gamma) / SNR for epsilon targets,
+    min(SNR, gamma) / (SNR + 1) for v targets (both equal min(SNR, gamma) weighting of the x0 error)."""
+    ac = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = ac / (1 - ac)
+    clipped = torch.clamp(snr, max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr
 
 
 def train_vae(vae, images: torch.Tensor, cfg: BaseTrainConfig, run_dir: str | Path, *, device="cpu",
@@ -529,17 +541,23 @@ def train_vae(vae, images: torch.Tensor, cfg: BaseTrainConfig, run_dir: str | Pa
 
 @torch.no_grad()
 def vae_reconstruction_error(vae, images: torch.Tensor, batch_size: int = 256) -> dict:
-    """Mean squared and absolute error of posterior-mean reconstructions, in [0, 1] pixel units."""
+    """Mean squared and absolute error of posterior-mean reconstructions, in [0, 1] pixel units,
+    their PSNR (of the mean squared error) and the mean SSIM per image."""
+    from .evaluation import ssim  # evaluation imports the classifier stack; only needed here
+
     device = next(vae.parameters()).device
     se = ae = 0.0
+    sims = []
     for i in range(0, len(images), batch_size):
         x = images_to_model_range(images[i:i + batch_size]).to(device)
         r = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         diff = (r - x) / 2
         se += diff.pow(2).sum().item()
         ae += diff.abs().sum().item()
+        sims.append(ssim((r.cpu() + 1) / 2, (x.cpu() + 1) / 2))
     n = images.numel()
-    return {"mse": se / n, "mae": ae / n, "psnr": 10 * math.log10(1.0 / max(se / n, 1e-12))}
+    return {"mse": se / n, "mae": ae / n, "psnr": 10 * math.log10(1.0 / max(se / n, 1e-12)),
+            "ssim": float(np.concatenate(sims).mean())}
 
 
 def train_base_unet(pipe_parts: dict, images: torch.Tensor, labels: np.ndarray, prompts_by_class: list[str],
@@ -577,7 +595,11 @@ def train_base_unet(pipe_parts: dict, images: torch.Tensor, labels: np.ndarray, 
         drop = torch.rand(len(idx), generator=gen) < cfg.text_dropout
         ctx = text_encoder(ids[torch.where(drop, empty, labels_t[idx]).to(device)])[0]
         pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=ctx).sample
-        loss = F.mse_loss(pred, diffusion_target(sched, lat, noise, t))
+        if cfg.snr_gamma:
+            per = F.mse_loss(pred, diffusion_target(sched, lat, noise, t), reduction="none").flatten(1).mean(1)
+            loss = (per * min_snr_weights(sched, t, cfg.snr_gamma)).mean()
+        else:
+            loss = F.mse_loss(pred, diffusion_target(sched, lat, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -46,6 +46,14 @@ def parse_args(argv=None):
     p.add_argument("--prediction-type", default=t.prediction_type, choices=["epsilon", "v_prediction"],
                    help="v_prediction builds an SD2-shaped base (linear projections)")
     p.add_argument("--unet-channels", type=int, nargs="+", default=list(t.unet_channels))
+    p.add_argument("--unet-layers-per-block", type=int, default=t.unet_layers_per_block)
+    p.add_argument("--vae-channels", type=int, nargs="+", default=list(t.vae_channels),
+                   help="one entry per VAE block; k blocks downsample 2^(k-1) times (32 px: 3 -> 8x8 latents, "
+                        "2 -> 16x16)")
+    p.add_argument("--latent-channels", type=int, default=t.latent_channels)
+    p.add_argument("--snr-gamma", type=float, default=b.snr_gamma,
+                   help="min-SNR-gamma loss weighting of the U-Net (e.g. 5); default plain MSE")
+    p.add_argument("--ema-decay", type=float, default=b.ema_decay)
     p.add_argument("--seed", type=int, default=b.seed)
     p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
     p.add_argument("--eval-samples", type=int, default=100, help="samples per class for the accuracy check (0: skip)")
@@ -64,9 +72,12 @@ def main(argv=None):
     images = torch.from_numpy(train.images)
     cfg = BaseTrainConfig(vae_steps=args.vae_steps, vae_batch_size=args.vae_batch_size, unet_steps=args.unet_steps,
                           unet_batch_size=args.unet_batch_size, unet_lr=args.unet_lr,
-                          checkpointing_steps=args.checkpointing_steps, seed=args.seed)
+                          checkpointing_steps=args.checkpointing_steps, seed=args.seed, snr_gamma=args.snr_gamma,
+                          ema_decay=args.ema_decay)
     tiny = TinySDConfig(image_size=train.image_size, in_channels=train.in_chans,
-                        unet_channels=tuple(args.unet_channels), prediction_type=args.prediction_type)
+                        unet_channels=tuple(args.unet_channels), unet_layers_per_block=args.unet_layers_per_block,
+                        vae_channels=tuple(args.vae_channels), latent_channels=args.latent_channels,
+                        prediction_type=args.prediction_type)
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     parts = build_components(tiny, class_names=train.class_names, seed=args.seed)

@@ -1,0 +1,95 @@
+"""The fidelity measures of the base-generator comparison: SSIM, manifold metrics, min-SNR
+weights, a 16x16-latent base, and bench/fidelity.py end to end on tiny models."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_BASE_ARGS, run_script
+
+from dacd.evaluation import manifold_metrics, ssim
+from dacd.tiny import TinySDConfig, build_scheduler
+from dacd.training import min_snr_weights
+
+
+def test_ssim_is_one_for_identical_images_and_falls_with_noise():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 1, 28, 28))
+    np.testing.assert_allclose(ssim(a, a), 1.0, atol=1e-12)
+    light = ssim(a, np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1))
+    heavy = ssim(a, np.clip(a + rng.normal(0, 0.3, a.shape), 0, 1))
+    assert np.all(light < 1) and np.all(heavy < light)
+    # a constant shift keeps the structure terms at 1; only luminance drops (and by the textbook amount)
+    flat = np.full((1, 1, 16, 16), 0.2)
+    mu_a, mu_b, c1 = 0.2, 0.6, 0.01 ** 2
+    assert ssim(flat, flat + 0.4)[0] == pytest.approx((2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1))
+    with pytest.raises(ValueError, match="same shape|one shape"):
+        ssim(a, a[:2])
+
+
+def test_manifold_metrics_separate_fidelity_from_diversity():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 4))
+    same = manifold_metrics(real, rng.normal(size=(400, 4)))
+    assert same["precision"] > 0.9 and same["recall"] > 0.9 and 0.7 < same["density"] < 1.3 and same["coverage"] > 0.9
+    # mode collapse: every generated row near the centre -> precise, but little recall and coverage
+    collapsed = manifold_metrics(real, rng.normal(scale=0.05, size=(400, 4)))
+    assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.2 and collapsed["coverage"] < 0.3
+    # far away: neither
+    far = manifold_metrics(real, rng.normal(size=(400, 4)) + 20)
+    assert far["precision"] == 0 and far["recall"] == 0 and far["coverage"] == 0
+    with pytest.raises(ValueError, match="more than k"):
+        manifold_metrics(real[:3], real)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_min_snr_weights(kind):
+    sched = build_scheduler(TinySDConfig(prediction_type=kind))
+    t = torch.arange(0, 1000, 37)
+    ac = sched.alphas_cumprod[t]
+    snr = ac / (1 - ac)
+    w = min_snr_weights(sched, t, 5.0)
+    # both targets weight the x0 error by min(SNR, gamma): eps error = SNR * x0 error, v error = (SNR + 1) * x0 error
+    scale = snr if kind == "epsilon" else snr + 1
+    torch.testing.assert_close(w * scale, torch.clamp(snr, max=5.0))
+    if kind == "epsilon":
+        assert torch.all(w[snr <= 5] == 1) and torch.all(w[snr > 5] < 1)
+
+
+@pytest.mark.slow
+def test_sixteen_latent_base_with_min_snr_and_the_fidelity_bench(fake_fmnist, tiny_evaluator, tmp_path):
+    root = tmp_path / "cand"
+    args = [a for a in TINY_BASE_ARGS]
+    run_script("train/train_base.py", "--data-dir", fake_fmnist, "--output-dir", root / "base", "--run-dir",
+               root / "run", *args, "--vae-channels", "32", "32", "--latent-channels", "2", "--snr-gamma", "5")
+    cfg = json.loads((root / "base" / "vae" / "config.json").read_text())
+    assert cfg["latent_channels"] == 2 and len(cfg["block_out_channels"]) == 2
+    unet = json.loads((root / "base" / "unet" / "config.json").read_text())
+    assert unet["sample_size"] == 16 and unet["in_channels"] == 2
+    metrics = json.loads((root / "base" / "metrics.json").read_text())
+    assert metrics["train_config"]["snr_gamma"] == 5 and 0 < metrics["vae_reconstruction_test"]["ssim"] <= 1
+
+    out = tmp_path / "fid"
+    bench = ["bench/fidelity.py", "--models", root / "base", "--evaluator", tiny_evaluator, "--data-dir",
+             fake_fmnist, "--per-class", "8", "--real-test-per-class", "8", "--cas-seeds", "0", "--steps", "3",
+             "--batch-size", "16", "--gen-steps", "2", "--k", "3", "--out", out, "--no-progress"]
+    first = run_script(*bench)
+    table = pd.read_csv(out / "fidelity.csv")
+    assert list(table.model) == ["real-random", "cand/base"]
+    gen = table.set_index("model").loc["cand/base"]
+    assert 0 <= gen.precision <= 1 and 0 <= gen.recall <= 1 and 0 < gen.vae_ssim <= 1 and gen.vae_psnr > 0
+    assert 0 <= gen.cas_mean <= 1 and gen.cas_seeds == 1
+    assert table.set_index("model").loc["real-random", "cas_gap_to_real"] == 0
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert len(per_class) == 20 and set(per_class.model) == {"real-random", "cand/base"}
+    assert "KID per class" in (out / "fidelity.md").read_text()
+    # a rerun reuses every cached piece: same numbers, no new images
+    images = next(out.glob("cache/cand_base-*/images.npy"))
+    stamp = images.stat().st_mtime_ns
+    run_script(*bench)
+    assert images.stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fidelity.csv").drop(columns="seconds"),
+                                  table.drop(columns="seconds"))
+    assert "done in" in first.stdout
