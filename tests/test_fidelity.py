@@ -93,3 +93,15 @@ def test_sixteen_latent_base_with_min_snr_and_the_fidelity_bench(fake_fmnist, ti
     pd.testing.assert_frame_equal(pd.read_csv(out / "fidelity.csv").drop(columns="seconds"),
                                   table.drop(columns="seconds"))
     assert "done in" in first.stdout
+
+
+@pytest.mark.slow
+def test_base_candidates_trains_each_and_compares(fake_fmnist, tiny_evaluator, tmp_path):
+    run_script("bench/base_candidates.py", "--only", "today", "lat16", "--vae-steps", "2", "--unet-steps", "2",
+               "--work-dir", tmp_path / "work", "--out", tmp_path / "out", "--per-class", "4", "--cas-seeds",
+               "--data-dir", fake_fmnist, "--evaluator", tiny_evaluator, "--no-progress")
+    cands = pd.read_csv(tmp_path / "out" / "candidates.csv").set_index("candidate")
+    assert cands.loc["today", "latent"] == "4x8x8" and cands.loc["lat16", "latent"] == "4x16x16"
+    assert (cands.vae_psnr > 0).all()
+    fid = pd.read_csv(tmp_path / "out" / "fidelity.csv")
+    assert list(fid.model) == ["real-random", "today/base", "lat16/base"] and fid.cas_mean.isna().all()
