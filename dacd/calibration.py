@@ -20,6 +20,12 @@ import pandas as pd
 from .defaults import LAYOUT
 
 CALIBRATION_NAME = LAYOUT.calibration
+IMG2IMG_PATTERN = "calibration-img2img-strength{strength:g}.json"  # curves for edits, one per strength
+
+
+def img2img_calibration_name(strength: float) -> str:
+    """The file name of the curve fitted for img2img edits at `strength`."""
+    return IMG2IMG_PATTERN.format(strength=float(strength))
 
 
 @dataclass
@@ -66,16 +72,16 @@ class Calibration:
         x, y = self.curve(class_label)
         return float(np.interp(requested, x, y))
 
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CALIBRATION_NAME
+    def save(self, folder: str | Path, name: str = CALIBRATION_NAME) -> Path:
+        path = Path(folder) / name
         path.write_text(json.dumps({"requested": list(map(float, self.requested)),
                                     "measured": {k: list(map(float, v)) for k, v in self.measured.items()},
                                     "meta": self.meta}, indent=2) + "\n")
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Calibration | None":
-        path = Path(folder) / CALIBRATION_NAME
+    def load(cls, folder: str | Path, name: str = CALIBRATION_NAME) -> "Calibration | None":
+        path = Path(folder) / name
         if not path.is_file():
             return None
         try:
@@ -84,3 +90,16 @@ class Calibration:
         except (json.JSONDecodeError, KeyError) as e:
             raise ValueError(f"calibration file {path} is invalid ({e}); rerun train/calibrate.py to rewrite it "
                              "(bench/controllability.py measures how well it works)") from e
+
+
+def load_img2img_calibrations(folder: str | Path) -> dict[float, Calibration]:
+    """Every curve fitted for img2img edits in a dacd folder, by strength (rounded to 6 digits)."""
+    curves = {}
+    for path in sorted(Path(folder).glob(IMG2IMG_PATTERN.replace("{strength:g}", "*"))):
+        curve = Calibration.load(folder, name=path.name)
+        strength = curve.meta.get("img2img_strength")
+        if not isinstance(strength, (int, float)) or not 0 < float(strength) <= 1:
+            raise ValueError(f"calibration file {path} names no img2img_strength in (0, 1] in its meta; rerun "
+                             "train/calibrate.py --img2img-strength S to rewrite it")
+        curves[round(float(strength), 6)] = curve
+    return curves

@@ -38,7 +38,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from peft.utils import get_peft_model_state_dict
 
 from . import __version__
-from .calibration import Calibration
+from .calibration import Calibration, load_img2img_calibrations
 from .data import resolve_class
 from .defaults import LAYOUT, LIMITS, PROMPT_TEMPLATE, SAMPLING
 from .encoder import DifficultyEncoder
@@ -106,6 +106,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.calibration: Calibration | None = None
+        self.img2img_calibrations: dict[float, Calibration] = {}  # curves for edits, by strength
         self.dacd_config: dict = {}
         self._schedulers = {}
 
@@ -267,10 +268,11 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             return ([c_pd] if g_t == 1.0 else [c_00, c_pd]), g_t, g_d
         return [c_00, c_p0, c_pd], g_t, g_d
 
-    def denoise(self, latents, sched, branches, g_t: float, g_d: float, extra: dict) -> torch.Tensor:
-        """The sampling loop with one U-Net call per step over all branches."""
+    def denoise(self, latents, sched, branches, g_t: float, g_d: float, extra: dict, timesteps=None) -> torch.Tensor:
+        """The sampling loop with one U-Net call per step over all branches (over `timesteps`,
+        default all of the scheduler's; edits run the tail of the schedule)."""
         context = torch.cat(branches, 0)
-        for t in self.progress_bar(sched.timesteps):
+        for t in self.progress_bar(sched.timesteps if timesteps is None else timesteps):
             x = sched.scale_model_input(latents, t)
             e = self.unet(torch.cat([x] * len(branches)), t, encoder_hidden_states=context, return_dict=False)[0]
             if len(branches) == 1:
@@ -341,6 +343,24 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                                         conditioning_difficulties=cond_s, prompts=prompts)
 
     # ------------------------------------------------------------ save / load
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """A pipeline of this class over `pipeline`'s components (no new weights; a LoRA already
+        loaded stays loaded), carrying its class names, prompt template, calibration curves and
+        dacd config across. `pipeline` may also be a stock `StableDiffusionPipeline` (then pass
+        `class_names`)."""
+        expected, _ = cls._get_signature_keys(cls)
+        for name, component in pipeline.components.items():  # by name: __init__ has no type hints to match
+            if name in expected:
+                kwargs.setdefault(name, component)
+        kwargs.setdefault("class_names", getattr(pipeline, "class_names", None))
+        kwargs.setdefault("prompt_template", getattr(pipeline, "prompt_template", PROMPT_TEMPLATE))
+        new = super().from_pipe(pipeline, **kwargs)
+        new.calibration = getattr(pipeline, "calibration", None)
+        new.img2img_calibrations = dict(getattr(pipeline, "img2img_calibrations", {}))
+        new.dacd_config = dict(getattr(pipeline, "dacd_config", {}))
+        return new
+
     def save_pretrained(self, save_directory, base: str | None = None, lora_config: dict | None = None,
                         **kwargs):
         """Write `dacd_config.json`, the LoRA (diffusers format, with adapter metadata) and
@@ -431,6 +451,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                 raise FileNotFoundError(f"{lora_path} is missing but {cfg_path} describes a LoRA")
             pipe.load_lora_weights(str(folder), weight_name=LAYOUT.lora_weights, adapter_name="default")
         pipe.calibration = Calibration.load(folder)
+        pipe.img2img_calibrations = load_img2img_calibrations(folder)
         pipe.dacd_config = dict(config, base_resolved=base_path, folder=str(folder))
         if device is not None:
             pipe.to(device)
