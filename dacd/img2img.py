@@ -9,7 +9,7 @@ what the dial changes on *that* item.
 
     pipe = DifficultyControlledPipeline.from_pretrained("checkpoints/fashion-mnist/dacd")
     edit = DifficultyControlledImg2ImgPipeline.from_pipe(pipe)
-    out = edit(image, "Shirt", difficulty=0.8, strength=0.5, generator=torch.Generator().manual_seed(0))
+    out = edit("Shirt", difficulty=0.8, image=image, strength=0.5, generator=torch.Generator().manual_seed(0))
 """
 
 from __future__ import annotations
@@ -161,14 +161,15 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def __call__(self, image, class_labels, difficulty=0.5, prompt=None, *, strength: float = DEFAULT_STRENGTH,
+    def __call__(self, class_labels, difficulty=0.5, prompt=None, *, image=None, strength: float = DEFAULT_STRENGTH,
                  difficulty_only: bool = False, calibrated: bool = False,
                  guidance_scale: float = SAMPLING.guidance_scale,
                  difficulty_guidance_scale: float | None = SAMPLING.difficulty_guidance_scale,
                  num_inference_steps: int = SAMPLING.num_inference_steps, scheduler: str | None = SAMPLING.scheduler,
                  generator=None, eta: float = 0.0, output_type: str = "pil", guidance_branches: str = "auto",
                  return_dict: bool = True):
-        """Edit `image` (one, or one per edit) into class `class_labels` at difficulty `difficulty`.
+        """Edit `image` (one, or one per edit) towards class `class_labels` at difficulty `difficulty`
+        (arguments in the order of the text-to-image pipeline, `image` by keyword as in diffusers).
 
         `strength` in (0, 1]: the share of the denoising schedule that is rerun (the image is
         noised to that point first). Everything else as in `DifficultyControlledPipeline.__call__`;

@@ -27,7 +27,7 @@ def run(edit, image="item", labels=(0, 1), s=(0.2, 0.8), seed=0, **kw):
     kw.setdefault("num_inference_steps", 10)
     kw.setdefault("output_type", "np")
     kw.setdefault("scheduler", "ddim")
-    return edit(item() if isinstance(image, str) and image == "item" else image, list(labels), list(s),
+    return edit(list(labels), list(s), image=item() if isinstance(image, str) and image == "item" else image,
                 generator=torch.Generator().manual_seed(seed), **kw)
 
 
@@ -94,7 +94,7 @@ def test_bad_inputs_name_the_argument(edit, kwargs, match):
     kw = {"image": item(), "strength": 0.5, **kwargs}
     image = kw.pop("image")
     with pytest.raises(ValueError, match=match):
-        run(edit, image=image, **kw) if image is not None else edit(None, [0, 1], [0.2, 0.8])
+        run(edit, image=image, **kw) if image is not None else edit([0, 1], [0.2, 0.8], image=None)
 
 
 def test_deterministic_and_low_strength_stays_closer_to_the_source(edit):
@@ -106,7 +106,7 @@ def test_deterministic_and_low_strength_stays_closer_to_the_source(edit):
     init = edit.encode_images(edit.check_image_inputs(sources, 4, 0.5, 10), 4)
     dist = {}
     for strength in (0.2, 0.5, 1.0):
-        lat = edit(sources, [0, 1, 2, 3], 0.5, strength=strength, num_inference_steps=10, scheduler="ddim",
+        lat = edit([0, 1, 2, 3], 0.5, image=sources, strength=strength, num_inference_steps=10, scheduler="ddim",
                    generator=torch.Generator().manual_seed(0), output_type="latent").images
         dist[strength] = float((lat - init).pow(2).mean())
     assert dist[0.2] < dist[0.5] < dist[1.0]
@@ -148,3 +148,20 @@ def test_img2img_curves_load_from_a_folder(tmp_path):
     Calibration.fit(pd.DataFrame(rows)).save(tmp_path, img2img_calibration_name(0.6))  # no strength in meta
     with pytest.raises(ValueError, match="img2img_strength"):
         load_img2img_calibrations(tmp_path)
+
+
+@pytest.mark.slow
+def test_edits_bench_on_tiny_models(tiny_checkpoint, fake_fmnist, tmp_path):
+    from conftest import run_script
+    import pandas as pd
+
+    run_script("bench/edits.py", "--model", tiny_checkpoint / "dacd", "--evaluator", tiny_checkpoint / "evaluator",
+               "--scores", tiny_checkpoint / "scores.parquet", "--data-dir", fake_fmnist, "--items", "2",
+               "--strengths", "0.4", "1.0", "--steps", "5", "--out", tmp_path, "--no-progress")
+    table = pd.read_csv(tmp_path / "summary.csv").set_index("source")
+    assert list(table.index) == ["edit strength 0.4", "edit strength 1", "real ceiling", "sources (unedited)"]
+    edits = table.loc[["edit strength 0.4", "edit strength 1"]]
+    assert edits["keep_label_at_s_le_0.5"].between(0, 1).all() and edits.ssim_to_source.between(-1, 1).all()
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert len(cells[cells.source == "edit strength 0.4"]) == 10 * 5  # every class x level
+    assert (tmp_path / "edits_s0.4.png").is_file() and "real ceiling" in (tmp_path / "edits.md").read_text()
