@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "base-candidates"))
     p.add_argument("--per-class", type=int, default=100, help="fidelity: images per class")
     p.add_argument("--cas-seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--cas-steps", type=int, default=400, help="CAS optimizer steps (bench/fidelity.py --steps)")
+    p.add_argument("--gen-steps", type=int, default=None, help="fidelity: sampling steps (default: the project's)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--evaluator", default=None, help="default: the embedded evaluator")
     p.add_argument("--no-progress", action="store_true")
@@ -89,7 +91,9 @@ def main(argv=None):
     table.to_csv(out / "candidates.csv", index=False)
     print(table.to_string(index=False))
     fid = [sys.executable, "bench/fidelity.py", "--models", *[work / n / "base" for n in args.only],
-           "--per-class", args.per_class, "--cas-seeds", *args.cas_seeds, "--out", out]
+           "--per-class", args.per_class, "--cas-seeds", *args.cas_seeds, "--steps", args.cas_steps, "--out", out]
+    if args.gen_steps:
+        fid += ["--gen-steps", args.gen_steps]
     if args.data_dir:
         fid += ["--data-dir", args.data_dir]
     if args.evaluator:

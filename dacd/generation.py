@@ -47,7 +47,8 @@ from .evaluation import generate_rows, grid_rows, measure, medium_share
 from .sampling import SamplingSettings, sample, seed_from
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
-                    "measured_s", "predicted_class", "path", "real_subset", "selection_s", "tries", "accepted"]
+                    "measured_s", "predicted_class", "path", "real_subset", "selection_s", "tries", "accepted",
+                    "anchor_id"]
 PLAN_COLUMNS = ["id", "class", "label", "index", "requested_s", "seed", "prompt"]
 CONFIG_NAME = "generation.json"
 MANIFEST_NAME = "manifest.parquet"
@@ -224,9 +225,38 @@ def make_plan(class_names, counts: dict[int, int] | int, difficulty: DifficultyS
 
 def plan_fingerprint(plan: pd.DataFrame) -> str:
     h = hashlib.sha256()
-    for col in ("id", "label", "requested_s", "seed", "prompt"):
+    for col in ("id", "label", "requested_s", "seed", "prompt") + (("anchor_id",) if "anchor_id" in plan else ()):
         h.update(pd.util.hash_pandas_object(plan[col], index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Anchoring:
+    """Sampling "anchored": each planned image is an edit of a real image of its class (img2img at
+    `strength`), the real image chosen by `assign_anchors` with `seed`."""
+
+    strength: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.strength, (int, float)) and 0 < float(self.strength) <= 1):
+            raise GenerationError(f"strength must be in (0, 1], got {self.strength!r}")
+
+
+def assign_anchors(plan: pd.DataFrame, anchor_ids, anchor_labels, seed: int = 0) -> pd.DataFrame:
+    """The plan with an `anchor_id` column: row k of class c takes the k-th of the anchors of class
+    c in a seeded order (cycling when the class has fewer anchors than rows). Depends only on
+    (seed, class, k) and the anchor set, so a smaller plan's anchors are a larger plan's first."""
+    anchor_ids, anchor_labels = np.asarray(anchor_ids).astype(str), np.asarray(anchor_labels, int)
+    out = np.empty(len(plan), object)
+    for c, rows in plan.groupby("label").groups.items():
+        pool = anchor_ids[anchor_labels == int(c)]
+        if not len(pool):
+            raise GenerationError(f"no real image of class {plan.loc[rows[0], 'class']!r} to anchor its rows on: "
+                                  "the real subset must hold every planned class")
+        order = np.random.default_rng([int(seed), int(c), 2]).permutation(pool)
+        out[np.asarray([plan.index.get_loc(r) for r in rows])] = order[plan.loc[rows, "index"].to_numpy() % len(order)]
+    return plan.assign(anchor_id=out.astype(str))
 
 
 def take_first(manifest: pd.DataFrame, counts: dict[int, int]) -> pd.DataFrame:
@@ -366,7 +396,7 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
     if is_main:
         if path.is_file():
             old = json.loads(path.read_text())
-            keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot")
+            keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot", "anchoring")
             if any(old.get(k) != config.get(k) for k in keys):
                 # every setting that differs, not only the ones that decide (the plan fingerprint alone
                 # would not say that --mu changed)
@@ -386,7 +416,8 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
 def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id: str, evaluator=None,
                      sampling: SamplingSettings | None = None, batch_size: int = 32, real_subset: str = "",
                      extra_config: dict | None = None, selection: Selection | None = None, committee=(),
-                     process_index: int = 0, num_processes: int = 1, barrier=lambda: None,
+                     anchoring: Anchoring | None = None, anchors=None, process_index: int = 0,
+                     num_processes: int = 1, barrier=lambda: None,
                      progress: bool = True, stop_after_chunks: int | None = None) -> dict:
     """Generate the plan's images into `out_dir` (resumable), then merge the manifest.
 
@@ -394,7 +425,10 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     `accelerate.PartialState().wait_for_everyone`). `real_subset` names the real set whose size
     the counts were derived from (a manifest column; "" when counts were given directly).
     With `selection`, rows are over-generated and chosen by `committee` (scoring classifiers that
-    are not the evaluator), and the set's sampling is "selected". `stop_after_chunks` ends this process
+    are not the evaluator), and the set's sampling is "selected". With `anchoring` (the plan has an
+    `anchor_id` column, see `assign_anchors`; `anchors` maps each id to its uint8 (C, H, W) image),
+    each image is an img2img edit of its anchor and the sampling is "anchored".
+    `stop_after_chunks` ends this process
     after that many new chunks without merging (tests: a simulated kill). Returns a summary;
     `summary["complete"]` says whether the manifest was written.
     """
@@ -422,8 +456,21 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             if (names and names != list(pipe.class_names)) or clf.config.num_classes != len(pipe.class_names):
                 raise GenerationError(f"a committee classifier knows {names or clf.config.num_classes} classes, the "
                                       f"model {list(pipe.class_names)}: pass classifiers trained on its classes")
+    if (anchoring is None) != ("anchor_id" not in plan):
+        raise GenerationError("anchored sampling needs both `anchoring` and a plan with anchor ids (assign_anchors)")
+    if anchoring is not None:
+        missing = sorted(set(plan.anchor_id) - set(anchors or {}))
+        if missing:
+            raise GenerationError(f"{len(missing)} anchor images are missing (e.g. {missing[0]!r}): pass every "
+                                  "anchor id of the plan in `anchors`")
+        from .img2img import DifficultyControlledImg2ImgPipeline  # noqa: PLC0415 (img2img builds on the pipeline)
+
+        if not isinstance(pipe, DifficultyControlledImg2ImgPipeline):
+            pipe = DifficultyControlledImg2ImgPipeline.from_pipe(pipe)
+    mode = "plain" if selection is None else "selected"
+    mode = mode if anchoring is None else ("anchored" if selection is None else "anchored-selected")
     pilot = None
-    if selection is not None and selection.pilot and pipe.has_difficulty:
+    if selection is not None and selection.pilot and pipe.has_difficulty and anchoring is None:
         old = _read_config(out_dir)  # a resumed run reuses its pilot (deterministic, but not free)
         if old is not None and old.get("pilot") and old.get("selection") == asdict(selection) \
                 and old.get("model") == model_id and old.get("sampling") == asdict(sampling):
@@ -432,8 +479,9 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             classes = sorted({pipe.class_names.index(n) for n in plan["class"]})
             pilot = fit_pilot(pipe, committee, classes, sampling, selection.pilot, batch_size)
     config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
-              "sampling_mode": "plain" if selection is None else "selected",
+              "sampling_mode": mode,
               "selection": None if selection is None else asdict(selection),
+              "anchoring": None if anchoring is None else asdict(anchoring),
               "pilot": None if pilot is None else asdict(pilot),
               "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
               "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()},
@@ -461,9 +509,12 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
         else:  # the pilot's conditioning replaces the checkpoint's calibration curve
             difficulties = [pilot.invert(c, t) for c, t in zip(labels, rows.requested_s)]
             row_sampling = replace(sampling, calibrated=False)
+        edit = {} if anchoring is None else {"strength": anchoring.strength,
+                                             "sources": [np.asarray(anchors[a]).transpose(1, 2, 0)
+                                                         for a in rows.anchor_id]}
         res = sample(pipe, labels, difficulties, rows.seed.tolist(), row_sampling,
                      prompts=rows.prompt.tolist(), chunk_size=len(rows), accept=accept,
-                     max_tries=1 if selection is None else selection.max_tries)
+                     max_tries=1 if selection is None else selection.max_tries, **edit)
         imgs = to_uint8(res.images)  # (B, H, W, C)
         selection_s = (np.full(len(rows), np.nan) if selection is None else
                        committee_scores(committee, imgs.transpose(0, 3, 1, 2), labels)[0])
@@ -483,7 +534,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                              "seed": rows.seed.to_numpy(), "prompt": rows.prompt.to_numpy(), "model": model_id,
                              "measured_s": np.asarray(measured, float), "predicted_class": predicted,
                              "path": paths, "real_subset": real_subset, "selection_s": selection_s,
-                             "tries": res.tries, "accepted": res.accepted})
+                             "tries": res.tries, "accepted": res.accepted,
+                             "anchor_id": rows.anchor_id.to_numpy() if anchoring is not None else ""})
         _atomic_parquet(part[MANIFEST_COLUMNS], chunk_path(out_dir, c))
         done_now += 1
         bar.update(len(rows))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_BASE_ARGS, run_script
+from conftest import run_script
 
 from dacd.evaluation import manifold_metrics, ssim
 from dacd.tiny import TinySDConfig, build_scheduler
@@ -59,49 +59,35 @@ def test_min_snr_weights(kind):
 
 
 @pytest.mark.slow
-def test_sixteen_latent_base_with_min_snr_and_the_fidelity_bench(fake_fmnist, tiny_evaluator, tmp_path):
-    root = tmp_path / "cand"
-    args = [a for a in TINY_BASE_ARGS]
-    run_script("train/train_base.py", "--data-dir", fake_fmnist, "--output-dir", root / "base", "--run-dir",
-               root / "run", *args, "--vae-channels", "32", "32", "--latent-channels", "2", "--snr-gamma", "5")
-    cfg = json.loads((root / "base" / "vae" / "config.json").read_text())
-    assert cfg["latent_channels"] == 2 and len(cfg["block_out_channels"]) == 2
-    unet = json.loads((root / "base" / "unet" / "config.json").read_text())
-    assert unet["sample_size"] == 16 and unet["in_channels"] == 2
-    metrics = json.loads((root / "base" / "metrics.json").read_text())
+def test_candidate_bases_and_the_fidelity_bench(fake_fmnist, tiny_evaluator, tmp_path):
+    """bench/base_candidates.py trains a 16x16-latent, min-SNR base (train/train_base.py flags) and
+    measures it with bench/fidelity.py; a rerun reuses every cached piece."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = ["bench/base_candidates.py", "--only", "today", "lat16-minsnr", "--vae-steps", "2", "--unet-steps", "2",
+           "--work-dir", work, "--out", out, "--per-class", "8", "--cas-seeds", "0", "--cas-steps", "3",
+           "--gen-steps", "2", "--data-dir", fake_fmnist, "--evaluator", tiny_evaluator, "--no-progress"]
+    run_script(*cmd)
+    base = work / "lat16-minsnr" / "base"
+    vae = json.loads((base / "vae" / "config.json").read_text())
+    unet = json.loads((base / "unet" / "config.json").read_text())
+    assert len(vae["block_out_channels"]) == 2 and unet["sample_size"] == 16 and len(unet["block_out_channels"]) == 3
+    metrics = json.loads((base / "metrics.json").read_text())
     assert metrics["train_config"]["snr_gamma"] == 5 and 0 < metrics["vae_reconstruction_test"]["ssim"] <= 1
+    cands = pd.read_csv(out / "candidates.csv").set_index("candidate")
+    assert cands.loc["today", "latent"] == "4x8x8" and cands.loc["lat16-minsnr", "latent"] == "4x16x16"
 
-    out = tmp_path / "fid"
-    bench = ["bench/fidelity.py", "--models", root / "base", "--evaluator", tiny_evaluator, "--data-dir",
-             fake_fmnist, "--per-class", "8", "--real-test-per-class", "8", "--cas-seeds", "0", "--steps", "3",
-             "--batch-size", "16", "--gen-steps", "2", "--k", "3", "--out", out, "--no-progress"]
-    first = run_script(*bench)
     table = pd.read_csv(out / "fidelity.csv")
-    assert list(table.model) == ["real-random", "cand/base"]
-    gen = table.set_index("model").loc["cand/base"]
+    assert list(table.model) == ["real-random", "today/base", "lat16-minsnr/base"]
+    gen = table.set_index("model").loc["lat16-minsnr/base"]
     assert 0 <= gen.precision <= 1 and 0 <= gen.recall <= 1 and 0 < gen.vae_ssim <= 1 and gen.vae_psnr > 0
     assert 0 <= gen.cas_mean <= 1 and gen.cas_seeds == 1
     assert table.set_index("model").loc["real-random", "cas_gap_to_real"] == 0
     per_class = pd.read_csv(out / "per_class.csv")
-    assert len(per_class) == 20 and set(per_class.model) == {"real-random", "cand/base"}
+    assert len(per_class) == 30 and per_class.kid.notna().all()
     assert "KID per class" in (out / "fidelity.md").read_text()
-    # a rerun reuses every cached piece: same numbers, no new images
-    images = next(out.glob("cache/cand_base-*/images.npy"))
+    images = next(out.glob("cache/lat16-minsnr_base-*/images.npy"))
     stamp = images.stat().st_mtime_ns
-    run_script(*bench)
+    run_script(*cmd)
     assert images.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(pd.read_csv(out / "fidelity.csv").drop(columns="seconds"),
                                   table.drop(columns="seconds"))
-    assert "done in" in first.stdout
-
-
-@pytest.mark.slow
-def test_base_candidates_trains_each_and_compares(fake_fmnist, tiny_evaluator, tmp_path):
-    run_script("bench/base_candidates.py", "--only", "today", "lat16", "--vae-steps", "2", "--unet-steps", "2",
-               "--work-dir", tmp_path / "work", "--out", tmp_path / "out", "--per-class", "4", "--cas-seeds",
-               "--data-dir", fake_fmnist, "--evaluator", tiny_evaluator, "--no-progress")
-    cands = pd.read_csv(tmp_path / "out" / "candidates.csv").set_index("candidate")
-    assert cands.loc["today", "latent"] == "4x8x8" and cands.loc["lat16", "latent"] == "4x16x16"
-    assert (cands.vae_psnr > 0).all()
-    fid = pd.read_csv(tmp_path / "out" / "fidelity.csv")
-    assert list(fid.model) == ["real-random", "today/base", "lat16/base"] and fid.cas_mean.isna().all()

@@ -15,11 +15,14 @@ from conftest import ROOT, run_script
 from dacd.data import FASHION_MNIST_CLASSES, stratified_subset
 from dacd.generation import (
     MANIFEST_COLUMNS,
+    Anchoring,
     DifficultySpec,
     GenerationError,
+    assign_anchors,
     counts_from_ratio,
     load_prompt_lists,
     make_plan,
+    plan_fingerprint,
     take_first,
 )
 
@@ -118,13 +121,13 @@ def test_the_plan_uses_the_models_prompt_template(tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     args = script.parse_args(["--out", str(tmp_path), "--per-class", "2", "--classes", "Bag", "Coat"])
-    plan, _ = script.build_plan(args, NAMES, "a sketch of a {}")
+    plan, _, _ = script.build_plan(args, NAMES, "a sketch of a {}")
     assert set(plan.prompt) == {"a sketch of a Bag", "a sketch of a Coat"}
     captions = tmp_path / "captions.txt"
     captions.write_text("Bag\ta leather bag\n")
     args = script.parse_args(["--out", str(tmp_path), "--per-class", "1", "--classes", "Bag", "Coat",
                               "--prompts", str(captions)])
-    plan, _ = script.build_plan(args, NAMES, "a sketch of a {}")
+    plan, _, _ = script.build_plan(args, NAMES, "a sketch of a {}")
     assert list(plan.prompt) == ["a sketch of a Coat", "a leather bag"]  # captions where given
 
 
@@ -206,3 +209,81 @@ def test_baseline_and_bad_requests(tiny_baseline, tiny_dacd, tiny_evaluator, tmp
     build_classifier("resnet10t", in_chans=1, num_classes=3, class_names=["a", "b", "c"]).save_pretrained(other)
     proc = run_script(*gen_args(tmp_path / "bad2", uncalibrated, other), check=False)
     assert proc.returncode != 0 and "evaluation classifier knows ['a', 'b', 'c']" in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- anchored sampling (edits of real images)
+
+def test_anchors_are_deterministic_per_class_and_prefix_stable():
+    ids = np.array([f"train:{i}" for i in range(12)])
+    labels = np.array([0, 1, 2] * 4)
+    big = assign_anchors(make_plan(NAMES[:3], {0: 6, 1: 2, 2: 0}, seed=1), ids, labels, seed=3)
+    small = assign_anchors(make_plan(NAMES[:3], {0: 3, 1: 1}, seed=1), ids, labels, seed=3)
+    for c in (0, 1):
+        b = big[big.label == c].anchor_id.tolist()
+        assert small[small.label == c].anchor_id.tolist() == b[:len(small[small.label == c])]
+        assert all(labels[int(a.split(":")[1])] == c for a in b)  # an anchor of the row's own class
+    first = big[big.label == 0].anchor_id.tolist()
+    assert len(set(first[:4])) == 4 and first[4:] == first[:2]  # 4 anchors of class 0, then cycling
+    again = assign_anchors(make_plan(NAMES[:3], {0: 6, 1: 2}, seed=1), ids, labels, seed=3)
+    assert again.anchor_id.tolist()[:8] == big.anchor_id.tolist()[:8]
+    other = assign_anchors(make_plan(NAMES[:3], {0: 6, 1: 2}, seed=1), ids, labels, seed=4)
+    assert other.anchor_id.tolist() != again.anchor_id.tolist()
+    assert plan_fingerprint(other) != plan_fingerprint(again)
+    assert plan_fingerprint(again.drop(columns="anchor_id")) != plan_fingerprint(again)
+    with pytest.raises(GenerationError, match="no real image of class 'Pullover'"):
+        assign_anchors(make_plan(NAMES[:3], {2: 1}), ids, np.zeros(12, int))
+    for bad in (0, 1.5, float("nan")):
+        with pytest.raises(GenerationError, match=r"strength must be in \(0, 1\]"):
+            Anchoring(bad)
+
+
+def test_strength_without_anchor_is_refused(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "train" / "generate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(["--out", str(tmp_path), "--per-class", "2", "--strength", "0.5"])
+    with pytest.raises(GenerationError, match="add --anchor real"):
+        script.build_plan(args, NAMES)
+
+
+@pytest.mark.slow
+def test_anchored_set_edits_real_images_of_the_subset(tiny_dacd, tiny_evaluator, fake_fmnist, tmp_path):
+    out = tmp_path / "anchored"
+
+    def anchored(strength, folder=out):
+        return gen_args(folder, tiny_dacd, tiny_evaluator, "--anchor", "real", "--strength", strength,
+                        "--real-fraction", "0.1", "--data-dir", fake_fmnist)
+
+    run_script(*anchored("0.6"))
+    m = read_manifest(out)
+    cfg = json.loads((out / "generation.json").read_text())
+    assert cfg["sampling_mode"] == "anchored" and cfg["anchoring"] == {"strength": 0.6, "seed": 0}
+    from dacd.data import load_dataset
+
+    real = load_dataset("fashion-mnist", "train", fake_fmnist)
+    subset = set(np.asarray(real.ids)[stratified_subset(real.labels, 0.1, 0)])
+    assert set(m.anchor_id) <= subset
+    label_of = dict(zip(np.asarray(real.ids), real.labels))
+    assert all(label_of[a] == lab for a, lab in zip(m.anchor_id, m.label))
+    # each image is the img2img edit of its anchor with the row's seed (the wiring, exactly)
+    import torch
+
+    from dacd.generation import load_generated_images, to_uint8
+    from dacd.img2img import DifficultyControlledImg2ImgPipeline
+
+    edit = DifficultyControlledImg2ImgPipeline.from_pretrained(tiny_dacd)
+    edit.set_progress_bar_config(disable=True)
+    index = {i: k for k, i in enumerate(np.asarray(real.ids))}
+    rows = m.iloc[[0, 4]]
+    anchors = [real.images[index[a]].transpose(1, 2, 0) for a in rows.anchor_id]
+    again = edit(rows.label.tolist(), rows.requested_s.tolist(), image=anchors, strength=0.6, num_inference_steps=2,
+                 generator=[torch.Generator().manual_seed(int(x)) for x in rows.seed], output_type="np").images
+    np.testing.assert_array_equal(to_uint8(again).transpose(0, 3, 1, 2), load_generated_images(out, rows))
+    other = edit(rows.label.tolist(), rows.requested_s.tolist(), image=anchors[::-1], strength=0.6,
+                 num_inference_steps=2, generator=[torch.Generator().manual_seed(int(x)) for x in rows.seed],
+                 output_type="np").images
+    assert not np.array_equal(to_uint8(other), to_uint8(again))  # the anchor matters
+    proc = run_script(*anchored("0.4"), check=False)
+    assert proc.returncode != 0 and "anchoring.strength: 0.6 in the folder, 0.4 now" in proc.stderr, proc.stderr[-2000:]

@@ -6,6 +6,8 @@
     python train/generate.py --out runs/synth/r25 --ratio 0.25 --real-fraction 0.1    # 25% of a named real subset
     python train/generate.py --out runs/synth/base --model baseline --per-class 500   # the baseline LoRA
     python train/generate.py --model my/dacd --evaluator my/evaluator --prompts captions.json ...
+    python train/generate.py --out runs/synth/anchored --ratio 0.25 --real-fraction 0.1 --anchor real --strength 0.5
+                                                    # each image an edit of a real image of the subset
     accelerate launch --num_processes 4 train/generate.py --out ... --per-class 5000  # GPUs / machines
     accelerate launch --cpu --num_processes 2 train/generate.py ...                   # CPU processes
 
@@ -23,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import PartialState
 
@@ -30,15 +33,18 @@ from dacd.classifier import Classifier
 from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
 from dacd.generation import (
+    Anchoring,
     DifficultySpec,
     GenerationError,
     Selection,
     counts_from_ratio,
     generate_dataset,
     load_difficulty_table,
+    assign_anchors,
     load_prompt_lists,
     make_plan,
 )
+from dacd.img2img import DEFAULT_STRENGTH
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
 
@@ -89,6 +95,14 @@ def parse_args(argv=None):
     sel.add_argument("--committee", nargs="+", default=None,
                      help="scoring classifier folders (default: the checkpoint's classifier/ and classifier-2/); "
                           "never the evaluator, which judges")
+    an = p.add_argument_group("anchoring (sampling 'anchored': edit real images of the class instead of noise)")
+    an.add_argument("--anchor", choices=["none", "real"], default="none",
+                    help="real: each image starts from a real training image of its class, drawn deterministically "
+                         "from the real subset (--real-fraction, --real-seed); recorded as anchor_id")
+    an.add_argument("--strength", type=float, default=None,
+                    help=f"img2img strength of anchored images, in (0, 1] (default {DEFAULT_STRENGTH:g}, measured by "
+                         "bench/edits.py)")
+    an.add_argument("--anchor-seed", type=int, default=0, help="order in which a class's real images are used")
     s.add_argument("--seed", type=int, default=0, help="plan seed: with the class and index, fixes every image")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated kill
@@ -138,7 +152,21 @@ def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE):
     prompts = load_prompt_lists(args.prompts, class_names) if args.prompts else None
     if prompts:
         extra["prompts_file"] = str(args.prompts)
-    return make_plan(class_names, counts, spec, prompts=prompts, prompt_template=prompt_template, seed=args.seed), extra
+    plan = make_plan(class_names, counts, spec, prompts=prompts, prompt_template=prompt_template, seed=args.seed)
+    anchors = None
+    if args.anchor == "real":
+        real = load_dataset(args.data, "train", args.data_dir)
+        if list(real.class_names) != list(class_names):
+            raise GenerationError(f"{args.data} has classes {list(real.class_names)}, the model {list(class_names)}")
+        idx = stratified_subset(real.labels, args.real_fraction, args.real_seed)
+        plan = assign_anchors(plan, np.asarray(real.ids)[idx], real.labels[idx], args.anchor_seed)
+        by_id = dict(zip(np.asarray(real.ids)[idx].astype(str), idx))
+        anchors = {a: real.images[by_id[a]] for a in plan.anchor_id.unique()}
+        extra["anchors"] = {"from": subset_name(real.name, "train", args.real_fraction, args.real_seed),
+                            "fraction": args.real_fraction, "seed": args.real_seed, "anchor_seed": args.anchor_seed}
+    elif args.strength is not None:
+        raise GenerationError("--strength applies to anchored sampling: add --anchor real")
+    return plan, extra, anchors
 
 
 def main(argv=None):
@@ -166,7 +194,9 @@ def main(argv=None):
     if args.evaluator.lower() != "none":
         evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
     try:
-        plan, extra = build_plan(args, list(pipe.class_names), pipe.prompt_template)
+        plan, extra, anchors = build_plan(args, list(pipe.class_names), pipe.prompt_template)
+        anchoring = None if anchors is None else Anchoring(
+            DEFAULT_STRENGTH if args.strength is None else args.strength, args.anchor_seed)
         if args.calibrated and pipe.calibration is None:
             raise GenerationError(f"--calibrated needs a calibration curve and {model_dir} has none "
                                   "(train/calibrate.py makes one)")
@@ -177,7 +207,7 @@ def main(argv=None):
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
         selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot) if args.select else None)
         summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
-                                   selection=selection, committee=committee,
+                                   selection=selection, committee=committee, anchoring=anchoring, anchors=anchors,
                                    sampling=sampling, batch_size=args.batch_size, extra_config=extra,
                                    real_subset=extra.get("real_subset", {}).get("name", ""),
                                    process_index=state.process_index, num_processes=state.num_processes,
