@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,7 +133,8 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
             "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--real-fraction", "0.2",
             "--mus", "0.5", "0.9", "--ratios", "0.1", "0.25", "--seeds", "0", "1", "--headline-seeds", "0", "1", "2",
             "--steps", "3", "--batch-size", "16", "--gen-steps", "2", "--gen-batch-size", "8",
-            "--samplings", "plain", "selected", "--max-tries", "2", "--committee", tiny_scores / "classifier",
+            "--samplings", "plain", "selected", "anchored", "--strength", "0.6", "--max-tries", "2",
+            "--committee", tiny_scores / "classifier",
             "--work-dir", tmp_path / "work", "--out", tmp_path / "out", "--no-progress"]
     first = run_script(*args)
     out = tmp_path / "out"
@@ -140,10 +143,12 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     added = [f"{arm} mu={mu} r={r}" for r in ("0.1", "0.25") for mu in ("0.5", "0.9") for arm in ("dacd", "real-matched")]
     assert set(added) | {"baseline r=0.1", "real-random r=0.25", "real-duplicate r=0.1"} <= set(table.cell)
     assert [c for c in table.cell if c.startswith("alone")] == [
-        "alone: dacd mu=0.5 r=0.25", "alone: dacd selected mu=0.5 r=0.25", "alone: baseline r=0.25",
+        "alone: dacd mu=0.5 r=0.25", "alone: dacd selected mu=0.5 r=0.25", "alone: dacd anchored mu=0.5 r=0.25",
+        "alone: baseline r=0.25",
         "alone: real-matched mu=0.5 r=0.25", "alone: real-random r=0.25"]
     assert {"dacd selected mu=0.9 r=0.1", "dacd selected mu=0.5 r=0.25"} <= set(table.cell)
     assert table.set_index("cell").loc["dacd selected mu=0.5 r=0.25", "sampling"] == "selected"
+    assert table.set_index("cell").loc["dacd anchored mu=0.9 r=0.1", "sampling"] == "anchored"
     t = table.set_index("cell")
     assert t.loc["real-only", "n_real"] == 60 and t.loc["real-only", "n_synthetic"] == 0
     for arm in ("dacd mu=0.5", "real-matched mu=0.9", "real-random", "real-duplicate", "baseline"):
@@ -172,8 +177,18 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     assert "| baseline r=0.25 |" in md and "Per-class paired difference" in md
     # one generation per set; its folder name carries the set's identity
     folders = sorted(p.name for p in (tmp_path / "work" / "synthetic").iterdir())
-    assert [f.rsplit("-", 1)[0] for f in folders] == ["baseline-plain", "dacd-plain-mu0.5", "dacd-plain-mu0.9",
+    assert [f.rsplit("-", 1)[0] for f in folders] == ["baseline-plain", "dacd-anchored-mu0.5", "dacd-anchored-mu0.9",
+                                                      "dacd-plain-mu0.5", "dacd-plain-mu0.9",
                                                       "dacd-selected-mu0.5", "dacd-selected-mu0.9"]
+    anc = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-anchored-mu0.5-*")) / "manifest.parquet")
+    from dacd.data import load_dataset, stratified_subset
+
+    full = load_dataset("fashion-mnist", "train", fake_fmnist)
+    subset_ids = set(np.asarray(full.ids)[stratified_subset(full.labels, 0.2, 0)])
+    assert set(anc.anchor_id) <= subset_ids and anc.anchor_id.nunique() > 1
+    cfg = json.loads(next((tmp_path / "work" / "synthetic").glob("dacd-anchored-mu0.5-*"))
+                     .joinpath("generation.json").read_text())
+    assert cfg["sampling_mode"] == "anchored" and cfg["anchoring"]["strength"] == 0.6
     sel = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-selected-mu0.5-*")) / "manifest.parquet")
     assert sel.selection_s.notna().all() and sel.tries.between(1, 2).all()
     m = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-plain-mu0.9-*")) / "manifest.parquet")

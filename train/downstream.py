@@ -12,7 +12,9 @@ subset (default a stratified 10% of the training split) plus an added set, once 
 same seeds in every cell, so differences to real-only are paired), and is tested on the full
 test split. The added sets (per class: ratio x the real subset's count):
 
-  dacd            generated at s ~ N(mu, sigma) for each mu (sampling `plain`)
+  dacd            generated at s ~ N(mu, sigma) for each mu (sampling `plain`; with --samplings
+                  also `selected`, by a committee, and `anchored`, each image an img2img edit of a
+                  real subset image of its class at --strength)
   baseline        the no-difficulty LoRA's images
   real-matched    real images from the unused part of the training split, matched per class
                   to the same s plan as the dacd set (nearest out-of-fold s, without replacement)
@@ -72,8 +74,10 @@ from dacd.evaluation import (
     train_downstream_cell,
 )
 from dacd.generation import (
+    Anchoring,
     DifficultySpec,
     Selection,
+    assign_anchors,
     counts_from_ratio,
     generate_dataset,
     load_generated_images,
@@ -83,6 +87,7 @@ from dacd.generation import (
     plan_fingerprint,
     take_first,
 )
+from dacd.img2img import DEFAULT_STRENGTH
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
 from dacd.weights import model_fingerprint
@@ -114,9 +119,11 @@ def parse_args(argv=None):
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
     p.add_argument("--arms", nargs="+", default=["dacd", "baseline", *REAL_ARMS, "alone"],
                    help="which arms to run ('alone' = the synthetic-only cells)")
-    p.add_argument("--samplings", nargs="+", default=["plain"], choices=["plain", "selected"],
-                   help="how dacd sets are made: plain sampling, and/or selected by a committee (train/generate.py "
-                        "--select)")
+    p.add_argument("--samplings", nargs="+", default=["plain"], choices=["plain", "selected", "anchored"],
+                   help="how dacd sets are made: plain sampling, selected by a committee (train/generate.py "
+                        "--select), anchored on real subset images (train/generate.py --anchor real)")
+    p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="anchored: img2img strength")
+    p.add_argument("--anchor-seed", type=int, default=0, help="anchored: order of a class's real images")
     p.add_argument("--max-tries", type=int, default=Selection.max_tries, help="selected: tries per image")
     p.add_argument("--tolerance", type=float, default=Selection.tolerance, help="selected: |committee s - plan|")
     p.add_argument("--no-label-rule", action="store_true", help="selected: accept tries that a member misclassifies")
@@ -191,13 +198,18 @@ def plan_sets(args, real, counts) -> dict:
         plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(model), seed=args.gen_seed)
         ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": sampling,
                  "plan": plan_fingerprint(plan)}
-        selection = None
+        selection = anchoring = None
         if mode == "selected":
             selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot)
             ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])
+        if mode == "anchored":  # real subset images of the row's class, deterministic (the plan records them)
+            anchoring = Anchoring(args.strength, args.anchor_seed)
+            plan = assign_anchors(plan, real.ids, real.labels, anchoring.seed)
+            ident.update(anchoring=asdict(anchoring), plan=plan_fingerprint(plan))
         name = f"{arm}-{mode}" + (f"-mu{mu:g}" if mu is not None else "")
         sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": mode, "kind": "generated", "plan": plan,
                       "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
+                      "anchoring": anchoring,
                       "folder": Path(args.work_dir) / "synthetic" / f"{name}-{_hash(ident)[:8]}"}
 
     for mu in args.mus:
@@ -261,9 +273,14 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             committee = [Classifier.from_pretrained(c) for c in args.committee]
         print(f"generating {st['name']}: {len(st['plan'])} images ({st['spec'].describe()}) from {model} "
               f"into {st['folder']}", flush=True)
+        anchors = None
+        if st["anchoring"] is not None:
+            pos = {i: k for k, i in enumerate(np.asarray(real.ids).astype(str))}
+            anchors = {a: real.images[pos[a]] for a in st["plan"].anchor_id.unique()}
         with torch.inference_mode():
             generate_dataset(pipe, st["plan"], st["folder"], model_id=model_name(model), evaluator=evaluator,
                              selection=st["selection"], committee=committee if st["selection"] else (),
+                             anchoring=st["anchoring"], anchors=anchors,
                              sampling=SamplingSettings(num_inference_steps=args.gen_steps),
                              batch_size=args.gen_batch_size, progress=progress, real_subset=real.name,
                              extra_config={"difficulty": {**st["spec"].__dict__, "description": st["spec"].describe()},
@@ -341,6 +358,7 @@ def cell_specs(args, sets) -> list[dict]:
         mu_h = f"mu={args.headline_mu:g}"
         for name, label in ((f"dacd-plain-mu{args.headline_mu:g}", f"dacd {mu_h}"),
                             (f"dacd-selected-mu{args.headline_mu:g}", f"dacd selected {mu_h}"),
+                            (f"dacd-anchored-mu{args.headline_mu:g}", f"dacd anchored {mu_h}"),
                             ("baseline-plain", "baseline"),
                             (f"real-matched-mu{args.headline_mu:g}", f"real-matched mu={args.headline_mu:g}"),
                             ("real-random", "real-random")):
