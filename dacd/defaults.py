@@ -114,6 +114,10 @@ class Limit:
 
 MAX_SEED = 2**31 - 1
 
+# img2img strength of difficulty edits: the smallest strength whose Spearman (requested vs measured s
+# of edits of real test items) is within 0.05 of the real ceiling (bench/edits.py; README "Difficulty edits")
+EDIT_STRENGTH = 0.7
+
 # What is refused anywhere (library, scripts, app).
 LIMITS = {
     "difficulty": Limit("difficulty", 0.0, 1.0),

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .calibration import Calibration
 from .data import resolve_class, slugify
-from .defaults import DIFFICULTY, MEDIUM_BAND, PROMPT_TEMPLATE
+from .defaults import DIFFICULTY, EDIT_STRENGTH, MEDIUM_BAND, PROMPT_TEMPLATE
 from .evaluation import generate_rows, grid_rows, measure, medium_share
 from .sampling import SamplingSettings, sample, seed_from
 
@@ -235,7 +235,7 @@ class Anchoring:
     """Sampling "anchored": each planned image is an edit of a real image of its class (img2img at
     `strength`), the real image chosen by `assign_anchors` with `seed`."""
 
-    strength: float = 0.5
+    strength: float = EDIT_STRENGTH
     seed: int = 0
 
     def __post_init__(self):

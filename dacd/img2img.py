@@ -21,10 +21,10 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from .defaults import SAMPLING
+from .defaults import EDIT_STRENGTH, SAMPLING
 from .pipeline import DifficultyControlledPipeline, DifficultyPipelineOutput, _as_list, _is_number
 
-DEFAULT_STRENGTH = 0.5  # measured: bench/edits.py (README "Difficulty edits")
+DEFAULT_STRENGTH = EDIT_STRENGTH  # chosen by bench/edits.py (see dacd.defaults)
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # uploads larger than this are refused
 
 
