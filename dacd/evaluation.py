@@ -422,11 +422,13 @@ def medium_rows(classes, n_per_class: int, seed: int = 0) -> pd.DataFrame:
 
 
 def generate_rows(pipe, rows: pd.DataFrame, settings, *, batch_size: int = 100, progress: bool = False,
-                  desc: str = "generating") -> np.ndarray:
-    """Float (N, C, H, W) images in [0, 1] of a grid's rows, through the shared sampler."""
+                  desc: str = "generating", **sample_kwargs) -> np.ndarray:
+    """Float (N, C, H, W) images in [0, 1] of a grid's rows, through the shared sampler
+    (`sample_kwargs`, e.g. `sources=` and `strength=` for edits, go to `dacd.sampling.sample`)."""
     bar = tqdm(total=len(rows), desc=desc, disable=not progress)
     res = sample(pipe, rows.label.tolist(), rows.requested_s.tolist(), rows.seed.tolist(), settings,
-                 chunk_size=batch_size, progress=lambda f, d: bar.update(round(f * len(rows)) - bar.n))
+                 chunk_size=batch_size, progress=lambda f, d: bar.update(round(f * len(rows)) - bar.n),
+                 **sample_kwargs)
     bar.close()
     # contiguous, as classifiers have always been fed: a strided view takes other kernels (last-bit differences)
     return np.ascontiguousarray(res.images.transpose(0, 3, 1, 2))

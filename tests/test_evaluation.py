@@ -115,6 +115,31 @@ def test_calibrate_stage_fits_every_class(tiny_dacd, tiny_scores, tmp_path):
     assert cal.meta["n_per_cell"] == 2 and cal.meta["measured_by"] == "classifier"
 
 
+@pytest.mark.slow
+def test_calibrate_img2img_curve_loads_for_edits_at_its_strength(tiny_dacd, tiny_scores, fake_fmnist, tmp_path):
+    import shutil
+
+    from dacd.img2img import DifficultyControlledImg2ImgPipeline
+
+    model = tmp_path / "dacd"
+    shutil.copytree(tiny_dacd, model)
+    cfg = model / "dacd_config.json"  # the copy's base: the original's, by absolute path
+    d = json.loads(cfg.read_text())
+    d["base"] = str((tiny_dacd / d["base"]).resolve())
+    cfg.write_text(json.dumps(d))
+    run_script("train/calibrate.py", "--model", model, "--scorer", tiny_scores / "classifier", "--n", "2",
+               "--steps", "4", "--img2img-strength", "0.5", "--data-dir", fake_fmnist, "--no-progress")
+    assert (model / "calibration-img2img-strength0.5.json").is_file()
+    edit = DifficultyControlledImg2ImgPipeline.from_pretrained(model)
+    assert list(edit.img2img_calibrations) == [0.5]
+    assert edit.img2img_calibrations[0.5].meta["img2img_strength"] == 0.5
+    image = np.zeros((32, 32), np.uint8)
+    out = edit("Shirt", 0.4, image=image, strength=0.5, calibrated=True, num_inference_steps=4, output_type="np")
+    assert out.conditioning_difficulties == [pytest.approx(edit.img2img_calibrations[0.5].invert(6, 0.4))]
+    with pytest.raises(ValueError, match=r"strength 0.7; this checkpoint has curves for strengths \[0.5\]"):
+        edit("Shirt", 0.4, image=image, strength=0.7, calibrated=True, num_inference_steps=4)
+
+
 def test_calibration_fit_takes_the_mean_per_class_and_grid_value():
     rows = pd.DataFrame({"label": [0, 0, 0, 0, 1, 1, 1, 1], "requested_s": [0.1, 0.1, 0.9, 0.9] * 2,
                          "measured_s": [0.2, 0.4, 0.6, 1.0, 0.0, 0.1, 0.5, 0.5]})

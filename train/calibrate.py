@@ -9,6 +9,12 @@ Images of a class x requested-s grid (the controllability grid, seed --seed) are
 the scoring classifier (the one that defines s), never by the evaluation classifier, so
 `bench/controllability.py --calibrated --seed 1` judges the curve on other images with a
 classifier that did not fit it. A stage of `make checkpoints`.
+
+    python train/calibrate.py --img2img-strength 0.7            # the curve for edits of real images
+
+With --img2img-strength the grid's images are edits (DifficultyControlledImg2ImgPipeline) of
+real *training* images (item k of a class is the same image at every requested s), and the curve
+goes to calibration-img2img-strength<S>.json: edits at that strength with `calibrated=True` use it.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from dacd.calibration import Calibration
+import numpy as np
+
+from dacd.calibration import Calibration, img2img_calibration_name
 from dacd.classifier import Classifier
+from dacd.data import load_dataset
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, SAMPLING
 from dacd.evaluation import generate_rows, grid_rows, measured_curve_rows
+from dacd.img2img import DifficultyControlledImg2ImgPipeline
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
 
@@ -37,6 +47,10 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=SAMPLING.guidance_scale)
     p.add_argument("--difficulty-guidance", type=float, default=SAMPLING.difficulty_guidance_scale)
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--img2img-strength", type=float, default=None,
+                   help="fit the curve of edits of real training images at this strength, in (0, 1]")
+    p.add_argument("--data", default="fashion-mnist", help="edits: the real images ('fashion-mnist' or an ImageFolder)")
+    p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for calibration.json (default: the model folder)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -44,20 +58,36 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    pipe = DifficultyControlledPipeline.from_pretrained(args.model)
+    edits = args.img2img_strength is not None
+    if edits and not 0 < args.img2img_strength <= 1:
+        raise SystemExit(f"--img2img-strength must be in (0, 1], got {args.img2img_strength}")
+    cls = DifficultyControlledImg2ImgPipeline if edits else DifficultyControlledPipeline
+    pipe = cls.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     if not pipe.has_difficulty:
         raise SystemExit(f"{args.model} has no difficulty encoder: only a dacd model has a calibration curve")
     scorer = Classifier.from_pretrained(args.scorer)
     settings = SamplingSettings(args.steps, args.scheduler, args.guidance, args.difficulty_guidance)
     rows = grid_rows(list(range(pipe.num_classes)), args.n, args.seed)
+    meta = {"measured_by": Path(args.scorer).name, "n_per_cell": args.n, "steps": args.steps,
+            "scheduler": args.scheduler, "guidance_scale": args.guidance,
+            "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed}
+    extra, name = {}, None
+    if edits:
+        train = load_dataset(args.data, "train", args.data_dir)
+        if list(train.class_names) != list(pipe.class_names):
+            raise SystemExit(f"{args.data} has classes {list(train.class_names)}, the model {list(pipe.class_names)}")
+        k = rows.groupby(["label", "requested_s"]).cumcount().to_numpy()  # item k: the same at every level
+        items = {c: np.random.default_rng([args.seed, c, 3]).permutation(np.flatnonzero(train.labels == c))[:args.n]
+                 for c in range(pipe.num_classes)}
+        pos = np.array([items[c][j] for c, j in zip(rows.label, k)])
+        extra = {"sources": [im.transpose(1, 2, 0) for im in train.images[pos]], "strength": args.img2img_strength}
+        meta.update(img2img_strength=args.img2img_strength, sources=f"{train.name} train, {args.n} per class")
+        name = img2img_calibration_name(args.img2img_strength)
     images = generate_rows(pipe, rows, settings, batch_size=args.batch_size, progress=not args.no_progress,
-                           desc="calibration grid")
-    calib = Calibration.fit(measured_curve_rows(scorer, images, rows),
-                            meta={"measured_by": Path(args.scorer).name, "n_per_cell": args.n, "steps": args.steps,
-                                  "scheduler": args.scheduler, "guidance_scale": args.guidance,
-                                  "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed})
-    path = calib.save(args.out or args.model)
+                           desc="calibration grid", **extra)
+    calib = Calibration.fit(measured_curve_rows(scorer, images, rows), meta=meta)
+    path = calib.save(args.out or args.model, **({"name": name} if name else {}))
     print(f"wrote {path}")
     return 0
 
