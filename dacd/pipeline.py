@@ -359,6 +359,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         new.calibration = getattr(pipeline, "calibration", None)
         new.img2img_calibrations = dict(getattr(pipeline, "img2img_calibrations", {}))
         new.dacd_config = dict(getattr(pipeline, "dacd_config", {}))
+        if hasattr(pipeline, "_progress_bar_config"):  # e.g. disabled by the caller: stays disabled
+            new.set_progress_bar_config(**pipeline._progress_bar_config)
         return new
 
     def save_pretrained(self, save_directory, base: str | None = None, lora_config: dict | None = None,

@@ -134,6 +134,8 @@ def test_from_pipe_carries_names_template_and_curves():
     assert out.conditioning_difficulties == pytest.approx([0.4, 0.8])
     with pytest.raises(ValueError, match=r"strengths \[0.5\]"):
         run(edit, calibrated=True, strength=0.7)
+    pipe.set_progress_bar_config(disable=True)
+    assert DifficultyControlledImg2ImgPipeline.from_pipe(pipe)._progress_bar_config == {"disable": True}
     back = DifficultyControlledPipeline.from_pipe(edit)
     assert type(back) is DifficultyControlledPipeline and back.class_names == CLASSES
 
