@@ -141,4 +141,5 @@ APP_LIMITS = {
     "sweep_columns": Limit("columns", 2, 12, integer=True),
     "distribution_n": Limit("N", 1, 2000, integer=True),
     "threads": Limit("torch threads", 1, 256, integer=True),
+    "strength": Limit("strength", 0.1, 1.0),
 }

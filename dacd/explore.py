@@ -20,7 +20,7 @@ import torch
 from . import __version__, evaluation
 from .classifier import Classifier
 from .data import DatasetError, ImageDataset, load_dataset, resolve_class
-from .defaults import APP_LIMITS, CHECKPOINT_ENV, DIFFICULTY, LAYOUT, MEDIUM_BAND, default_checkpoint
+from .defaults import APP_LIMITS, CHECKPOINT_ENV, DIFFICULTY, EDIT_STRENGTH, LAYOUT, MEDIUM_BAND, default_checkpoint
 from .difficulty import load_scores
 from .generation import Selection, committee_accept
 from .sampling import SamplingSettings, sample
@@ -29,6 +29,7 @@ from .weights import DamagedWeightsError, check_folder, model_fingerprint
 log = logging.getLogger(__name__)
 
 BROWSE_PERCENTILES = (0, 10, 25, 50, 75, 90, 95, 99, 100)
+EDIT_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)  # "make harder / easier": requested s of the row of edits
 
 
 @dataclass
@@ -112,8 +113,7 @@ class Explorer:
     def class_index(self, name_or_index) -> int:
         return resolve_class(name_or_index, self.class_names)
 
-    def image(self, image_id: str) -> np.ndarray:
-        """The uint8 (C, H, W) image with this id ("train:123", "test:7")."""
+    def _locate(self, image_id: str) -> tuple[ImageDataset, int]:
         split = str(image_id).split(":", 1)[0]
         if split not in ("train", "test"):
             raise ValueError(f"unknown image id {image_id!r}: ids look like 'train:123' or 'test:45'")
@@ -121,7 +121,16 @@ class Explorer:
         index = self._get(("index", split), lambda: {k: i for i, k in enumerate(ds.ids)})
         if image_id not in index:
             raise ValueError(f"no image with id {image_id!r} in the {split} split")
-        return ds.images[index[image_id]]
+        return ds, index[image_id]
+
+    def image(self, image_id: str) -> np.ndarray:
+        """The uint8 (C, H, W) image with this id ("train:123", "test:7")."""
+        ds, i = self._locate(image_id)
+        return ds.images[i]
+
+    def image_label(self, image_id: str) -> int:
+        ds, i = self._locate(image_id)
+        return int(ds.labels[i])
 
     # ------------------------------------------------------------ browse
     def browse(self, class_name, percentiles=BROWSE_PERCENTILES, split: str = "train") -> BrowseResult:
@@ -308,26 +317,97 @@ class Workbench(Explorer):
         return self._get(("committee", tuple(names)),
                          lambda: [Classifier.from_pretrained(self.checkpoint / name) for name in names])
 
+    # ------------------------------------------------------------ edits of real images
+    def edit_pipeline(self):
+        """The dacd model as a `DifficultyControlledImg2ImgPipeline` (the same weights)."""
+        def load():
+            from .img2img import DifficultyControlledImg2ImgPipeline
+
+            return DifficultyControlledImg2ImgPipeline.from_pipe(self.pipeline("dacd"))
+
+        return self._get(("pipe", "edit"), load)
+
+    def source_image(self, image_id: str | None = None, upload=None) -> tuple[np.ndarray, str, int | None]:
+        """The image to edit as float (C, H, W) in [0, 1] at the model's size, a description, and
+        its class id when it comes from the data: a real image by id, or an upload (file path, PIL
+        or array; over 10 MB or unreadable refused)."""
+        from .img2img import load_image, prepare_image
+
+        image_id = (image_id or "").strip()
+        if image_id and upload is not None:
+            raise ValueError("give either an image id or an upload, not both")
+        if not image_id and upload is None:
+            raise ValueError("give a real image to start from: an image id such as train:123, or an upload")
+        pipe = self.pipeline("dacd")
+        size, chans = pipe.unet.config.sample_size * pipe.vae_scale_factor, pipe.vae.config.in_channels
+        if image_id:
+            image = self.image(image_id)
+            return prepare_image(image.transpose(1, 2, 0), size, chans), image_id, self.image_label(image_id)
+        if isinstance(upload, (str, Path)):
+            upload = load_image(upload)
+        return prepare_image(upload, size, chans), "your image", None
+
+    def edits(self, image_id: str | None = None, upload=None, class_name=None, *, levels=EDIT_LEVELS,
+              strength: float = EDIT_STRENGTH, seed: int = 0, steps: int | None = None, progress=None) -> dict:
+        """One real item made easier and harder: edits at each requested s in `levels`, all from the
+        same noise (`seed`), measured by the evaluation classifier, beside the item's own s. The
+        class is the item's own for an image id (or `class_name`, to push it towards another class)."""
+        strength = APP_LIMITS["strength"].check(strength)
+        seed = APP_LIMITS["seed"].check(seed)
+        levels = [APP_LIMITS["difficulty"].check(v) for v in levels]
+        settings = app_sampling(steps)
+        if strength * settings.num_inference_steps < 1:
+            raise ValueError(f"strength {strength:g} x {settings.num_inference_steps} steps is less than one "
+                             "denoising step: raise the strength or the steps")
+        source, described, label = self.source_image(image_id, upload)
+        if class_name not in (None, ""):
+            label = self.class_index(class_name)
+        if label is None:
+            raise ValueError("an uploaded image needs a class: pick the class to edit it towards")
+        n = len(levels)
+        out = sample(self.edit_pipeline(), [label] * n, levels, [seed] * n, settings,
+                     sources=[source.transpose(1, 2, 0)] * n, strength=strength, chunk_size=CHUNK_SIZE,
+                     workers=self.workers(), progress=progress, desc="editing")
+        measured, pred = self.measure(out.images, [label] * n)
+        src_measured, src_pred = self.measure(source.transpose(1, 2, 0)[None], [label])
+        score = self.scores[self.scores.id == image_id] if image_id else self.scores.iloc[:0]
+        return {"source": source.transpose(1, 2, 0), "source_id": described, "label": label,
+                "source_s": float(score.s.iloc[0]) if len(score) else None,
+                "source_measured": float(src_measured[0]), "source_predicted": src_pred[0],
+                "levels": list(levels), "images": list(out.images), "measured": measured.tolist(), "predicted": pred,
+                "strength": strength, "seed": seed, "steps": settings.num_inference_steps}
+
     def sweep(self, class_name, seeds, columns: int = 8, *, difficulty_only: bool = False, steps: int | None = None,
-              progress=None) -> dict:
-        """Rows = seeds (noise fixed along a row), columns = s from easy to hard."""
+              source_id: str | None = None, upload=None, strength: float = EDIT_STRENGTH, progress=None) -> dict:
+        """Rows = seeds (noise fixed along a row), columns = s from easy to hard. With a real image
+        (`source_id` or `upload`), every cell is an edit of that item at `strength`."""
         c = self.class_index(class_name)
         seeds = [APP_LIMITS["seed"].check(x) for x in seeds]
         APP_LIMITS["sweep_rows"].check(len(seeds))
         columns = APP_LIMITS["sweep_columns"].check(columns)
         settings = app_sampling(steps)
+        edit = {}
+        if (source_id or "").strip() or upload is not None:
+            strength = APP_LIMITS["strength"].check(strength)
+            if strength * settings.num_inference_steps < 1:
+                raise ValueError(f"strength {strength:g} x {settings.num_inference_steps} steps is less than one "
+                                 "denoising step: raise the strength or the steps")
+            source, described, _ = self.source_image(source_id, upload)
+            edit = {"sources": [source.transpose(1, 2, 0)] * (len(seeds) * columns), "strength": strength}
         self.require_real("train")  # before generating: the real row needs it
         s_values = np.round(np.linspace(0.05, 0.95, columns), 3)
         labels = [c] * (len(seeds) * columns)
         s = np.tile(s_values, len(seeds)).tolist()
         row_seeds = np.repeat(seeds, columns).tolist()
-        imgs = sample(self.pipeline("dacd"), labels, s, row_seeds, settings, chunk_size=CHUNK_SIZE,
-                      workers=self.workers(), progress=progress,
-                      desc="sweep", difficulty_only=bool(difficulty_only)).images
+        imgs = sample(self.edit_pipeline() if edit else self.pipeline("dacd"), labels, s, row_seeds, settings,
+                      chunk_size=CHUNK_SIZE, workers=self.workers(), progress=progress,
+                      desc="sweep", difficulty_only=bool(difficulty_only), **edit).images
         measured, pred = self.measure(imgs, labels)
         result = {"s_values": s_values.tolist(), "seeds": seeds, "images": imgs.reshape(len(seeds), columns, *imgs.shape[1:]),
                   "measured": measured.reshape(len(seeds), columns), "predicted": np.array(pred).reshape(len(seeds), columns),
                   "real": self.real_at_difficulty(c, s_values)}
+        if edit:
+            result.update(source=edit["sources"][0], source_id=described, strength=edit["strength"])
         if self.has_model("baseline"):
             b = sample(self.pipeline("baseline"), [c] * len(seeds), [0.5] * len(seeds), seeds, settings,
                        chunk_size=CHUNK_SIZE, workers=self.workers()).images

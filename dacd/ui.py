@@ -16,10 +16,11 @@ import torch
 
 from .calibration import Calibration
 from .data import DatasetError, resolve_class
-from .defaults import APP_LIMITS, DIFFICULTY, LAYOUT, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
+from .defaults import APP_LIMITS, DIFFICULTY, EDIT_STRENGTH, LAYOUT, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
 from .explore import (
     BROWSE_PERCENTILES,
     DEFAULT_VIEW,
+    EDIT_LEVELS,
     EXACT,
     NEAR_MIN_COUNT,
     NEAR_WIDTH,
@@ -232,6 +233,27 @@ def intro(ex: Explorer) -> str:
 
 # ---------------------------------------------------------------- browse
 
+@dataclass
+class EditInputs:
+    """"Make harder / easier" of the Real data tab, in the /edit API's parameter order."""
+
+    image_id: str
+    strength: float = limited("strength")
+    seed: int = limited("seed")
+
+
+def edit_gallery(r: dict, class_names) -> list:
+    """The item (its own s) and its edits, each captioned with requested and measured s."""
+    own = f"s={r['source_s']:.2f} (scoring) · " if r.get("source_s") is not None else ""
+    items = [(to_pil(r["source"], DISPLAY_SCALE),
+              f"{r['source_id']} · {class_names[r['label']]} · {own}measured s={r['source_measured']:.2f} · "
+              f"predicted {r['source_predicted']}")]
+    for lev, im, m, p in zip(r["levels"], r["images"], r["measured"], r["predicted"]):
+        items.append((to_pil(im, DISPLAY_SCALE), f"requested s={lev:.2f} · measured s={m:.2f} · predicted {p} · "
+                                                  f"strength {r['strength']:g} · seed {r['seed']}"))
+    return items
+
+
 def browse_tab(ex: Workbench, class_names: list[str]) -> None:
     @user_errors
     def browse(class_name: str):
@@ -257,6 +279,16 @@ def browse_tab(ex: Workbench, class_names: list[str]) -> None:
     def pick(table, evt: gr.SelectData):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return table.iloc[row]["id"]
+
+    @user_errors
+    @gpu
+    @takes(EditInputs)
+    def edit(x: EditInputs, progress=gr.Progress()):
+        image_id = (x.image_id or "").strip()
+        if not image_id:
+            raise ValueError("Give an image id such as train:123 (pick a row of the table, or type one)")
+        r = ex.edits(image_id, strength=x.strength, seed=x.seed, progress=lambda f, d: progress(f, desc=d))
+        return edit_gallery(r, class_names)
 
     with gr.Tab("Real data", id="browse"):
         note("**What am I looking at?** Real training images of one class, from the easiest (`p0`, the classifier is "
@@ -284,9 +316,23 @@ def browse_tab(ex: Workbench, class_names: list[str]) -> None:
                 show_btn = gr.Button("Show image")
                 shown = gr.Image(label="image", type="pil", format="png", height=256)
                 shown_caption = gr.Markdown(label="image details")
+        with gr.Group():
+            gr.Markdown("**Make this item harder or easier.** The image above, edited towards requested `s` = "
+                        f"{', '.join(f'{v:g}' for v in EDIT_LEVELS)} from one noise (img2img at *strength*: the "
+                        "share of the denoising that is redone; higher moves further from the item). Each edit is "
+                        "measured by the evaluation classifier.", elem_classes="dacd-note")
+            with gr.Row():
+                strength = Slider("strength", value=EDIT_STRENGTH, step=0.05, label="strength", min_width=160)
+                edit_seed = Number("seed", value=0, precision=0, label="seed", min_width=120)
+                edit_btn = gr.Button("Make harder / easier", elem_id="edit-button", min_width=160)
+            edits = gr.Gallery(label="the item, then its edits from easy to hard", height="auto", format="png",
+                               object_fit="contain", elem_classes="dacd-gallery", elem_id="edit-gallery",
+                               allow_preview=False)
         go_btn.click(browse, cls, [gallery, hist, dmap, table], api_name="browse")
         cls.change(browse, cls, [gallery, hist, dmap, table], api_visibility="private")
         show_btn.click(show_image, image_id, [shown, shown_caption], api_name="show_image")
+        edit_btn.click(edit, in_order(EditInputs, image_id=image_id, strength=strength, seed=edit_seed), edits,
+                       api_name="edit")
         table.select(pick, table, image_id, api_visibility="private").then(show_image, image_id, [shown, shown_caption],
                                                                  api_visibility="private")
 
@@ -411,6 +457,9 @@ class SweepInputs:
     columns: int = limited("sweep_columns")
     difficulty_only: bool
     steps: int = limited("num_inference_steps")
+    source_id: str  # "" (from noise) or a real image id: every cell is an edit of it
+    source_image: str | None  # or an uploaded image (a file path through the API)
+    strength: float = limited("strength")
 
 
 def parse_seeds(text) -> list[int]:
@@ -431,7 +480,9 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
     @takes(SweepInputs)
     def sweep(x: SweepInputs, progress=gr.Progress()):
         seeds = parse_seeds(x.seeds)
+        upload = x.source_image or None
         r = ex.sweep(x.class_name, seeds, x.columns, difficulty_only=bool(x.difficulty_only), steps=x.steps,
+                     source_id=x.source_id, upload=upload, strength=x.strength,
                      progress=lambda f, d: progress(f, desc=d))
         cols = r["measured"].shape[1]
         grid = image_grid([im for row in r["images"] for im in row], ncols=cols, scale=4,
@@ -442,6 +493,9 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
                 for im, sd, m in zip(r.get("baseline", []), r["seeds"], r.get("baseline_measured", []))]
         caption = (f"Columns: requested s from {r['s_values'][0]:.2f} to {r['s_values'][-1]:.2f}; rows: seeds "
                    f"{', '.join(map(str, r['seeds']))} (the starting noise is the same along a row).")
+        if "source" in r:
+            caption += (f" Every cell is an edit of **{r['source_id']}** at strength {r['strength']:g}, so the grid "
+                        "shows what makes *this* item hard.")
         return grid, caption, sweep_lines(r["s_values"], r["measured"], r["seeds"], r.get("baseline_measured")), real, base
 
     with gr.Tab("Difficulty factors", id="sweep"):
@@ -457,6 +511,13 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
             columns = Slider("sweep_columns", value=8, step=1, label="columns (s steps)", min_width=160)
             steps = Slider("num_inference_steps", value=SAMPLING.num_inference_steps, step=1, label="steps",
                            min_width=160)
+        with gr.Accordion("start from a real image (optional)", open=False):
+            with gr.Row():
+                source_id = gr.Textbox("", label="real image id (e.g. test:7)", placeholder="empty: from noise",
+                                       min_width=160)
+                source_image = gr.Image(label="or upload an image (up to 10 MB)", type="filepath", height=160,
+                                        sources=["upload", "clipboard"], min_width=160)
+                sweep_strength = Slider("strength", value=EDIT_STRENGTH, step=0.05, label="strength", min_width=160)
         with gr.Row():
             difficulty_only = gr.Checkbox(False, label="difficulty only (no prompt)")
             btn = gr.Button("Sweep", variant="primary", elem_id="sweep-button")
@@ -471,7 +532,7 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
                               elem_classes="dacd-gallery", elem_id="sweep-baseline", allow_preview=False,
                               min_width=300)
         inputs = in_order(SweepInputs, class_name=cls, seeds=seeds, columns=columns, difficulty_only=difficulty_only,
-                          steps=steps)
+                          steps=steps, source_id=source_id, source_image=source_image, strength=sweep_strength)
         btn.click(sweep, inputs, [grid, caption, lines, real, base], api_name="sweep")
 
 
@@ -580,5 +641,6 @@ def build_app(ex: Workbench | None = None, max_queue: int = 16, concurrency: int
 
 
 def launch_kwargs() -> dict:
-    """Gradio 6 takes theme and css at launch(); no server-side rendering (no Node.js needed)."""
-    return {"theme": THEME, "css": CSS, "ssr_mode": False}
+    """Gradio 6 takes theme and css at launch(); no server-side rendering (no Node.js needed);
+    uploads over 10 MB are refused by the server (the library refuses them too)."""
+    return {"theme": THEME, "css": CSS, "ssr_mode": False, "max_file_size": "10mb"}

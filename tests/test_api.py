@@ -18,10 +18,11 @@ API = {
                   ("randomize", False), ("steps", 15), ("g", 5.0), ("gd", 8.0), ("prompt", ""), ("exact", False)],
     "/export": [],
     "/sweep": [("class_name", "Shirt"), ("seeds", "0, 1, 2, 3"), ("columns", 8), ("difficulty_only", False),
-               ("steps", 15)],
+               ("steps", 15), ("source_id", ""), ("source_image", None), ("strength", 0.7)],
     "/distribution": [("mu", 0.5), ("sigma", 0.1), ("n", 200), ("class_name", "all"), ("seed", 0)],
     "/browse": [("class_name", "T-shirt/top")],
     "/show_image": [("image_id", REQUIRED)],
+    "/edit": [("image_id", REQUIRED), ("strength", 0.7), ("seed", 0)],
 }
 
 
@@ -57,9 +58,10 @@ def app(tmp_path_factory):
 def test_every_bounded_control_spans_exactly_what_it_accepts(app):
     import gradio as gr
 
-    from dacd.ui import DistributionInputs, GenerateInputs, SweepInputs
+    from dacd.ui import DistributionInputs, EditInputs, GenerateInputs, SweepInputs
 
-    inputs_of = {"generate": GenerateInputs, "sweep": SweepInputs, "distribution": DistributionInputs}
+    inputs_of = {"generate": GenerateInputs, "sweep": SweepInputs, "distribution": DistributionInputs,
+                 "edit": EditInputs}
     bounded = set()
     for fn in app.fns.values():
         if fn.api_name not in inputs_of:
@@ -81,8 +83,8 @@ def test_every_bounded_control_spans_exactly_what_it_accepts(app):
                         control.preprocess(value)
             bounded.add(f"{fn.api_name}.{f.name}")
     assert bounded == {"generate.s", "generate.n", "generate.seed", "generate.steps", "generate.g", "generate.gd",
-                       "sweep.columns", "sweep.steps", "distribution.mu", "distribution.sigma", "distribution.n",
-                       "distribution.seed"}
+                       "sweep.columns", "sweep.steps", "sweep.strength", "distribution.mu", "distribution.sigma",
+                       "distribution.n", "distribution.seed", "edit.strength", "edit.seed"}
 
 
 def test_class_boxes_take_names_and_ids_and_refuse_others(app):

@@ -127,6 +127,54 @@ def test_sweep(client):
     refused(lambda: client.predict("Trouser", "0, x", 3, False, 2, api_name="/sweep"), "Seed must be")
 
 
+def test_sweep_from_a_real_image(client, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    grid, caption, lines, real, base = client.predict("Trouser", "0", 3, False, 4, "test:3", None, 0.5,
+                                                      api_name="/sweep")
+    assert grid and "edit of **test:3** at strength 0.5" in caption
+    upload = tmp_path / "item.png"
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(upload)  # colour, another size: greyscale, resized, padded
+    grid, caption, *_ = client.predict("Bag", "0", 2, False, 4, "", handle_file(str(upload)), 0.5, api_name="/sweep")
+    assert "edit of **your image**" in caption
+    refused(lambda: client.predict("Bag", "0", 2, False, 4, "test:3", handle_file(str(upload)), 0.5,
+                                   api_name="/sweep"), "either an image id or an upload")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    refused(lambda: client.predict("Bag", "0", 2, False, 4, "", handle_file(str(text)), 0.5, api_name="/sweep"),
+            "cannot be read as an image|Invalid image|not.*image")
+    refused(lambda: client.predict("Bag", "0", 2, False, 4, "test:3", None, 1.5, api_name="/sweep"),
+            "Strength must be a number from 0.1 to 1")
+
+
+def test_edit_makes_one_item_harder_and_easier(client):
+    gallery = client.predict("test:7", 0.6, 3, api_name="/edit")
+    assert len(gallery) == 6  # the item, then requested s 0.1 ... 0.9
+    assert gallery[0]["caption"].startswith("test:7 · ") and "measured s=" in gallery[0]["caption"]
+    for item, lev in zip(gallery[1:], ("0.10", "0.30", "0.50", "0.70", "0.90")):
+        assert f"requested s={lev} · measured s=" in item["caption"] and "strength 0.6 · seed 3" in item["caption"]
+    refused(lambda: client.predict("test:99999999", 0.6, 3, api_name="/edit"), "No image with id")
+    refused(lambda: client.predict("", 0.6, 3, api_name="/edit"), "Give an image id")
+    refused(lambda: client.predict("test:7", 0.0, 3, api_name="/edit"), "Strength must be")
+
+
+def test_edits_share_noise_across_levels(tiny_checkpoint, fake_fmnist):
+    import numpy as np
+
+    from dacd.explore import Workbench
+
+    ex = Workbench(tiny_checkpoint, data_dir=fake_fmnist)
+    a = ex.edits("train:5", levels=(0.2, 0.8), strength=0.5, seed=1, steps=4)
+    b = ex.edits("train:5", levels=(0.2,), strength=0.5, seed=1, steps=4)
+    np.testing.assert_allclose(a["images"][0], b["images"][0], atol=1e-5)  # a level does not depend on the others
+    assert a["label"] == ex.image_label("train:5") and a["source_s"] is not None
+    with pytest.raises(ValueError, match="less than one denoising step"):
+        ex.edits("train:5", strength=0.1, steps=4)
+    with pytest.raises(ValueError, match="needs a class"):
+        ex.edits(upload=np.zeros((28, 28), np.uint8))
+
+
 def test_distribution(client):
     fig, text = client.predict(0.5, 0.1, 20, "all", 0, api_name="/distribution")
     for name in ("requested", "dacd", "baseline", "real"):

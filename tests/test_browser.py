@@ -137,6 +137,12 @@ def test_every_tab_in_a_real_browser(driver, app_url, width_name):
     click(d, "browse-button")
     wait.until(lambda d: len(d.execute_script(IMAGES_JS, "#browse-gallery")) >= 9)
     check_gallery(d, "#browse-gallery", 9, "s=")
+    # ... and one of them made easier and harder: the item, then five edits, every caption whole
+    box = next(e for e in by_css(d, "[aria-label='image id']") if e.is_displayed())
+    box.send_keys("train:3")
+    click(d, "edit-button")
+    wait.until(lambda d: len(d.execute_script(IMAGES_JS, "#edit-gallery")) >= 6)
+    check_gallery(d, "#edit-gallery", 6, "measured s=")
     screenshot(d, "real data", width_name)
 
 
