@@ -91,7 +91,8 @@ def main(argv=None):
     table.to_csv(out / "candidates.csv", index=False)
     print(table.to_string(index=False))
     fid = [sys.executable, "bench/fidelity.py", "--models", *[work / n / "base" for n in args.only],
-           "--per-class", args.per_class, "--cas-seeds", *args.cas_seeds, "--steps", args.cas_steps, "--out", out]
+           "--per-class", args.per_class, "--cas-seeds", *args.cas_seeds, "--steps", args.cas_steps, "--out", out,
+           "--cache-dir", work / "fidelity-cache"]
     if args.gen_steps:
         fid += ["--gen-steps", args.gen_steps]
     if args.data_dir:

@@ -16,7 +16,7 @@ real training images drawn at random (the reference), against the real test spli
     python bench/fidelity.py --models runs/cand/a/base runs/cand/b/base --per-class 50 --cas-seeds 0 \
         --out runs/fidelity-candidates                          # the reduced protocol for comparing bases
 
-Each model's images, measures and CAS cells are cached under --out/cache by the model's
+Each model's images, measures and CAS cells are cached (--cache-dir) by the model's
 content fingerprint and the settings, so a rerun (or an interrupted run) only does what is
 missing. Writes fidelity.csv, per_class.csv and fidelity.md to --out.
 """
@@ -67,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="noise seeds of the generated rows and the real draw")
     p.add_argument("--vae-test", type=int, default=2000, help="test images for the VAE reconstruction")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "fidelity"))
+    p.add_argument("--cache-dir", default=None, help="images and cell results (default runs/fidelity-cache, or "
+                   "<out>/cache when --out is given elsewhere)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -168,7 +170,10 @@ def cas(images, labels, norm_images, test, args, cache: Path, class_names) -> li
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
+    default_out = Path(args.out).resolve() == (ROOT / "bench" / "results" / "fidelity").resolve()
+    cache_root = Path(args.cache_dir or (ROOT / "runs" / "fidelity-cache" if default_out else out / "cache"))
+    cache_root.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     train = load_dataset(args.data, "train", args.data_dir)
     test = load_dataset(args.data, "test", args.data_dir)
     names = list(train.class_names)
@@ -190,7 +195,7 @@ def main(argv=None):
     rows, per_class_rows = [], []
     # the reference: random real training images
     t0 = time.time()
-    cache = out / "cache" / f"{REAL}-{_hash(common)}"
+    cache = cache_root / f"{REAL}-{_hash(common)}"
     cache.mkdir(exist_ok=True)
     row, pc = measures(real_images, real_labels, evaluator, test_feats, test_labels, names, args.k)
     accs = cas(real_images, real_labels, real_images, test, args, cache, names)
@@ -208,7 +213,7 @@ def main(argv=None):
         fp = model_fingerprint(folder)
         pipe = load_generator(folder, names)
         settings = asdict(SamplingSettings(num_inference_steps=args.gen_steps))
-        cache = out / "cache" / f"{label.replace('/', '_')}-{_hash({**common, 'model': fp, 'sampling': settings})}"
+        cache = cache_root / f"{label.replace('/', '_')}-{_hash({**common, 'model': fp, 'sampling': settings})}"
         cache.mkdir(exist_ok=True)
         vae = _cached(cache / "vae.json", lambda: vae_reconstruction_error(
             pipe.vae, torch.from_numpy(test.images[:args.vae_test])))

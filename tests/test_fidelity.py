@@ -85,7 +85,7 @@ def test_candidate_bases_and_the_fidelity_bench(fake_fmnist, tiny_evaluator, tmp
     per_class = pd.read_csv(out / "per_class.csv")
     assert len(per_class) == 30 and per_class.kid.notna().all()
     assert "KID per class" in (out / "fidelity.md").read_text()
-    images = next(out.glob("cache/lat16-minsnr_base-*/images.npy"))
+    images = next(work.glob("fidelity-cache/lat16-minsnr_base-*/images.npy"))
     stamp = images.stat().st_mtime_ns
     run_script(*cmd)
     assert images.stat().st_mtime_ns == stamp
