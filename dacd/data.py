@@ -43,6 +43,25 @@ class DatasetError(RuntimeError):
     """A dataset is missing or malformed; the message names the file and the fix."""
 
 
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # image files (uploads) larger than this are refused
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An image file as PIL, refusing files over 10 MB and files PIL cannot read, by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(f"image {path.name!r} is {size / 2**20:.1f} MB; the limit is {MAX_IMAGE_BYTES // 2**20} MB")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except Exception as e:  # PIL raises several kinds (UnidentifiedImageError, OSError, ...)
+        raise ValueError(f"image {path.name!r} cannot be read as an image ({type(e).__name__}: {e})") from e
+
+
 def slugify(name: str) -> str:
     """Class name -> file/folder slug: "T-shirt/top" -> "t-shirt-top"."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

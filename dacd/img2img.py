@@ -21,27 +21,11 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
+from .data import MAX_IMAGE_BYTES, load_image
 from .defaults import EDIT_STRENGTH, SAMPLING
 from .pipeline import DifficultyControlledPipeline, DifficultyPipelineOutput, _as_list, _is_number
 
 DEFAULT_STRENGTH = EDIT_STRENGTH  # chosen by bench/edits.py (see dacd.defaults)
-MAX_IMAGE_BYTES = 10 * 1024 * 1024  # uploads larger than this are refused
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """An image file as PIL, refusing files over 10 MB and files PIL cannot read, by name."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"image {str(path)!r} does not exist")
-    size = path.stat().st_size
-    if size > MAX_IMAGE_BYTES:
-        raise ValueError(f"image {path.name!r} is {size / 2**20:.1f} MB; the limit is {MAX_IMAGE_BYTES // 2**20} MB")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except Exception as e:  # PIL raises several kinds (UnidentifiedImageError, OSError, ...)
-        raise ValueError(f"image {path.name!r} cannot be read as an image ({type(e).__name__}: {e})") from e
 
 
 def _to_hwc_float(image) -> np.ndarray:

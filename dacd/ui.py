@@ -8,14 +8,14 @@ import inspect
 import random
 import tempfile
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import gradio as gr
 import torch
 
 from .calibration import Calibration
-from .data import DatasetError, resolve_class
+from .data import DatasetError, load_image, resolve_class
 from .defaults import APP_LIMITS, DIFFICULTY, EDIT_STRENGTH, LAYOUT, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
 from .explore import (
     BROWSE_PERCENTILES,
@@ -153,6 +153,29 @@ class ClassDropdown(gr.Dropdown):
         return {"type": "string", "description": f"a class name ({', '.join(self.class_names)}{also}) or its number"}
 
 
+class ImageUpload(gr.Image):
+    """An image upload that refuses, in a sentence the API client receives, a file that is not an
+    image or is over 10 MB (Gradio's own Image fails there with an error clients cannot read)."""
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        name = getattr(payload, "orig_name", None) or "the upload"
+        try:
+            path = super().preprocess(payload)
+            if path is not None:
+                load_image(path)  # size and readability, the library's check
+            return path
+        except gr.Error:
+            raise
+        except Exception as e:
+            text = str(e) if isinstance(e, ValueError) else f"{name} cannot be read as an image ({type(e).__name__})"
+            raise gr.Error(sentence(text + ". Upload a PNG or JPEG of at most 10 MB")) from None
+
+
 def ClassBox(choices, class_names, extra=(), **kwargs) -> ClassDropdown:  # noqa: N802
     box = ClassDropdown(choices, allow_custom_value=False, filterable=False, **kwargs)
     box.class_names, box.extra = list(class_names), tuple(extra)
@@ -180,11 +203,15 @@ def takes(inputs_cls):
     parameters after the callback's signature, so the wrapper's signature is the dataclass's
     fields followed by the callback's own remaining parameters (e.g. `progress`)."""
     names = [f.name for f in fields(inputs_cls)]
+    # a field's default (None for an optional image) makes the API parameter optional: Gradio reads
+    # defaults from the signature where the component has no initial value
+    defaults = {f.name: f.default for f in fields(inputs_cls) if f.default is not MISSING}
 
     def decorate(fn):
         own = list(inspect.signature(fn).parameters.values())[1:]
         signature = inspect.Signature(
-            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names] + own)
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                               default=defaults.get(n, inspect.Parameter.empty)) for n in names] + own)
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -312,7 +339,7 @@ def browse_tab(ex: Workbench, class_names: list[str]) -> None:
             table = gr.Dataframe(label="hardest images of the class", interactive=False, max_height=320,
                                  min_width=320)
             with gr.Column(min_width=320):
-                image_id = gr.Textbox(label="image id", placeholder="train:123")
+                image_id = gr.Textbox(label="image id", placeholder="train:123", elem_id="image-id")
                 show_btn = gr.Button("Show image")
                 shown = gr.Image(label="image", type="pil", format="png", height=256)
                 shown_caption = gr.Markdown(label="image details")
@@ -458,8 +485,8 @@ class SweepInputs:
     difficulty_only: bool
     steps: int = limited("num_inference_steps")
     source_id: str  # "" (from noise) or a real image id: every cell is an edit of it
-    source_image: str | None  # or an uploaded image (a file path through the API)
     strength: float = limited("strength")
+    source_image: str | None = None  # or an uploaded image (a file path through the API)
 
 
 def parse_seeds(text) -> list[int]:
@@ -515,8 +542,8 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
             with gr.Row():
                 source_id = gr.Textbox("", label="real image id (e.g. test:7)", placeholder="empty: from noise",
                                        min_width=160)
-                source_image = gr.Image(label="or upload an image (up to 10 MB)", type="filepath", height=160,
-                                        sources=["upload", "clipboard"], min_width=160)
+                source_image = ImageUpload(label="or upload an image (up to 10 MB)", type="filepath", height=160,
+                                           sources=["upload", "clipboard"], min_width=160)
                 sweep_strength = Slider("strength", value=EDIT_STRENGTH, step=0.05, label="strength", min_width=160)
         with gr.Row():
             difficulty_only = gr.Checkbox(False, label="difficulty only (no prompt)")
@@ -532,7 +559,7 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
                               elem_classes="dacd-gallery", elem_id="sweep-baseline", allow_preview=False,
                               min_width=300)
         inputs = in_order(SweepInputs, class_name=cls, seeds=seeds, columns=columns, difficulty_only=difficulty_only,
-                          steps=steps, source_id=source_id, source_image=source_image, strength=sweep_strength)
+                          steps=steps, source_id=source_id, strength=sweep_strength, source_image=source_image)
         btn.click(sweep, inputs, [grid, caption, lines, real, base], api_name="sweep")
 
 

@@ -131,20 +131,20 @@ def test_sweep_from_a_real_image(client, tmp_path):
     from gradio_client import handle_file
     from PIL import Image
 
-    grid, caption, lines, real, base = client.predict("Trouser", "0", 3, False, 4, "test:3", None, 0.5,
+    grid, caption, lines, real, base = client.predict("Trouser", "0", 3, False, 4, "test:3", 0.5,
                                                       api_name="/sweep")
     assert grid and "edit of **test:3** at strength 0.5" in caption
     upload = tmp_path / "item.png"
     Image.new("RGB", (40, 20), (200, 30, 30)).save(upload)  # colour, another size: greyscale, resized, padded
-    grid, caption, *_ = client.predict("Bag", "0", 2, False, 4, "", handle_file(str(upload)), 0.5, api_name="/sweep")
+    grid, caption, *_ = client.predict("Bag", "0", 2, False, 4, "", 0.5, handle_file(str(upload)), api_name="/sweep")
     assert "edit of **your image**" in caption
-    refused(lambda: client.predict("Bag", "0", 2, False, 4, "test:3", handle_file(str(upload)), 0.5,
+    refused(lambda: client.predict("Bag", "0", 2, False, 4, "test:3", 0.5, handle_file(str(upload)),
                                    api_name="/sweep"), "either an image id or an upload")
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    refused(lambda: client.predict("Bag", "0", 2, False, 4, "", handle_file(str(text)), 0.5, api_name="/sweep"),
+    refused(lambda: client.predict("Bag", "0", 2, False, 4, "", 0.5, handle_file(str(text)), api_name="/sweep"),
             "cannot be read as an image|Invalid image|not.*image")
-    refused(lambda: client.predict("Bag", "0", 2, False, 4, "test:3", None, 1.5, api_name="/sweep"),
+    refused(lambda: client.predict("Bag", "0", 2, False, 4, "test:3", 1.5, api_name="/sweep"),
             "Strength must be a number from 0.1 to 1")
 
 

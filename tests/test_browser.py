@@ -138,7 +138,7 @@ def test_every_tab_in_a_real_browser(driver, app_url, width_name):
     wait.until(lambda d: len(d.execute_script(IMAGES_JS, "#browse-gallery")) >= 9)
     check_gallery(d, "#browse-gallery", 9, "s=")
     # ... and one of them made easier and harder: the item, then five edits, every caption whole
-    box = next(e for e in by_css(d, "[aria-label='image id']") if e.is_displayed())
+    box = next(e for e in by_css(d, "#image-id textarea, #image-id input") if e.is_displayed())
     box.send_keys("train:3")
     click(d, "edit-button")
     wait.until(lambda d: len(d.execute_script(IMAGES_JS, "#edit-gallery")) >= 6)
