@@ -256,7 +256,9 @@ def test_anchored_set_edits_real_images_of_the_subset(tiny_dacd, tiny_evaluator,
         return gen_args(folder, tiny_dacd, tiny_evaluator, "--anchor", "real", "--strength", strength,
                         "--real-fraction", "0.1", "--data-dir", fake_fmnist)
 
-    run_script(*anchored("0.6"))
+    proc = run_script(*anchored("0.6"), "--stop-after-chunks", "2", check=False)  # killed after 2 of 5 chunks
+    assert proc.returncode == 3 and len(list(out.glob(".chunk-*.parquet"))) == 2, proc.stderr[-2000:]
+    run_script(*anchored("0.6"))  # resumed: the anchors of the missing chunks come from the same plan
     m = read_manifest(out)
     cfg = json.loads((out / "generation.json").read_text())
     assert cfg["sampling_mode"] == "anchored" and cfg["anchoring"] == {"strength": 0.6, "seed": 0}
