@@ -479,7 +479,7 @@ def main(argv=None):
     table["p_holm"] = np.nan
     table.loc[family, "p_holm"] = holm(table.loc[family, "p_value"].to_numpy())
     table["holm_significant"] = (table.p_holm < 0.05).fillna(False).astype(bool)
-    set_rows = measure_sets(args, sets, real, cells_dir)
+    set_rows = [r for r in measure_sets(args, sets, real, cells_dir) if "images" in r]  # made sets only
     by_set = {r["set"]: r for r in set_rows}
     set_of = {c["cell"]: c["set"] for c in cells}
     for col in ("measured_medium_share", "evaluator_accuracy"):
