@@ -9,7 +9,7 @@ random real images. Both steps resume: rerun the same command after an interrupt
     python bench/base_candidates.py --only today lat16       # some of them
     python bench/base_candidates.py --vae-steps 1200 --unet-steps 2500 --only lat16   # a full-length run
 
-Writes runs/base-candidates/<name>/{base,run} and the comparison to --out (fidelity.csv,
+Writes runs/base-candidates/v<vae steps>-u<unet steps>/<name>/{base,run} and the comparison to --out (fidelity.csv,
 fidelity.md, candidates.csv with each candidate's flags, parameters and stage seconds).
 """
 
@@ -67,8 +67,9 @@ def main(argv=None):
     if args.no_progress:
         common.append("--no-progress")
     rows = []
+    steps_tag = f"v{args.vae_steps}-u{args.unet_steps}"  # another step count is another candidate folder
     for name in args.only:
-        out, run_dir = work / name / "base", work / name / "run"
+        out, run_dir = work / steps_tag / name / "base", work / steps_tag / name / "run"
         if not (out / "metrics.json").is_file():
             run([sys.executable, "train/train_base.py", "--output-dir", out, "--run-dir", run_dir,
                  *common, *CANDIDATES[name]])
@@ -90,7 +91,7 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     table.to_csv(out / "candidates.csv", index=False)
     print(table.to_string(index=False))
-    fid = [sys.executable, "bench/fidelity.py", "--models", *[work / n / "base" for n in args.only],
+    fid = [sys.executable, "bench/fidelity.py", "--models", *[work / steps_tag / n / "base" for n in args.only],
            "--per-class", args.per_class, "--cas-seeds", *args.cas_seeds, "--steps", args.cas_steps, "--out", out,
            "--cache-dir", work / "fidelity-cache"]
     if args.gen_steps:

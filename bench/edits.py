@@ -125,8 +125,13 @@ def main(argv=None):
     sources = [im.transpose(1, 2, 0) for im in np.tile(src_u8, (len(levels), 1, 1, 1))]
     settings = SamplingSettings(args.steps, None, args.guidance, args.difficulty_guidance)
 
-    summary, cell_rows = [], []
+    summary, cell_rows, seen = [], [], {}
     for strength in args.strengths:
+        rerun = DifficultyControlledImg2ImgPipeline.steps_rerun(strength, args.steps)
+        if rerun in seen:  # strength acts in whole steps: this one is the same edit as an earlier strength
+            print(f"strength {strength:g} reruns {rerun} of {args.steps} steps, as {seen[rerun]:g} does: skipped")
+            continue
+        seen[rerun] = strength
         t0 = time.time()
         res = sample(pipe, labels, requested, seeds, settings, sources=sources, chunk_size=args.batch_size,
                      strength=strength,
@@ -140,7 +145,8 @@ def main(argv=None):
         rows = pd.DataFrame({"label": labels, "requested_s": requested, "measured_s": m.measured_s.to_numpy(),
                              "pred": m.pred.to_numpy(), "ssim": ssim(imgs, np.tile(src, (len(levels), 1, 1, 1)))})
         stats = statistics(rows, imgs, train, names)
-        summary.append({"source": f"edit strength {strength:g}", "strength": strength, **stats,
+        summary.append({"source": f"edit strength {strength:g}", "strength": strength,
+                        "steps_rerun": f"{rerun}/{args.steps}", **stats,
                         "ssim_to_source": float(rows.ssim.mean()),
                         **{f"ssim_at_{lev:g}": float(sub.ssim.mean()) for lev, sub in rows.groupby("requested_s")},
                         "images_per_second": len(rows) / seconds})
@@ -174,7 +180,7 @@ def main(argv=None):
     cells.to_csv(out / "cells.csv", index=False)
     meta = {k: v for k, v in vars(args).items() if k != "no_progress"}
     (out / "settings.json").write_text(json.dumps({**meta, "seconds": time.time() - t_start}, indent=2) + "\n")
-    cols = ["source", "spearman_cells", "keep_label_at_s_le_0.5", "ssim_to_source", "nearest_train_median",
+    cols = ["source", "steps_rerun", "spearman_cells", "keep_label_at_s_le_0.5", "ssim_to_source", "nearest_train_median",
             *[f"measured_at_{lev:g}" for lev in levels], "images_per_second"]
     show = table[table.source != "sources (unedited)"][cols]
     lines = [f"{args.items} test items per class x levels {levels}, one noise per item; evaluation classifier.", "",

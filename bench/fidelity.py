@@ -189,6 +189,7 @@ def main(argv=None):
     test_labels = test.labels[test_pick]
     labels = np.repeat(np.arange(len(names)), args.per_class)
     common = {"per_class": args.per_class, "seed": args.seed, "evaluator": ev_id, "data": args.data,
+              "vae_test": args.vae_test,
               "real_test_per_class": args.real_test_per_class, "k": args.k,
               "cas": {"arch": args.arch, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}}
 

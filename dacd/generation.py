@@ -467,6 +467,15 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
 
         if not isinstance(pipe, DifficultyControlledImg2ImgPipeline):
             pipe = DifficultyControlledImg2ImgPipeline.from_pipe(pipe)
+        # refused before generation.json is written, so a corrected rerun into the folder is not refused
+        if pipe.steps_rerun(anchoring.strength, sampling.num_inference_steps) < 1:
+            raise GenerationError(f"strength {anchoring.strength:g} x {sampling.num_inference_steps} steps is less "
+                                  "than one denoising step: raise --strength or --steps")
+        if sampling.calibrated:
+            try:
+                pipe.conditioning_difficulties([0], [0.5], True, anchoring.strength, sampling.num_inference_steps)
+            except ValueError as e:
+                raise GenerationError(str(e)) from None
     mode = "plain" if selection is None else "selected"
     mode = mode if anchoring is None else ("anchored" if selection is None else "anchored-selected")
     pilot = None

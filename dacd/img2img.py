@@ -2,10 +2,11 @@
 
 The text-to-image pipeline's components and guidance, started from an image instead of pure
 noise (SDEdit, as diffusers' `StableDiffusionImg2ImgPipeline`): the image is encoded by the VAE,
-noised to the timestep that `strength` names (1.0: pure noise, the image only fixes nothing but
-the size; small: a light touch) and denoised with the class and difficulty conditioning. The same
-generator gives the same noise, so one item edited at several difficulties with one seed shows
-what the dial changes on *that* item.
+noised to the timestep that `strength` names and denoised with the class and difficulty
+conditioning. `strength` is the share of the denoising schedule that is rerun, in whole steps:
+int(steps x strength) of `num_inference_steps` (at 15 steps, 0.5 reruns 7); near 1.0 almost nothing
+of the image survives. The same generator gives the same noise, so one item edited at several
+difficulties with one seed shows what the dial changes on *that* item.
 
     pipe = DifficultyControlledPipeline.from_pretrained("checkpoints/fashion-mnist/dacd")
     edit = DifficultyControlledImg2ImgPipeline.from_pipe(pipe)
@@ -32,6 +33,12 @@ def _to_hwc_float(image) -> np.ndarray:
     """PIL, array (HW / HWC, uint8 0..255 or float 0..1) or tensor (CHW, float 0..1) -> float HWC in [0, 1]."""
     if isinstance(image, (str, Path)):
         image = load_image(image)
+    if isinstance(image, Image.Image) and image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or float greyscale (convert("RGB") would clip it at 255): scaled by the range it uses
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else next(
+            r for r in (1.0, 255.0, 65535.0, float(a.max())) if a.max() <= r)
+        return np.clip(a / top, 0, 1)[..., None]
     if isinstance(image, Image.Image):
         im = image.convert("RGBA") if image.mode in ("P", "LA", "PA") else image
         if im.mode == "RGBA":  # transparent pixels over black, the datasets' background
@@ -124,7 +131,13 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
                 raise ValueError(f"image{'' if len(images) == 1 else f' {i}'}: {e}") from e
         return prepared
 
-    def conditioning_difficulties(self, labels, requested, calibrated: bool, strength: float | None = None):
+    @staticmethod
+    def steps_rerun(strength: float, num_inference_steps: int) -> int:
+        """How many of `num_inference_steps` denoising steps an edit at `strength` reruns (whole steps)."""
+        return min(int(num_inference_steps * float(strength) + 1e-9), int(num_inference_steps))
+
+    def conditioning_difficulties(self, labels, requested, calibrated: bool, strength: float | None = None,
+                                  num_inference_steps: int | None = None):
         if not calibrated:
             return list(requested)
         curve = self.img2img_calibrations.get(round(float(strength), 6)) if strength is not None else None
@@ -135,6 +148,11 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
                                 "this checkpoint has none")
                              + " (the text-to-image curve does not apply to edits). Fit one with "
                                f"`python train/calibrate.py --img2img-strength {strength:g}`, or pass calibrated=False")
+        fitted = curve.meta.get("steps")
+        if fitted is not None and num_inference_steps is not None and int(fitted) != int(num_inference_steps):
+            raise ValueError(f"the img2img curve for strength {strength:g} was fitted at {fitted} steps; an edit at "
+                             f"{num_inference_steps} steps reruns another share of the schedule: use {fitted} steps, "
+                             "or pass calibrated=False")
         return [curve.invert(c, s) for c, s in zip(labels, requested)]
 
     @torch.no_grad()
@@ -165,7 +183,7 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
         images = self.check_image_inputs(image, n, strength, num_inference_steps)
         n = max(n, len(images))
         labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
-        cond_s = self.conditioning_difficulties(labels, requested, calibrated, strength)
+        cond_s = self.conditioning_difficulties(labels, requested, calibrated, strength, num_inference_steps)
         device = self._execution_device
         sched = self.get_scheduler(scheduler)
         branches, g_t, g_d = self.guidance_contexts(prompts, labels, cond_s, guidance_scale,
@@ -174,7 +192,7 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
 
         # the part of the schedule that strength reruns
         sched.set_timesteps(num_inference_steps, device=device)
-        kept = min(int(num_inference_steps * float(strength) + 1e-9), num_inference_steps)
+        kept = self.steps_rerun(strength, num_inference_steps)
         start = (num_inference_steps - kept) * sched.order
         timesteps = sched.timesteps[start:]
         if hasattr(sched, "set_begin_index"):

@@ -353,6 +353,10 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         for name, component in pipeline.components.items():  # by name: __init__ has no type hints to match
             if name in expected:
                 kwargs.setdefault(name, component)
+        # diffusers casts the new pipeline to `dtype` (float32 unless given), and the weights are shared:
+        # keep the original's dtype, or an fp16 pipeline would turn fp32 under its other users
+        if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = pipeline.dtype
         kwargs.setdefault("class_names", getattr(pipeline, "class_names", None))
         kwargs.setdefault("prompt_template", getattr(pipeline, "prompt_template", PROMPT_TEMPLATE))
         new = super().from_pipe(pipeline, **kwargs)

@@ -543,7 +543,8 @@ def sweep_tab(ex: Workbench, class_names: list[str]):
                 source_id = gr.Textbox("", label="real image id (e.g. test:7)", placeholder="empty: from noise",
                                        min_width=160)
                 source_image = ImageUpload(label="or upload an image (up to 10 MB)", type="filepath", height=160,
-                                           sources=["upload", "clipboard"], min_width=160)
+                                           sources=["upload", "clipboard"], min_width=160,
+                                           image_mode=None)  # as uploaded: the library handles alpha and 16 bit
                 sweep_strength = Slider("strength", value=EDIT_STRENGTH, step=0.05, label="strength", min_width=160)
         with gr.Row():
             difficulty_only = gr.Checkbox(False, label="difficulty only (no prompt)")

@@ -67,7 +67,7 @@ def test_candidate_bases_and_the_fidelity_bench(fake_fmnist, tiny_evaluator, tmp
            "--work-dir", work, "--out", out, "--per-class", "8", "--cas-seeds", "0", "--cas-steps", "3",
            "--gen-steps", "2", "--data-dir", fake_fmnist, "--evaluator", tiny_evaluator, "--no-progress"]
     run_script(*cmd)
-    base = work / "lat16-minsnr" / "base"
+    base = work / "v2-u2" / "lat16-minsnr" / "base"
     vae = json.loads((base / "vae" / "config.json").read_text())
     unet = json.loads((base / "unet" / "config.json").read_text())
     assert len(vae["block_out_channels"]) == 2 and unet["sample_size"] == 16 and len(unet["block_out_channels"]) == 3

@@ -20,6 +20,7 @@ from dacd.generation import (
     GenerationError,
     assign_anchors,
     counts_from_ratio,
+    generate_dataset,
     load_prompt_lists,
     make_plan,
     plan_fingerprint,
@@ -235,6 +236,23 @@ def test_anchors_are_deterministic_per_class_and_prefix_stable():
     for bad in (0, 1.5, float("nan")):
         with pytest.raises(GenerationError, match=r"strength must be in \(0, 1\]"):
             Anchoring(bad)
+
+
+def test_anchored_settings_that_cannot_run_are_refused_before_the_folder_is_claimed(tmp_path):
+    from test_pipeline import CLASSES, dummy_pipeline
+
+    from dacd.sampling import SamplingSettings
+
+    plan = assign_anchors(make_plan(CLASSES, {0: 2}), ["train:0", "train:1"], [0, 0])
+    anchors = {"train:0": np.zeros((1, 32, 32), np.uint8), "train:1": np.zeros((1, 32, 32), np.uint8)}
+    out = tmp_path / "set"
+    for anchoring, sampling, match in ((Anchoring(0.05), SamplingSettings(num_inference_steps=10), "less than one"),
+                                       (Anchoring(0.5), SamplingSettings(num_inference_steps=10, calibrated=True),
+                                        "curve fitted for img2img at strength 0.5")):
+        with pytest.raises(GenerationError, match=match):
+            generate_dataset(dummy_pipeline(), plan, out, model_id="tiny", anchoring=anchoring, anchors=anchors,
+                             sampling=sampling, progress=False)
+        assert not (out / "generation.json").exists()
 
 
 def test_strength_without_anchor_is_refused(tmp_path):

@@ -49,6 +49,8 @@ def test_prepare_image_greyscale_resize_and_pad():
     for other in (a.astype(np.float32) / 255, torch.from_numpy(a).float()[None] / 255, Image.fromarray(a)):
         np.testing.assert_allclose(prepare_image(other, 32, 1), ref, atol=1e-6)
     assert prepare_image(a, 32, 3).shape == (3, 32, 32)
+    deep = Image.fromarray((a.astype(np.uint16) * 257), "I;16")  # 16-bit: the same picture, not clipped white
+    np.testing.assert_allclose(prepare_image(deep, 32, 1), ref, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -137,6 +139,9 @@ def test_from_pipe_carries_names_template_and_curves():
     pipe.set_progress_bar_config(disable=True)
     assert DifficultyControlledImg2ImgPipeline.from_pipe(pipe)._progress_bar_config == {"disable": True}
     back = DifficultyControlledPipeline.from_pipe(edit)
+    half = dummy_pipeline().to(dtype=torch.bfloat16)  # the weights are shared: from_pipe must not recast them
+    DifficultyControlledImg2ImgPipeline.from_pipe(half)
+    assert half.unet.dtype == torch.bfloat16 and half.vae.dtype == torch.bfloat16
     assert type(back) is DifficultyControlledPipeline and back.class_names == CLASSES
 
 
@@ -159,9 +164,11 @@ def test_edits_bench_on_tiny_models(tiny_checkpoint, fake_fmnist, tmp_path):
 
     run_script("bench/edits.py", "--model", tiny_checkpoint / "dacd", "--evaluator", tiny_checkpoint / "evaluator",
                "--scores", tiny_checkpoint / "scores.parquet", "--data-dir", fake_fmnist, "--items", "2",
-               "--strengths", "0.4", "1.0", "--steps", "5", "--out", tmp_path, "--no-progress")
+               "--strengths", "0.4", "0.45", "1.0", "--steps", "5", "--out", tmp_path, "--no-progress")
     table = pd.read_csv(tmp_path / "summary.csv").set_index("source")
+    # 0.45 reruns the same 2 of 5 steps as 0.4: skipped
     assert list(table.index) == ["edit strength 0.4", "edit strength 1", "real ceiling", "sources (unedited)"]
+    assert table.loc["edit strength 0.4", "steps_rerun"] == "2/5"
     edits = table.loc[["edit strength 0.4", "edit strength 1"]]
     assert edits["keep_label_at_s_le_0.5"].between(0, 1).all() and edits.ssim_to_source.between(-1, 1).all()
     cells = pd.read_csv(tmp_path / "cells.csv")

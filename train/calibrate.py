@@ -10,11 +10,12 @@ the scoring classifier (the one that defines s), never by the evaluation classif
 `bench/controllability.py --calibrated --seed 1` judges the curve on other images with a
 classifier that did not fit it. A stage of `make checkpoints`.
 
-    python train/calibrate.py --img2img-strength 0.7            # the curve for edits of real images
+    python train/calibrate.py --img2img-strength 0.5            # the curve for edits of real images
 
 With --img2img-strength the grid's images are edits (DifficultyControlledImg2ImgPipeline) of
 real *training* images (item k of a class is the same image at every requested s), and the curve
-goes to calibration-img2img-strength<S>.json: edits at that strength with `calibrated=True` use it.
+goes to calibration-img2img-strength<S>.json: edits at that strength and the same --steps with
+`calibrated=True` use it (strength acts in whole steps, so another step count is another curve).
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def main(argv=None):
         plan, extra, anchors = build_plan(args, list(pipe.class_names), pipe.prompt_template)
         anchoring = None if anchors is None else Anchoring(
             DEFAULT_STRENGTH if args.strength is None else args.strength, args.anchor_seed)
-        if args.calibrated and pipe.calibration is None:
+        if args.calibrated and pipe.calibration is None and anchors is None:  # edits: checked by their own curve
             raise GenerationError(f"--calibrated needs a calibration curve and {model_dir} has none "
                                   "(train/calibrate.py makes one)")
         sampling = SamplingSettings(args.steps, args.scheduler, args.guidance, args.difficulty_guidance,
