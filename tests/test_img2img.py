@@ -115,9 +115,29 @@ def test_deterministic_and_low_strength_stays_closer_to_the_source(edit):
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
-def test_every_scheduler_edits(edit, scheduler):
-    out = run(edit, scheduler=scheduler, strength=0.6)
-    assert out.images.shape == (2, 32, 32, 1) and np.isfinite(out.images).all()
+def test_every_scheduler_starts_at_the_strengths_timestep_from_the_noised_image(edit, scheduler):
+    """The U-Net's first call sees the image noised to the first rerun timestep, and the loop runs
+    exactly int(steps x strength) steps (a spy on the real U-Net, not a stand-in)."""
+    seen = []
+    hook = edit.unet.register_forward_pre_hook(lambda m, args, kw: seen.append((args[0].clone(), args[1])),
+                                               with_kwargs=True)
+    try:
+        out = run(edit, labels=(0,), s=(0.5,), scheduler=scheduler, strength=0.6, guidance_scale=1.0,
+                  difficulty_guidance_scale=1.0)
+    finally:
+        hook.remove()
+    assert out.images.shape == (1, 32, 32, 1) and np.isfinite(out.images).all()
+    sched = edit.get_scheduler(scheduler)
+    sched.set_timesteps(10)
+    start = (10 - 6) * sched.order
+    assert len(seen) == len(sched.timesteps[start:]) and float(seen[0][1]) == float(sched.timesteps[start])
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start)
+    init = edit.encode_images(edit.check_image_inputs(item(), 1, 0.6, 10), 1)
+    noise = torch.randn(init.shape, generator=torch.Generator().manual_seed(0))
+    expected = sched.scale_model_input(sched.add_noise(init, noise, sched.timesteps[start:start + 1]),
+                                       sched.timesteps[start])
+    torch.testing.assert_close(seen[0][0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_from_pipe_carries_names_template_and_curves():
