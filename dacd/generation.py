@@ -285,6 +285,7 @@ class Selection:
     tolerance: float = 0.05
     label_rule: bool = True
     pilot: int = 4  # images per (class, grid value) of the pilot that fits per-class conditioning; 0: none
+    pilot_faithful: bool = False  # fit the pilot on the tries every member still classifies as their label
 
     def __post_init__(self):
         if not (isinstance(self.max_tries, (int, np.integer)) and self.max_tries >= 1):
@@ -324,17 +325,28 @@ def committee_accept(committee, labels, targets, selection: Selection):
 PILOT_SEED = 7919  # the pilot's noise: fixed, and apart from the seeds plans and the calibration grid use
 
 
-def fit_pilot(pipe, committee, classes, sampling: SamplingSettings, n: int, batch_size: int = 100) -> Calibration:
+def faithful_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose `faithful` is True, and every row of a (label, requested_s) cell that has none."""
+    any_faithful = rows.groupby(["label", "requested_s"]).faithful.transform("any")
+    return rows[rows.faithful | ~any_faithful]
+
+
+def fit_pilot(pipe, committee, classes, sampling: SamplingSettings, n: int, batch_size: int = 100,
+              faithful_only: bool = False) -> Calibration:
     """Per-class conditioning for selection, fitted before the first chunk: `n` images per class
     and grid value of s (the controllability grid, seed PILOT_SEED), generated uncalibrated at
     `sampling` and measured by the committee's mean s. Its `invert(label, target)` is the
     conditioning whose images the committee measured as `target` on average, so that the first
-    tries of a row already land near its target and acceptance stays high."""
+    tries of a row already land near its target and acceptance stays high. With `faithful_only`
+    the means are over the images every member still classifies as their label (what selection
+    can accept); a (class, grid value) with none keeps the mean over all its images."""
     rows = grid_rows(list(classes), n, PILOT_SEED)
     images = generate_rows(pipe, rows, replace(sampling, calibrated=False), batch_size=batch_size)
-    s, _ = committee_scores(committee, to_uint8(images), rows.label.to_numpy())
-    return Calibration.fit(rows.assign(measured_s=s), meta={"fitted_by": "selection pilot", "n_per_cell": n,
-                                                           "seed": PILOT_SEED, "measured_by": "committee mean"})
+    s, faithful = committee_scores(committee, to_uint8(images), rows.label.to_numpy())
+    rows = rows.assign(measured_s=s, faithful=faithful)
+    return Calibration.fit(faithful_rows(rows) if faithful_only else rows, meta={"fitted_by": "selection pilot", "n_per_cell": n, "seed": PILOT_SEED,
+                                       "measured_by": "committee mean" + (" of label-faithful images"
+                                                                          if faithful_only else "")})
 
 
 def to_uint8(images) -> np.ndarray:
@@ -486,7 +498,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             pilot = Calibration(**old["pilot"])
         else:
             classes = sorted({pipe.class_names.index(n) for n in plan["class"]})
-            pilot = fit_pilot(pipe, committee, classes, sampling, selection.pilot, batch_size)
+            pilot = fit_pilot(pipe, committee, classes, sampling, selection.pilot, batch_size,
+                              faithful_only=selection.pilot_faithful)
     config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
               "sampling_mode": mode,
               "selection": None if selection is None else asdict(selection),

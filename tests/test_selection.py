@@ -128,3 +128,18 @@ def test_the_pilot_fits_per_class_conditioning_and_is_stored(pipe, committee, tm
         assert again.measured[key] == pytest.approx(values)
     with pytest.raises(GenerationError, match="pilot"):
         Selection(pilot=-1)
+
+
+def test_a_faithful_pilot_averages_only_what_selection_could_accept(pipe, committee):
+    from dacd.calibration import Calibration
+    from dacd.generation import faithful_rows, fit_pilot
+
+    rows = pd.DataFrame({"label": [0, 0, 0, 0], "requested_s": [0.1, 0.1, 0.9, 0.9],
+                         "measured_s": [0.2, 0.9, 0.5, 0.7], "faithful": [True, False, False, False]})
+    # cell 0.1: the faithful image only; cell 0.9 has none: all its images
+    assert Calibration.fit(faithful_rows(rows)).measured["0"] == pytest.approx([0.2, 0.6])
+    # through fit_pilot: the committee never ranks classes 1-3 first, so their curves fall back to all images
+    plain = fit_pilot(pipe, committee, [1], FAST, 2, batch_size=4)
+    faithful = fit_pilot(pipe, committee, [1], FAST, 2, batch_size=4, faithful_only=True)
+    assert faithful.measured["1"] == pytest.approx(plain.measured["1"])
+    assert "label-faithful" in faithful.meta["measured_by"] and "label-faithful" not in plain.meta["measured_by"]

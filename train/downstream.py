@@ -129,6 +129,8 @@ def parse_args(argv=None):
     p.add_argument("--no-label-rule", action="store_true", help="selected: accept tries that a member misclassifies")
     p.add_argument("--pilot", type=int, default=Selection.pilot,
                    help="selected: pilot images per class and grid value fitting per-class conditioning (0: none)")
+    p.add_argument("--pilot-faithful", action="store_true",
+                   help="selected: fit the pilot on label-faithful images only")
     p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
                                                       str(EMBEDDED / LAYOUT.classifier_2)],
                    help="selected: scoring classifiers that select (never the evaluator)")
@@ -200,7 +202,8 @@ def plan_sets(args, real, counts) -> dict:
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = None
         if mode == "selected":
-            selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot)
+            selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot,
+                                  args.pilot_faithful)
             ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])
         if mode == "anchored":  # real subset images of the row's class, deterministic (the plan records them)
             anchoring = Anchoring(args.strength, args.anchor_seed)

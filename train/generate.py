@@ -92,6 +92,8 @@ def parse_args(argv=None):
     sel.add_argument("--pilot", type=int, default=Selection.pilot,
                      help="before the first chunk, N images per class and grid value of s fit per-class conditioning "
                           "(stored in generation.json; 0: none, condition on the request)")
+    sel.add_argument("--pilot-faithful", action="store_true",
+                     help="fit the pilot on the images every committee member still classifies as their label")
     sel.add_argument("--committee", nargs="+", default=None,
                      help="scoring classifier folders (default: the checkpoint's classifier/ and classifier-2/); "
                           "never the evaluator, which judges")
@@ -205,7 +207,8 @@ def main(argv=None):
         if state.is_main_process:
             print(f"{len(plan)} images from {model_dir} into {args.out}: {extra['difficulty']['description']}, "
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
-        selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot) if args.select else None)
+        selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot, args.pilot_faithful)
+                     if args.select else None)
         summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
                                    selection=selection, committee=committee, anchoring=anchoring, anchors=anchors,
                                    sampling=sampling, batch_size=args.batch_size, extra_config=extra,
