@@ -305,5 +305,17 @@ def test_anchored_set_edits_real_images_of_the_subset(tiny_dacd, tiny_evaluator,
                  num_inference_steps=2, generator=[torch.Generator().manual_seed(int(x)) for x in rows.seed],
                  output_type="np").images
     assert not np.array_equal(to_uint8(other), to_uint8(again))  # the anchor matters
-    proc = run_script(*anchored("0.4"), check=False)
-    assert proc.returncode != 0 and "anchoring.strength: 0.6 in the folder, 0.4 now" in proc.stderr, proc.stderr[-2000:]
+    # the same command with another strength is refused, naming the setting (in-process: the script's own plan)
+    import importlib.util
+
+    from dacd.sampling import SamplingSettings
+
+    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "train" / "generate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args([str(a) for a in anchored("0.5")[1:]])
+    plan, extra, anchor_images = script.build_plan(args, NAMES, edit.prompt_template)
+    with pytest.raises(GenerationError, match=r"anchoring.strength: 0.6 in the folder, 0.5 now"):
+        generate_dataset(edit, plan, out, model_id=str(tiny_dacd), anchoring=Anchoring(0.5), anchors=anchor_images,
+                         sampling=SamplingSettings(num_inference_steps=2), batch_size=2, extra_config=extra,
+                         progress=False)
