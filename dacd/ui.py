@@ -16,7 +16,16 @@ import torch
 
 from .calibration import Calibration
 from .data import DatasetError, load_image, resolve_class
-from .defaults import APP_LIMITS, DIFFICULTY, EDIT_STRENGTH, LAYOUT, MAX_SEED, PROMPT_TEMPLATE, SAMPLING
+from .defaults import (
+    APP_LIMITS,
+    DIFFICULTY,
+    EDIT_STRENGTH,
+    LAYOUT,
+    MAX_SEED,
+    PROMPT_TEMPLATE,
+    REPO_ROOT,
+    SAMPLING,
+)
 from .explore import (
     BROWSE_PERCENTILES,
     DEFAULT_VIEW,
@@ -70,9 +79,23 @@ CSS = """
 """
 
 
+# Folders whose absolute path a message should not show to app users (the server's layout): set
+# by build_app to the checkpoint's parent and the repository; a path under one is shown from there.
+_PRIVATE_ROOTS: list[str] = []
+
+
+def redact(text: str) -> str:
+    """`text` with the server's private folders cut from its paths ("/srv/app/checkpoints/x/dacd"
+    -> "checkpoints/x/dacd" when /srv/app is private)."""
+    for root in sorted(_PRIVATE_ROOTS, key=len, reverse=True):
+        text = text.replace(root.rstrip("/") + "/", "")
+    return text
+
+
 def sentence(text: str) -> str:
-    """An error as a sentence: capital first letter, final full stop, no wrapping quotes."""
-    text = str(text).strip()
+    """An error as a sentence: capital first letter, final full stop, no wrapping quotes, no
+    private server paths (`redact`)."""
+    text = redact(str(text)).strip()
     while len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # a message wrapped in quotes
         text = text[1:-1].strip()
     if not text:
@@ -645,7 +668,10 @@ def default_concurrency(threads: int) -> int:
 
 def build_app(ex: Workbench | None = None, max_queue: int = 16, concurrency: int | None = None) -> gr.Blocks:
     ex = ex or Workbench()
-    problems = ex.problems()
+    for root in (ex.checkpoint.resolve().parent, REPO_ROOT):
+        if str(root) not in _PRIVATE_ROOTS and str(root) != "/":
+            _PRIVATE_ROOTS.append(str(root))
+    problems = [redact(p) for p in ex.problems()]
     try:
         class_names = ex.class_names
     except (FileNotFoundError, ValueError, OSError) as e:  # the app still opens and says what is missing

@@ -104,6 +104,16 @@ def test_class_boxes_take_names_and_ids_and_refuse_others(app):
     assert boxes["distribution"].preprocess("all") == "all"
 
 
+def test_messages_do_not_show_the_servers_folders(app, tmp_path_factory):
+    from dacd.defaults import REPO_ROOT
+    from dacd.ui import sentence
+
+    # `app` was built on a workbench in a temporary folder: its parent and the repository are private
+    text = sentence(f"{REPO_ROOT}/checkpoints/fashion-mnist/dacd holds no trained dacd model")
+    assert text == "Checkpoints/fashion-mnist/dacd holds no trained dacd model."
+    assert "/usr/share/datasets/fashion-mnist" in sentence("no files in /usr/share/datasets/fashion-mnist")
+
+
 def test_error_texts_read_as_sentences():
     from dacd.ui import sentence
 
