@@ -36,6 +36,8 @@ def _to_hwc_float(image) -> np.ndarray:
     if isinstance(image, Image.Image) and image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit or float greyscale (convert("RGB") would clip it at 255): scaled by the range it uses
         a = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("image contains NaN or infinite values")
         top = 65535.0 if image.mode.startswith("I;16") else next(
             r for r in (1.0, 255.0, 65535.0, float(a.max())) if a.max() <= r)
         return np.clip(a / top, 0, 1)[..., None]
