@@ -367,7 +367,8 @@ def browse_tab(ex: Workbench, class_names: list[str]) -> None:
                 shown = gr.Image(label="image", type="pil", format="png", height=256)
                 shown_caption = gr.Markdown(label="image details")
         with gr.Group():
-            gr.Markdown("**Make this item harder or easier.** The image above, edited towards requested `s` = "
+            gr.Markdown("**Make this item harder or easier.** The image whose id is in the box above, edited "
+                        "towards requested `s` = "
                         f"{', '.join(f'{v:g}' for v in EDIT_LEVELS)} from one noise (img2img at *strength*: the "
                         "share of the denoising that is redone; higher moves further from the item). Each edit is "
                         "measured by the evaluation classifier.", elem_classes="dacd-note")
