@@ -24,7 +24,7 @@ from PIL import Image
 
 from .data import MAX_IMAGE_BYTES, load_image
 from .defaults import EDIT_STRENGTH, SAMPLING
-from .pipeline import DifficultyControlledPipeline, DifficultyPipelineOutput, _as_list, _is_number
+from .pipeline import DifficultyControlledPipeline, _is_number
 
 DEFAULT_STRENGTH = EDIT_STRENGTH  # chosen by bench/edits.py (see dacd.defaults)
 
@@ -178,19 +178,16 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
         `strength` in (0, 1]: the share of the denoising schedule that is rerun (the image is
         noised to that point first). Everything else as in `DifficultyControlledPipeline.__call__`;
         `calibrated=True` needs a curve fitted for edits at this strength."""
-        if guidance_branches not in ("auto", "three"):
-            raise ValueError(f"guidance_branches must be 'auto' or 'three', got {guidance_branches!r}")
-        n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
-                              num_inference_steps, difficulty_only, scheduler)
-        images = self.check_image_inputs(image, n, strength, num_inference_steps)
-        n = max(n, len(images))
-        labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
-        cond_s = self.conditioning_difficulties(labels, requested, calibrated, strength, num_inference_steps)
-        device = self._execution_device
-        sched = self.get_scheduler(scheduler)
-        branches, g_t, g_d = self.guidance_contexts(prompts, labels, cond_s, guidance_scale,
-                                                    difficulty_guidance_scale, difficulty_only, guidance_branches,
-                                                    device)
+        images = []
+
+        def widen(n):  # the image checks need the label count; an edit may have more images than labels
+            images.extend(self.check_image_inputs(image, n, strength, num_inference_steps))
+            return max(n, len(images))
+
+        call = self._prepare_call(class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
+                                  difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches,
+                                  widen=widen, curve_args=(strength, num_inference_steps))
+        n, device, sched = call.n, call.device, call.scheduler
 
         # the part of the schedule that strength reruns
         sched.set_timesteps(num_inference_steps, device=device)
@@ -204,14 +201,9 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
         noise = self.prepare_latents(n, generator, None, sched) / sched.init_noise_sigma  # unit-variance noise
         latents = sched.add_noise(init, noise, timesteps[:1].repeat(n))
         extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
-        latents = self.denoise(latents, sched, branches, g_t, g_d, extra, timesteps=timesteps)
-
-        out = self.decode(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return out, labels, requested
-        return DifficultyPipelineOutput(images=out, class_labels=labels, difficulties=requested,
-                                        conditioning_difficulties=cond_s, prompts=prompts)
+        latents = self.denoise(latents, sched, call.branches, call.g_text, call.g_difficulty, extra,
+                               timesteps=timesteps)
+        return self._finish_call(latents, call, output_type, return_dict)
 
 
 __all__ = ["DEFAULT_STRENGTH", "MAX_IMAGE_BYTES", "DifficultyControlledImg2ImgPipeline", "load_image", "prepare_image"]

@@ -63,6 +63,21 @@ class DifficultyPipelineOutput(BaseOutput):
     prompts: list[str]
 
 
+@dataclass
+class _CallSetup:
+    """The shared state of one pipeline call after its inputs are checked (see `_prepare_call`)."""
+    n: int
+    labels: list[int]
+    requested: list[float]
+    prompts: list[str]
+    cond_s: list[float]
+    device: torch.device
+    scheduler: object
+    branches: list
+    g_text: float
+    g_difficulty: float
+
+
 def _is_path(ref: str) -> bool:
     """A base reference that can only be a local path (relative or absolute), never a hub id."""
     return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1
@@ -311,36 +326,51 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         `generator` may be a list (one per image): equal seeds give equal noise, which is
         how a sweep holds the noise fixed along a row.
         """
-        if guidance_branches not in ("auto", "three"):
-            raise ValueError(f"guidance_branches must be 'auto' or 'three', got {guidance_branches!r}")
-        # 1. check and broadcast inputs
-        n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
-                              num_inference_steps, difficulty_only, scheduler)
-        labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
-        cond_s = self.conditioning_difficulties(labels, requested, calibrated)
-        device = self._execution_device
-        sched = self.get_scheduler(scheduler)
-
-        # 2. conditioning sequences per guidance branch: text tokens, then difficulty tokens
-        branches, g_t, g_d = self.guidance_contexts(prompts, labels, cond_s, guidance_scale,
-                                                    difficulty_guidance_scale, difficulty_only, guidance_branches,
-                                                    device)
+        # 1-2. check and broadcast inputs; conditioning sequences per guidance branch
+        call = self._prepare_call(class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
+                                  difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches)
+        sched = call.scheduler
 
         # 3. latents and timesteps
-        sched.set_timesteps(num_inference_steps, device=device)
-        latents = self.prepare_latents(n, generator, latents, sched)
+        sched.set_timesteps(num_inference_steps, device=call.device)
+        latents = self.prepare_latents(call.n, generator, latents, sched)
         extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
 
         # 4. denoising loop
-        latents = self.denoise(latents, sched, branches, g_t, g_d, extra)
+        latents = self.denoise(latents, sched, call.branches, call.g_text, call.g_difficulty, extra)
 
         # 5. decode
+        return self._finish_call(latents, call, output_type, return_dict)
+
+    def _prepare_call(self, class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
+                      difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches,
+                      widen=None, curve_args=()) -> _CallSetup:
+        """What every call does before its latents: check and broadcast the inputs, map requested to
+        conditioning difficulties, pick the scheduler, build the guidance branches. `widen(n)` may
+        raise the batch size after the shared checks (an edit with more images than labels);
+        `curve_args` go to `conditioning_difficulties` (an edit's strength and step count)."""
+        if guidance_branches not in ("auto", "three"):
+            raise ValueError(f"guidance_branches must be 'auto' or 'three', got {guidance_branches!r}")
+        n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
+                              num_inference_steps, difficulty_only, scheduler)
+        if widen is not None:
+            n = widen(n)
+        labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
+        cond_s = self.conditioning_difficulties(labels, requested, calibrated, *curve_args)
+        device = self._execution_device
+        sched = self.get_scheduler(scheduler)
+        branches, g_t, g_d = self.guidance_contexts(prompts, labels, cond_s, guidance_scale,
+                                                    difficulty_guidance_scale, difficulty_only, guidance_branches,
+                                                    device)
+        return _CallSetup(n, labels, requested, prompts, cond_s, device, sched, branches, g_t, g_d)
+
+    def _finish_call(self, latents, call: _CallSetup, output_type: str, return_dict: bool):
         images = self.decode(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return images, labels, requested
-        return DifficultyPipelineOutput(images=images, class_labels=labels, difficulties=requested,
-                                        conditioning_difficulties=cond_s, prompts=prompts)
+            return images, call.labels, call.requested
+        return DifficultyPipelineOutput(images=images, class_labels=call.labels, difficulties=call.requested,
+                                        conditioning_difficulties=call.cond_s, prompts=call.prompts)
 
     # ------------------------------------------------------------ save / load
     @classmethod
