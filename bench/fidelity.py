@@ -37,7 +37,8 @@ import torch
 from dacd.classifier import Classifier
 from dacd.data import load_dataset
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT
-from dacd.evaluation import draw_difficulties, draw_per_class, kid, manifold_metrics, measure, train_downstream_cell
+from dacd.evaluation import (draw_difficulties, draw_per_class, kid, manifold_metrics, markdown_table, measure,
+                             train_downstream_cell)
 from dacd.sampling import SamplingSettings, sample
 from dacd.weights import model_fingerprint
 
@@ -71,15 +72,6 @@ def parse_args(argv=None):
                    "<out>/cache when --out is given elsewhere)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
-
-
-def markdown(table: pd.DataFrame, index: bool = False) -> str:
-    """A GitHub table of `table` (numbers to 4 significant digits; NaN as a dash)."""
-    t = table.reset_index() if index else table
-    cell = lambda v: "—" if isinstance(v, float) and v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(map(str, t.columns)) + " |", "|---" * len(t.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _hash(obj) -> str:
@@ -237,7 +229,7 @@ def main(argv=None):
     kid_wide = per_class.pivot(index="class", columns="model", values="kid").loc[names]
     text = (f"N = {args.per_class} per class ({args.per_class * len(names)} images); CAS seeds {args.cas_seeds}; "
             f"KID and manifold metrics in the evaluator's feature space against real test images.\n\n"
-            + markdown(show) + "\n\nKID per class:\n\n" + markdown(kid_wide, index=True) + "\n")
+            + markdown_table(show) + "\n\nKID per class:\n\n" + markdown_table(kid_wide, index=True) + "\n")
     (out / "fidelity.md").write_text(text)
     print(text)
     return table

@@ -190,6 +190,15 @@ def measure(evaluator, images_uint8_or_float, class_labels, batch_size: int = 51
     return pd.DataFrame({"measured_s": 1.0 - p_true, "pred": probs.argmax(1)}), feats
 
 
+def markdown_table(table: pd.DataFrame, index: bool = False) -> str:
+    """A GitHub table of `table` (numbers to 4 significant digits; NaN as a dash)."""
+    t = table.reset_index() if index else table
+    cell = lambda v: "—" if isinstance(v, float) and v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(map(str, t.columns)) + " |", "|---" * len(t.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def cell_table(df: pd.DataFrame, class_names) -> pd.DataFrame:
     """Per (class, requested bin): n, mean/std of measured s, accuracy. `df` has columns
     label, requested_s, measured_s, pred."""

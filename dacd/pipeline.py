@@ -283,11 +283,14 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             return ([c_pd] if g_t == 1.0 else [c_00, c_pd]), g_t, g_d
         return [c_00, c_p0, c_pd], g_t, g_d
 
-    def denoise(self, latents, sched, branches, g_t: float, g_d: float, extra: dict, timesteps=None) -> torch.Tensor:
+    def denoise(self, latents, sched, branches, g_t: float, g_d: float, extra: dict, timesteps=None,
+                hook=None) -> torch.Tensor:
         """The sampling loop with one U-Net call per step over all branches (over `timesteps`,
-        default all of the scheduler's; edits run the tail of the schedule)."""
+        default all of the scheduler's; edits run the tail of the schedule). `hook(i, t, latents,
+        model_output)` may rewrite the guided model output before each scheduler step (feedback
+        guidance)."""
         context = torch.cat(branches, 0)
-        for t in self.progress_bar(sched.timesteps if timesteps is None else timesteps):
+        for i, t in enumerate(self.progress_bar(sched.timesteps if timesteps is None else timesteps)):
             x = sched.scale_model_input(latents, t)
             e = self.unet(torch.cat([x] * len(branches)), t, encoder_hidden_states=context, return_dict=False)[0]
             if len(branches) == 1:
@@ -298,6 +301,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             else:
                 e00, ep0, epd = e.chunk(3)
                 eps = e00 + g_t * (ep0 - e00) + g_d * (epd - ep0)
+            if hook is not None:
+                eps = hook(i, t, latents, eps)
             latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
         return latents
 
@@ -315,7 +320,7 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                  difficulty_guidance_scale: float | None = SAMPLING.difficulty_guidance_scale,
                  num_inference_steps: int = SAMPLING.num_inference_steps, scheduler: str | None = SAMPLING.scheduler,
                  generator=None, latents=None, eta: float = 0.0, output_type: str = "pil",
-                 guidance_branches: str = "auto", return_dict: bool = True):
+                 guidance_branches: str = "auto", return_dict: bool = True, feedback=None):
         """Generate one image per (class, difficulty) pair; scalars broadcast.
 
         Defaults are the project's (`dacd.defaults.SAMPLING`): text guidance 5, difficulty guidance 8.
@@ -324,7 +329,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         `guidance_branches="three"` forces the three-branch formula even where the
         two-branch shortcut applies (for benchmarks and tests); "auto" picks the cheapest.
         `generator` may be a list (one per image): equal seeds give equal noise, which is
-        how a sweep holds the noise fixed along a row.
+        how a sweep holds the noise fixed along a row. `feedback` (a `dacd.feedback.FeedbackGuidance`)
+        steers the first steps with a scoring classifier's gradient towards the requested difficulty.
         """
         # 1-2. check and broadcast inputs; conditioning sequences per guidance branch
         call = self._prepare_call(class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
@@ -337,7 +343,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
 
         # 4. denoising loop
-        latents = self.denoise(latents, sched, call.branches, call.g_text, call.g_difficulty, extra)
+        hook = None if feedback is None else feedback.hook(self, sched, call.labels, call.requested)
+        latents = self.denoise(latents, sched, call.branches, call.g_text, call.g_difficulty, extra, hook=hook)
 
         # 5. decode
         return self._finish_call(latents, call, output_type, return_dict)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Feedback guidance against plain sampling and selection, on the selection probe's protocol.
+
+The plan of `python train/generate.py --per-class 20` (s ~ N(0.5, 0.1), seed 0, 200 images), made
+with feedback guidance (`dacd.feedback`, the scoring classifier's gradient on the first --fb-steps
+of the denoising steps) at each --scales value (0 = plain sampling), judged by the evaluation
+classifier: medium-band share against the real ceiling of the same plan (real test images nearest
+each requested s by scoring s), label accuracy, per-class calibration error (mean |class mean
+measured s - class mean requested s|) and images per second. Selected sets made with
+train/generate.py (--probe folders, their manifests) are judged the same way beside it.
+
+    python bench/feedback.py
+    python bench/feedback.py --scales 0 0.5 1 2 --fb-steps 5 --probe runs/probe/sel-pilot4 runs/probe/sel-pilot4-tol10
+
+Writes summary.csv and summary.md to --out. Images per second are only comparable within one run
+on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dacd.classifier import Classifier
+from dacd.data import load_dataset
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, MEDIUM_BAND
+from dacd.difficulty import load_scores
+from dacd.evaluation import generate_rows, markdown_table, measure, medium_share, real_ceiling_sample
+from dacd.feedback import FeedbackGuidance
+from dacd.generation import DifficultySpec, make_plan, read_png
+from dacd.pipeline import DifficultyControlledPipeline
+from dacd.sampling import SamplingSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+CK = EMBEDDED_CHECKPOINT
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(CK / LAYOUT.dacd))
+    p.add_argument("--scorer", default=str(CK / LAYOUT.classifier), help="the classifier whose gradient steers")
+    p.add_argument("--evaluator", default=str(CK / LAYOUT.evaluator), help="the judge (never steers)")
+    p.add_argument("--scores", default=str(CK / LAYOUT.scores))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--mu", type=float, default=DIFFICULTY.mu)
+    p.add_argument("--sigma", type=float, default=DIFFICULTY.sigma)
+    p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    p.add_argument("--fb-steps", type=int, default=5, help="steered steps (of the sampler's)")
+    p.add_argument("--probe", nargs="*", default=[], help="selected sets (train/generate.py folders) to judge beside")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "feedback"))
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def judge(name, evaluator, images, plan, seconds=None) -> dict:
+    m, _ = measure(evaluator, images, plan.label.to_numpy())
+    s = m.measured_s.to_numpy()
+    df = plan.assign(measured_s=s)
+    cal = (df.groupby("label").measured_s.mean() - df.groupby("label").requested_s.mean()).abs()
+    return {"source": name, "images": len(plan), "medium_share": medium_share(s, MEDIUM_BAND),
+            "evaluator_accuracy": float((m.pred.to_numpy() == plan.label.to_numpy()).mean()),
+            "measured_s_mean": float(s.mean()), "calibration_error": float(cal.mean()),
+            "images_per_second": len(plan) / seconds if seconds else float("nan")}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = DifficultyControlledPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    scorer, evaluator = Classifier.from_pretrained(args.scorer), Classifier.from_pretrained(args.evaluator)
+    names = list(pipe.class_names)
+    plan = make_plan(names, args.per_class, DifficultySpec(mu=args.mu, sigma=args.sigma), seed=0,
+                     prompt_template=pipe.prompt_template)
+    settings = SamplingSettings()
+    rows = []
+
+    # the real ceiling: test images nearest each requested s (scoring s), judged by the evaluator
+    test = load_dataset("fashion-mnist", "test", args.data_dir)
+    scores = load_scores(args.scores)
+    te = scores[scores.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
+    pos = real_ceiling_sample(te, plan.requested_s.to_numpy(), plan.label.to_numpy())
+    rows.append(judge("real ceiling (test images)", evaluator, test.images[pos], plan))
+
+    for scale in args.scales:
+        fb = None if scale == 0 else FeedbackGuidance(scorer, scale=scale, steps=args.fb_steps)
+        t0 = time.time()
+        imgs = generate_rows(pipe, plan, settings, batch_size=args.batch_size, progress=not args.no_progress,
+                             desc=f"scale {scale:g}", **({} if fb is None else {"feedback": fb}))
+        name = "plain" if fb is None else f"feedback scale {scale:g}, {args.fb_steps} steps"
+        rows.append(judge(name, evaluator, imgs, plan, time.time() - t0))
+        print(json.dumps(rows[-1], default=float), flush=True)
+
+    for folder in map(Path, args.probe):
+        man = pd.read_parquet(folder / "manifest.parquet").set_index("id").loc[plan.id]
+        if not np.allclose(man.requested_s.to_numpy(), plan.requested_s.to_numpy()):
+            raise SystemExit(f"{folder} was made for another plan: use --per-class {args.per_class} and seed 0")
+        imgs = np.stack([read_png(folder / p) for p in man.path])  # uint8 (N, C, H, W)
+        sel = json.loads((folder / "generation.json").read_text()).get("selection") or {}
+        rows.append(judge(f"selected: {folder.name} (tries {sel.get('max_tries')}, tol {sel.get('tolerance')}, "
+                          f"faithful pilot {sel.get('pilot_faithful', False)})", evaluator, imgs, plan))
+
+    table = pd.DataFrame(rows)
+    ceiling = table.medium_share.iloc[0]
+    table["medium_over_ceiling"] = table.medium_share / ceiling
+    table.to_csv(out / "summary.csv", index=False)
+    md = markdown_table(table)
+    (out / "summary.md").write_text(f"{len(plan)} images, s ~ N({args.mu}, {args.sigma}), {args.per_class} per class; "
+                                    f"judged by {Path(args.evaluator).name}; feedback by {Path(args.scorer).name}\n\n"
+                                    + md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Feedback guidance: steer the first denoising steps with a scoring classifier's gradient.
+
+The idea of "Feedback-guided data synthesis" (arXiv 2310.00158), aimed at difficulty: at each of
+the first `steps` denoising steps the model's prediction of the clean latent x0 is decoded by the
+VAE, the scoring classifier measures s = 1 - p(label) of that image, and x0 moves down the
+gradient of (s - s_target)^2 before the scheduler step (the model output is rewritten to match
+the moved x0, so any scheduler that works on alphas_cumprod takes it as is). Later steps run
+unguided and clean up what the gradient left.
+
+The step is normalised per image: x0 <- x0 - scale * (s - s_target) * g / rms(g), g = ds/dx0, so
+`scale` is in the units of the scaled latents, which have about unit spread (0.5 moves an image
+whose s is 0.4 off its target by 0.2 rms), whatever the steepness of the classifier.
+
+    from dacd.feedback import FeedbackGuidance
+    fb = FeedbackGuidance(scorer, scale=0.5, steps=5)
+    out = pipe([3, 3], 0.5, feedback=fb)
+
+The difficulty target of each image is the difficulty *requested* (not the conditioning value a
+calibration curve maps it to). This is one of the two ways the selection issue asked to compare;
+`bench/feedback.py` measures it next to selection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from torch import nn
+
+# schedulers whose latents are x_t = sqrt(a) x0 + sqrt(1 - a) eps (Euler's are x0 + sigma eps)
+VP_SCHEDULERS = (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler)
+
+
+class FeedbackError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class FeedbackGuidance:
+    """`scorer`: a `dacd.classifier.Classifier` (float images in [0, 1], the pipeline's channels);
+    `scale`: the step on x0, in latent rms per unit of difficulty error; `steps`: how many of the
+    first denoising steps are steered (the rest run as usual)."""
+
+    scorer: nn.Module
+    scale: float = 0.5
+    steps: int = 5
+
+    def __post_init__(self):
+        if not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
+                and torch.isfinite(torch.tensor(float(self.scale))) and self.scale >= 0):
+            raise FeedbackError(f"feedback scale must be a finite number >= 0, got {self.scale!r}")
+        if not (isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 0):
+            raise FeedbackError(f"feedback steps must be an integer >= 0, got {self.steps!r}")
+
+    def hook(self, pipe, sched, labels, targets):
+        """A per-step function `(i, t, latents, model_output) -> model_output` for `pipe.denoise`."""
+        if not isinstance(sched, VP_SCHEDULERS):
+            raise FeedbackError(f"feedback guidance runs with the DDIM, DPM++ or DDPM scheduler, not "
+                                f"{type(sched).__name__}: pass scheduler='dpm++'")
+        kind = sched.config.prediction_type
+        if kind not in ("epsilon", "v_prediction"):
+            raise FeedbackError(f"feedback guidance supports epsilon and v_prediction models, not {kind!r}")
+        n_cls = getattr(getattr(self.scorer, "config", None), "num_classes", None)
+        if n_cls is not None and n_cls != len(pipe.class_names):
+            raise FeedbackError(f"the feedback classifier knows {n_cls} classes, the model {len(pipe.class_names)}")
+        scorer = self.scorer.eval()
+        device = pipe._execution_device
+        y = torch.as_tensor(labels, device=device)
+        target = torch.as_tensor(targets, dtype=torch.float32, device=device)
+        alphas = sched.alphas_cumprod.to(device)
+        sf = pipe.vae.config.scaling_factor
+
+        def step(i, t, latents, out):
+            if i >= self.steps or self.scale == 0:
+                return out
+            a = alphas[int(t)].to(latents.dtype)
+            sa, so = a.sqrt(), (1 - a).sqrt()
+            x0 = (latents - so * out) / sa if kind == "epsilon" else sa * latents - so * out
+            with torch.enable_grad():
+                x = x0.detach().float().requires_grad_(True)
+                img = (pipe.vae.decode(x.to(pipe.vae.dtype) / sf, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
+                p = torch.softmax(scorer(img.to(next(scorer.parameters()).dtype)).float(), -1)
+                s = 1 - p[torch.arange(len(y), device=device), y]
+                (grad,) = torch.autograd.grad(s.sum(), x)  # images are independent: per-image ds/dx0
+            rms = grad.pow(2).mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt().clamp_min(1e-12)
+            err = (s.detach() - target).view(-1, *[1] * (grad.ndim - 1))
+            x0 = x0 - (self.scale * err * grad / rms).to(x0.dtype)
+            if kind == "epsilon":  # the output that the moved x0 implies at this x_t
+                return (latents - sa * x0) / so
+            return (sa * latents - x0) / so
+
+        return step
+
+
+__all__ = ["FeedbackError", "FeedbackGuidance"]

@@ -1,0 +1,83 @@
+"""Feedback guidance: the classifier's gradient moves each image's measured difficulty towards its target."""
+
+import numpy as np
+import pytest
+import torch
+
+from dacd.classifier import build_classifier
+from dacd.feedback import FeedbackError, FeedbackGuidance
+from tests.test_pipeline import CLASSES, dummy_pipeline, run
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return dummy_pipeline()
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    torch.manual_seed(0)
+    return build_classifier("resnet10t", in_chans=1, num_classes=len(CLASSES), class_names=CLASSES).eval()
+
+
+def measured_s(scorer, images_nhwc, labels):
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))).float()
+    with torch.no_grad():
+        p = torch.softmax(scorer(x), -1)
+    return 1 - p[torch.arange(len(labels)), torch.as_tensor(labels)].numpy()
+
+
+def test_scale_zero_or_no_steps_is_plain_sampling(pipe, scorer):
+    plain = run(pipe).images
+    for fb in (FeedbackGuidance(scorer, scale=0.0), FeedbackGuidance(scorer, steps=0)):
+        np.testing.assert_array_equal(run(pipe, feedback=fb).images, plain)
+
+
+def test_hook_step_lowers_the_difficulty_error(pipe, scorer):
+    """One hooked step: the x0 implied by the rewritten output measures closer to the target."""
+    sched = pipe.get_scheduler("ddim")
+    sched.set_timesteps(5)
+    t = sched.timesteps[1]
+    g = torch.Generator().manual_seed(3)
+    latents, out = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    labels, targets = [0, 1, 2, 3], [0.05, 0.95, 0.05, 0.95]
+    step = FeedbackGuidance(scorer, scale=0.05, steps=5).hook(pipe, sched, labels, targets)
+    a = sched.alphas_cumprod[int(t)]
+
+    def err(o):
+        x0 = (latents - (1 - a).sqrt() * o) / a.sqrt()
+        img = (pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+        return np.abs(measured_s(scorer, img.numpy().transpose(0, 2, 3, 1), labels) - targets)
+
+    with torch.no_grad():
+        before, after = err(out), err(step(0, t, latents, out))
+    assert (after < before).all(), (before, after)
+    assert torch.equal(step(5, t, latents, out), out)  # past `steps`: untouched
+
+
+def test_feedback_on_every_step_moves_outputs_towards_targets(pipe, scorer):
+    labels, targets = (0, 1, 2, 3), (0.05, 0.95, 0.05, 0.95)
+    kw = dict(labels=labels, s=targets, num_inference_steps=4)
+    plain = run(pipe, **kw).images
+    steered = run(pipe, feedback=FeedbackGuidance(scorer, scale=0.3, steps=4), **kw).images
+    e0 = np.abs(measured_s(scorer, plain, labels) - targets).mean()
+    e1 = np.abs(measured_s(scorer, steered, labels) - targets).mean()
+    assert e1 < e0, (e0, e1)
+    again = run(pipe, feedback=FeedbackGuidance(scorer, scale=0.3, steps=4), **kw).images
+    np.testing.assert_array_equal(steered, again)  # deterministic
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"scale": -1.0}, "scale"), ({"scale": float("nan")}, "scale"), ({"steps": 1.5}, "steps"), ({"steps": -1}, "steps"),
+])
+def test_bad_settings_are_refused(scorer, kwargs, match):
+    with pytest.raises(FeedbackError, match=match):
+        FeedbackGuidance(scorer, **kwargs)
+
+
+def test_wrong_scheduler_or_classifier_is_refused(pipe, scorer):
+    with pytest.raises(FeedbackError, match="DPM"):
+        run(pipe, scheduler="euler", feedback=FeedbackGuidance(scorer))
+    other = build_classifier("resnet10t", in_chans=1, num_classes=3).eval()
+    with pytest.raises(FeedbackError, match="3 classes"):
+        run(pipe, feedback=FeedbackGuidance(other))
