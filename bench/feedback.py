@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, MEDIUM_BAND
 from dacd.difficulty import load_scores
 from dacd.evaluation import generate_rows, markdown_table, measure, medium_share, real_ceiling_sample
 from dacd.feedback import FeedbackGuidance
-from dacd.generation import DifficultySpec, make_plan, read_png
+from dacd.generation import DifficultySpec, make_plan, read_png, to_uint8
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
 
@@ -95,16 +96,24 @@ def main(argv=None):
         t0 = time.time()
         imgs = generate_rows(pipe, plan, settings, batch_size=args.batch_size, progress=not args.no_progress,
                              desc=f"scale {scale:g}", **({} if fb is None else {"feedback": fb}))
+        seconds = time.time() - t0
         name = "plain" if fb is None else f"feedback scale {scale:g}, {args.fb_steps} steps"
-        rows.append(judge(name, evaluator, imgs, plan, time.time() - t0))
+        # judged as stored (uint8), like the probe sets' PNGs
+        rows.append(judge(name, evaluator, to_uint8(imgs), plan, seconds))
         print(json.dumps(rows[-1], default=float), flush=True)
 
     for folder in map(Path, args.probe):
-        man = pd.read_parquet(folder / "manifest.parquet").set_index("id").loc[plan.id]
-        if not np.allclose(man.requested_s.to_numpy(), plan.requested_s.to_numpy()):
-            raise SystemExit(f"{folder} was made for another plan: use --per-class {args.per_class} and seed 0")
+        man = pd.read_parquet(folder / "manifest.parquet").set_index("id")
+        gen = json.loads((folder / "generation.json").read_text())
+        if not plan.id.isin(man.index).all() or not np.allclose(man.loc[plan.id].requested_s, plan.requested_s):
+            raise SystemExit(f"{folder} was made for another plan: train/generate.py --per-class {args.per_class} "
+                             f"--mu {args.mu} --sigma {args.sigma} --seed 0")
+        if gen.get("sampling") != asdict(settings) or gen.get("model") not in ("dacd", args.model):
+            raise SystemExit(f"{folder} was made with model {gen.get('model')!r} and sampling {gen.get('sampling')}, "
+                             f"not {args.model} at {asdict(settings)}")
+        man = man.loc[plan.id]
         imgs = np.stack([read_png(folder / p) for p in man.path])  # uint8 (N, C, H, W)
-        sel = json.loads((folder / "generation.json").read_text()).get("selection") or {}
+        sel = gen.get("selection") or {}
         rows.append(judge(f"selected: {folder.name} (tries {sel.get('max_tries')}, tol {sel.get('tolerance')}, "
                           f"faithful pilot {sel.get('pilot_faithful', False)})", evaluator, imgs, plan))
 

@@ -61,34 +61,45 @@ class FeedbackGuidance:
         kind = sched.config.prediction_type
         if kind not in ("epsilon", "v_prediction"):
             raise FeedbackError(f"feedback guidance supports epsilon and v_prediction models, not {kind!r}")
+        odd = [k for k in ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas",
+                           "use_flow_sigmas") if sched.config.get(k)]
+        if odd or str(sched.config.get("variance_type", "")).startswith("learned"):
+            raise FeedbackError(f"feedback guidance needs the scheduler's own alphas_cumprod noise levels; this one "
+                                f"sets {odd or 'a learned variance'}")
         n_cls = getattr(getattr(self.scorer, "config", None), "num_classes", None)
         if n_cls is not None and n_cls != len(pipe.class_names):
             raise FeedbackError(f"the feedback classifier knows {n_cls} classes, the model {len(pipe.class_names)}")
-        scorer = self.scorer.eval()
-        device = pipe._execution_device
-        y = torch.as_tensor(labels, device=device)
-        target = torch.as_tensor(targets, dtype=torch.float32, device=device)
-        alphas = sched.alphas_cumprod.to(device)
+        scorer = self.scorer
+        w = next(scorer.parameters())  # the scorer may sit on another device or dtype than the pipeline
+        y = torch.as_tensor(labels, device=w.device)
+        target = torch.as_tensor(targets, dtype=torch.float32, device=w.device)
+        alphas = sched.alphas_cumprod.double()
         sf = pipe.vae.config.scaling_factor
 
         def step(i, t, latents, out):
             if i >= self.steps or self.scale == 0:
                 return out
-            a = alphas[int(t)].to(latents.dtype)
-            sa, so = a.sqrt(), (1 - a).sqrt()
-            x0 = (latents - so * out) / sa if kind == "epsilon" else sa * latents - so * out
-            with torch.enable_grad():
-                x = x0.detach().float().requires_grad_(True)
-                img = (pipe.vae.decode(x.to(pipe.vae.dtype) / sf, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
-                p = torch.softmax(scorer(img.to(next(scorer.parameters()).dtype)).float(), -1)
-                s = 1 - p[torch.arange(len(y), device=device), y]
-                (grad,) = torch.autograd.grad(s.sum(), x)  # images are independent: per-image ds/dx0
+            a = float(alphas[int(t)])
+            sa, so = a ** 0.5, (1 - a) ** 0.5
+            lat, o = latents.float(), out.float()  # float32 arithmetic: dividing by sqrt(a) magnifies fp16 rounding
+            x0 = (lat - so * o) / sa if kind == "epsilon" else sa * lat - so * o
+            was_training = scorer.training
+            scorer.eval()
+            try:
+                with torch.enable_grad():
+                    x = x0.detach().requires_grad_(True)
+                    img = pipe.vae.decode(x.to(pipe.vae.dtype) / sf, return_dict=False)[0].float() / 2 + 0.5
+                    p = torch.softmax(scorer(img.clamp(0, 1).to(w.device, w.dtype)).float(), -1)
+                    s = 1 - p[torch.arange(len(y), device=w.device), y]
+                    (grad,) = torch.autograd.grad(s.sum(), x)  # images are independent: per-image ds/dx0
+            finally:
+                scorer.train(was_training)
             rms = grad.pow(2).mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt().clamp_min(1e-12)
-            err = (s.detach() - target).view(-1, *[1] * (grad.ndim - 1))
-            x0 = x0 - (self.scale * err * grad / rms).to(x0.dtype)
-            if kind == "epsilon":  # the output that the moved x0 implies at this x_t
-                return (latents - sa * x0) / so
-            return (sa * latents - x0) / so
+            err = (s.detach() - target).to(grad.device).view(-1, *[1] * (grad.ndim - 1))
+            x0 = x0 - self.scale * err * grad / rms
+            # the output that the moved x0 implies at this x_t
+            new = (lat - sa * x0) / so if kind == "epsilon" else (sa * lat - x0) / so
+            return new.to(out.dtype)
 
         return step
 

@@ -6,12 +6,18 @@ import torch
 
 from dacd.classifier import build_classifier
 from dacd.feedback import FeedbackError, FeedbackGuidance
-from tests.test_pipeline import CLASSES, dummy_pipeline, run
+from dacd.tiny import TinySDConfig
+from tests.test_pipeline import CLASSES, TINY, dummy_pipeline, run
 
 
 @pytest.fixture(scope="module")
 def pipe():
     return dummy_pipeline()
+
+
+@pytest.fixture(scope="module")
+def v_pipe():
+    return dummy_pipeline(config=TinySDConfig(**{**TINY.__dict__, "prediction_type": "v_prediction"}))
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +39,31 @@ def test_scale_zero_or_no_steps_is_plain_sampling(pipe, scorer):
         np.testing.assert_array_equal(run(pipe, feedback=fb).images, plain)
 
 
-def test_hook_step_lowers_the_difficulty_error(pipe, scorer):
-    """One hooked step: the x0 implied by the rewritten output measures closer to the target."""
-    sched = pipe.get_scheduler("ddim")
+@pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "ddpm"])
+@pytest.mark.parametrize("v_prediction", [False, True])
+def test_hook_step_lowers_the_difficulty_error(pipe, v_pipe, scorer, scheduler, v_prediction):
+    """One hooked step: the x0 implied by the rewritten output measures closer to the target
+    (epsilon and v-prediction models, every scheduler feedback runs with)."""
+    p = v_pipe if v_prediction else pipe
+    sched = p.get_scheduler(scheduler)
     sched.set_timesteps(5)
     t = sched.timesteps[1]
     g = torch.Generator().manual_seed(3)
     latents, out = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
     labels, targets = [0, 1, 2, 3], [0.05, 0.95, 0.05, 0.95]
-    step = FeedbackGuidance(scorer, scale=0.05, steps=5).hook(pipe, sched, labels, targets)
+    step = FeedbackGuidance(scorer, scale=0.05, steps=5).hook(p, sched, labels, targets)
     a = sched.alphas_cumprod[int(t)]
 
     def err(o):
-        x0 = (latents - (1 - a).sqrt() * o) / a.sqrt()
-        img = (pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+        x0 = a.sqrt() * latents - (1 - a).sqrt() * o if v_prediction else (latents - (1 - a).sqrt() * o) / a.sqrt()
+        img = (p.vae.decode(x0 / p.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
         return np.abs(measured_s(scorer, img.numpy().transpose(0, 2, 3, 1), labels) - targets)
 
     with torch.no_grad():
         before, after = err(out), err(step(0, t, latents, out))
     assert (after < before).all(), (before, after)
     assert torch.equal(step(5, t, latents, out), out)  # past `steps`: untouched
+    assert not scorer.training
 
 
 def test_feedback_on_every_step_moves_outputs_towards_targets(pipe, scorer):
@@ -81,3 +92,18 @@ def test_wrong_scheduler_or_classifier_is_refused(pipe, scorer):
     other = build_classifier("resnet10t", in_chans=1, num_classes=3).eval()
     with pytest.raises(FeedbackError, match="3 classes"):
         run(pipe, feedback=FeedbackGuidance(other))
+
+
+def test_scheduler_options_off_alphas_cumprod_are_refused(pipe, scorer):
+    sched = pipe.get_scheduler("dpm++")
+    sched = type(sched).from_config(sched.config, use_karras_sigmas=True)
+    with pytest.raises(FeedbackError, match="use_karras_sigmas"):
+        FeedbackGuidance(scorer).hook(pipe, sched, [0], [0.5])
+
+
+def test_edits_take_no_feedback_argument(pipe, scorer):
+    from dacd.img2img import DifficultyControlledImg2ImgPipeline
+
+    edit = DifficultyControlledImg2ImgPipeline.from_pipe(pipe)
+    with pytest.raises(TypeError, match="feedback"):
+        edit(0, 0.5, image=np.zeros((32, 32, 1), np.float32), feedback=FeedbackGuidance(scorer))
