@@ -428,8 +428,8 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
 def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id: str, evaluator=None,
                      sampling: SamplingSettings | None = None, batch_size: int = 32, real_subset: str = "",
                      extra_config: dict | None = None, selection: Selection | None = None, committee=(),
-                     anchoring: Anchoring | None = None, anchors=None, process_index: int = 0,
-                     num_processes: int = 1, barrier=lambda: None,
+                     anchoring: Anchoring | None = None, anchors=None, feedback=None, feedback_scorer: str = "",
+                     process_index: int = 0, num_processes: int = 1, barrier=lambda: None,
                      progress: bool = True, stop_after_chunks: int | None = None) -> dict:
     """Generate the plan's images into `out_dir` (resumable), then merge the manifest.
 
@@ -439,7 +439,10 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     With `selection`, rows are over-generated and chosen by `committee` (scoring classifiers that
     are not the evaluator), and the set's sampling is "selected". With `anchoring` (the plan has an
     `anchor_id` column, see `assign_anchors`; `anchors` maps each id to its uint8 (C, H, W) image),
-    each image is an img2img edit of its anchor and the sampling is "anchored".
+    each image is an img2img edit of its anchor and the sampling is "anchored". With `feedback` (a
+    `dacd.feedback.FeedbackGuidance`; `feedback_scorer` names its classifier in generation.json) every
+    image, and every try of a selected row, is steered by the classifier's gradient; "+feedback" is
+    added to the sampling mode.
     `stop_after_chunks` ends this process
     after that many new chunks without merging (tests: a simulated kill). Returns a summary;
     `summary["complete"]` says whether the manifest was written.
@@ -470,6 +473,9 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                                       f"model {list(pipe.class_names)}: pass classifiers trained on its classes")
     if (anchoring is None) != ("anchor_id" not in plan):
         raise GenerationError("anchored sampling needs both `anchoring` and a plan with anchor ids (assign_anchors)")
+    if feedback is not None and (anchoring is not None or not pipe.has_difficulty):
+        raise GenerationError("feedback guidance steers text-to-image sampling of a dacd model: not edits "
+                              "(--anchor) nor a model without a difficulty encoder")
     if anchoring is not None:
         missing = sorted(set(plan.anchor_id) - set(anchors or {}))
         if missing:
@@ -490,6 +496,7 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                 raise GenerationError(str(e)) from None
     mode = "plain" if selection is None else "selected"
     mode = mode if anchoring is None else ("anchored" if selection is None else "anchored-selected")
+    mode = mode if feedback is None else mode + "+feedback"
     pilot = None
     if selection is not None and selection.pilot and pipe.has_difficulty and anchoring is None:
         old = _read_config(out_dir)  # a resumed run reuses its pilot (deterministic, but not free)
@@ -504,6 +511,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
               "sampling_mode": mode,
               "selection": None if selection is None else asdict(selection),
               "anchoring": None if anchoring is None else asdict(anchoring),
+              **({} if feedback is None else {"feedback": {"scale": float(feedback.scale), "steps": int(feedback.steps),
+                                                           "scorer": feedback_scorer}}),
               "pilot": None if pilot is None else asdict(pilot),
               "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
               "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()},
@@ -536,7 +545,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                                                          for a in rows.anchor_id]}
         res = sample(pipe, labels, difficulties, rows.seed.tolist(), row_sampling,
                      prompts=rows.prompt.tolist(), chunk_size=len(rows), accept=accept,
-                     max_tries=1 if selection is None else selection.max_tries, **edit)
+                     max_tries=1 if selection is None else selection.max_tries, **edit,
+                     **({} if feedback is None else {"feedback": feedback}))
         imgs = to_uint8(res.images)  # (B, H, W, C)
         selection_s = (np.full(len(rows), np.nan) if selection is None else
                        committee_scores(committee, imgs.transpose(0, 3, 1, 2), labels)[0])

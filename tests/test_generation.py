@@ -201,9 +201,16 @@ def test_baseline_and_bad_requests(tiny_baseline, tiny_dacd, tiny_evaluator, tmp
     (uncalibrated / "calibration.json").unlink(missing_ok=True)
     for extra, message in ((["--mu", "1.4"], "mu must be in [0, 1]"),
                            (["--classes", "Jacket"], "Jacket"),
-                           (["--calibrated"], "calibration")):
+                           (["--calibrated"], "calibration"),
+                           (["--feedback-scale", "1", "--feedback-scorer", str(tiny_evaluator)], "must not steer"),
+                           (["--feedback-scale", "1", "--feedback-scorer", str(tiny_evaluator / "nowhere")],
+                            "nowhere"),
+                           (["--feedback-scale", "1", "--scheduler", "euler", "--feedback-scorer",
+                             str(tiny_evaluator), "--evaluator", "none"], "DPM++")):
         proc = run_script(*gen_args(tmp_path / "bad", uncalibrated, tiny_evaluator, *extra), check=False)
         assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert not (tmp_path / "bad" / "generation.json").exists()  # refused before the folder is claimed
     from dacd.classifier import build_classifier
 
     other = tmp_path / "three-class-evaluator"  # an evaluator for another label set

@@ -143,3 +143,35 @@ def test_a_faithful_pilot_averages_only_what_selection_could_accept(pipe, commit
     faithful = fit_pilot(pipe, committee, [1], FAST, 2, batch_size=4, faithful_only=True)
     assert faithful.measured["1"] == pytest.approx(plain.measured["1"])
     assert "label-faithful" in faithful.meta["measured_by"] and "label-faithful" not in plain.meta["measured_by"]
+
+
+def test_feedback_steers_every_try_and_is_recorded(pipe, committee, tmp_path):
+    """Selection with feedback-guided tries: the kept image of each row is the feedback-guided image
+    of its try's seed; generation.json records the feedback; edits refuse it."""
+    import json
+
+    from dacd.feedback import FeedbackGuidance
+    from dacd.generation import Anchoring, assign_anchors
+
+    fb = FeedbackGuidance(committee[0], scale=1.0, steps=2)
+    sel = Selection(max_tries=2, tolerance=0.45, pilot=0)
+    plan, summary = selected(pipe, committee, tmp_path / "fb", sel, feedback=fb, feedback_scorer="classifier")
+    cfg = json.loads((tmp_path / "fb" / "generation.json").read_text())
+    assert cfg["sampling_mode"] == "selected+feedback"
+    assert cfg["feedback"] == {"scale": 1.0, "steps": 2, "scorer": "classifier"}
+    m = load_manifest(tmp_path / "fb")
+    row = m.iloc[0]
+    kw = dict(output_type="np", num_inference_steps=2, scheduler="ddim", guidance_scale=2.0,
+              difficulty_guidance_scale=3.0)
+    gen = [torch.Generator().manual_seed(try_seed(int(row.seed), int(row.tries) - 1))]
+    steered = pipe([int(row.label)], [float(row.requested_s)], generator=gen, feedback=fb, **kw).images[0, ..., 0]
+    gen = [torch.Generator().manual_seed(try_seed(int(row.seed), int(row.tries) - 1))]
+    plain = pipe([int(row.label)], [float(row.requested_s)], generator=gen, **kw).images[0, ..., 0]
+    stored = read_png(tmp_path / "fb" / row.path)[0].astype(float)
+    assert np.abs(np.rint(steered * 255) - stored).max() <= 1
+    assert np.abs(np.rint(plain * 255) - stored).max() > 1  # feedback changed the image
+    anchored = assign_anchors(make_plan(CLASSES, 1, seed=4), ["a0", "a1", "a2", "a3"], [0, 1, 2, 3])
+    with pytest.raises(GenerationError, match="feedback"):
+        generate_dataset(pipe, anchored, tmp_path / "edits", model_id="tiny", sampling=FAST, progress=False,
+                         anchoring=Anchoring(0.5), anchors={f"a{i}": np.zeros((1, 32, 32), np.uint8) for i in range(4)},
+                         feedback=fb)

@@ -31,6 +31,7 @@ from accelerate import PartialState
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
+from dacd.feedback import FeedbackError, FeedbackGuidance
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
 from dacd.generation import (
     Anchoring,
@@ -97,6 +98,11 @@ def parse_args(argv=None):
     sel.add_argument("--committee", nargs="+", default=None,
                      help="scoring classifier folders (default: the checkpoint's classifier/ and classifier-2/); "
                           "never the evaluator, which judges")
+    fb = p.add_argument_group("feedback guidance (the scoring classifier's gradient steers the first steps, dacd.feedback)")
+    fb.add_argument("--feedback-scale", type=float, default=0.0, help="step size (0: off); bench/feedback.py measures it")
+    fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
+    fb.add_argument("--feedback-scorer", default=None, help="classifier folder (default: the checkpoint's classifier/); "
+                    "never the evaluator")
     an = p.add_argument_group("anchoring (sampling 'anchored': edit real images of the class instead of noise)")
     an.add_argument("--anchor", choices=["none", "real"], default="none",
                     help="real: each image starts from a real training image of its class, drawn deterministically "
@@ -192,6 +198,17 @@ def main(argv=None):
             raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
                              "--committee folders")
         committee = [Classifier.from_pretrained(f, device=state.device) for f in folders]
+    feedback, fb_folder = None, ""
+    if args.feedback_scale:
+        fb_folder = args.feedback_scorer or str(EMBEDDED / LAYOUT.classifier)
+        if args.evaluator.lower() != "none" and Path(fb_folder).resolve() == Path(args.evaluator).resolve():
+            raise SystemExit("error: the evaluation classifier judges the set and must not steer it: pass another "
+                             "--feedback-scorer")
+        try:
+            feedback = FeedbackGuidance(Classifier.from_pretrained(fb_folder, device=state.device),
+                                        args.feedback_scale, args.feedback_steps)
+        except (FeedbackError, OSError, ValueError) as e:  # a bad setting, a missing or broken classifier folder
+            raise SystemExit(f"error: --feedback-scorer {fb_folder}: {e}") from None
     evaluator = None
     if args.evaluator.lower() != "none":
         evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
@@ -207,16 +224,19 @@ def main(argv=None):
         if state.is_main_process:
             print(f"{len(plan)} images from {model_dir} into {args.out}: {extra['difficulty']['description']}, "
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
+        if feedback is not None:  # its scheduler and classifier checks, before generation.json is written
+            feedback.hook(pipe, pipe.get_scheduler(sampling.scheduler), [0], [0.5])
         selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot, args.pilot_faithful)
                      if args.select else None)
         summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
                                    selection=selection, committee=committee, anchoring=anchoring, anchors=anchors,
+                                   feedback=feedback, feedback_scorer=Path(fb_folder).name,
                                    sampling=sampling, batch_size=args.batch_size, extra_config=extra,
                                    real_subset=extra.get("real_subset", {}).get("name", ""),
                                    process_index=state.process_index, num_processes=state.num_processes,
                                    barrier=state.wait_for_everyone, progress=not args.no_progress,
                                    stop_after_chunks=args.stop_after_chunks)
-    except GenerationError as e:
+    except (GenerationError, FeedbackError) as e:
         raise SystemExit(f"error: {e}") from None
     if state.is_main_process:
         if summary["complete"]:
