@@ -53,8 +53,9 @@ class FeedbackGuidance:
         if not (isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 0):
             raise FeedbackError(f"feedback steps must be an integer >= 0, got {self.steps!r}")
 
-    def hook(self, pipe, sched, labels, targets):
-        """A per-step function `(i, t, latents, model_output) -> model_output` for `pipe.denoise`."""
+    def check(self, pipe, sched) -> str:
+        """Refuse a scheduler, model or classifier that feedback cannot steer; returns the
+        model's prediction type."""
         if not isinstance(sched, VP_SCHEDULERS):
             raise FeedbackError(f"feedback guidance runs with the DDIM, DPM++ or DDPM scheduler, not "
                                 f"{type(sched).__name__}: pass scheduler='dpm++'")
@@ -69,6 +70,11 @@ class FeedbackGuidance:
         n_cls = getattr(getattr(self.scorer, "config", None), "num_classes", None)
         if n_cls is not None and n_cls != len(pipe.class_names):
             raise FeedbackError(f"the feedback classifier knows {n_cls} classes, the model {len(pipe.class_names)}")
+        return kind
+
+    def hook(self, pipe, sched, labels, targets):
+        """A per-step function `(i, t, latents, model_output) -> model_output` for `pipe.denoise`."""
+        kind = self.check(pipe, sched)
         scorer = self.scorer
         w = next(scorer.parameters())  # the scorer may sit on another device or dtype than the pipeline
         y = torch.as_tensor(labels, device=w.device)

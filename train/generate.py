@@ -225,7 +225,7 @@ def main(argv=None):
             print(f"{len(plan)} images from {model_dir} into {args.out}: {extra['difficulty']['description']}, "
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
         if feedback is not None:  # its scheduler and classifier checks, before generation.json is written
-            feedback.hook(pipe, pipe.get_scheduler(sampling.scheduler), [0], [0.5])
+            feedback.check(pipe, pipe.get_scheduler(sampling.scheduler))
         selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot, args.pilot_faithful)
                      if args.select else None)
         summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
