@@ -31,6 +31,9 @@ CANDIDATES = {
     "lat8c8": ["--latent-channels", "8"],  # twice the latent size, same U-Net cost
     "lat16": ["--vae-channels", "32", "64", "--unet-channels", "32", "64", "128"],  # 4x16x16 latents
     "lat16-minsnr": ["--vae-channels", "32", "64", "--unet-channels", "32", "64", "128", "--snr-gamma", "5"],
+    # 16x16 latents, cheaper and faster to converge: no self-attention over 16x16, min-SNR 5
+    "lat16-fast": ["--vae-channels", "32", "64", "--unet-channels", "32", "64", "128", "--no-unet-top-attention",
+                   "--snr-gamma", "5"],
     "lat16-v": ["--vae-channels", "32", "64", "--unet-channels", "32", "64", "128", "--snr-gamma", "5",
                 "--prediction-type", "v_prediction"],
 }

@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--gen-steps", type=int, default=None, help="sampling steps (default: the project's)")
+    p.add_argument("--guidance-scales", type=float, nargs="+", default=[None],
+                   help="text guidance scales to sweep (one row per model and scale; default: the project's)")
     p.add_argument("--gen-batch-size", type=int, default=50)
     p.add_argument("--k", type=int, default=5, help="neighbours of the precision/recall balls")
     p.add_argument("--seed", type=int, default=0, help="noise seeds of the generated rows and the real draw")
@@ -117,14 +119,14 @@ def _cached(path: Path, compute):
     return value
 
 
-def generate(pipe, labels, seed: int, args, cache: Path) -> np.ndarray:
+def generate(pipe, labels, seed: int, args, cache: Path, settings: SamplingSettings) -> np.ndarray:
     """uint8 (N, C, H, W) images, one per label, cached as .npy."""
     path = cache / "images.npy"
     if path.is_file():
         return np.load(path)
     s = draw_difficulties(len(labels), DIFFICULTY.mu, DIFFICULTY.sigma, seed=seed)  # used by dacd models only
     seeds = [seed * 10**7 + i for i in range(len(labels))]
-    res = sample(pipe, labels.tolist(), s.tolist(), seeds, SamplingSettings(num_inference_steps=args.gen_steps),
+    res = sample(pipe, labels.tolist(), s.tolist(), seeds, settings,
                  chunk_size=args.gen_batch_size,
                  progress=None if args.no_progress else (lambda f, d: print(f"\r  generating {f:5.0%}", end="")))
     if not args.no_progress:
@@ -201,23 +203,28 @@ def main(argv=None):
     from dacd.training import vae_reconstruction_error
 
     for folder in args.models:
-        t0 = time.time()
-        label = model_label(folder)
         fp = model_fingerprint(folder)
         pipe = load_generator(folder, names)
-        settings = asdict(SamplingSettings(num_inference_steps=args.gen_steps))
-        cache = cache_root / f"{label.replace('/', '_')}-{_hash({**common, 'model': fp, 'sampling': settings})}"
-        cache.mkdir(exist_ok=True)
-        vae = _cached(cache / "vae.json", lambda: vae_reconstruction_error(
-            pipe.vae, torch.from_numpy(test.images[:args.vae_test])))
-        images = generate(pipe, labels, args.seed, args, cache)
-        row, pc = measures(images, labels, evaluator, test_feats, test_labels, names, args.k)
-        accs = cas(images, labels, real_images, test, args, cache, names)
-        rows.append({"model": label, "fingerprint": fp, "vae_psnr": vae["psnr"], "vae_ssim": vae["ssim"], **row,
-                     "cas_mean": float(np.mean(accs)) if accs else np.nan, "cas_seeds": len(accs),
-                     "seconds": time.time() - t0})
-        per_class_rows += [dict(p, model=label) for p in pc]
-        print(f"{label}: done in {time.time() - t0:.0f} s")
+        vae = None
+        for gs in args.guidance_scales:
+            t0 = time.time()
+            label = model_label(folder) + ("" if len(args.guidance_scales) == 1 and gs is None
+                                           else f" @ guidance {SamplingSettings(guidance_scale=gs).guidance_scale:g}")
+            sampling = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=gs)
+            cache = cache_root / (f"{model_label(folder).replace('/', '_')}-"
+                                  f"{_hash({**common, 'model': fp, 'sampling': asdict(sampling)})}")
+            cache.mkdir(exist_ok=True)
+            vae = vae or _cached(cache / "vae.json", lambda: vae_reconstruction_error(
+                pipe.vae, torch.from_numpy(test.images[:args.vae_test])))
+            images = generate(pipe, labels, args.seed, args, cache, sampling)
+            row, pc = measures(images, labels, evaluator, test_feats, test_labels, names, args.k)
+            accs = cas(images, labels, real_images, test, args, cache, names)
+            rows.append({"model": label, "guidance_scale": sampling.guidance_scale, "fingerprint": fp,
+                         "vae_psnr": vae["psnr"], "vae_ssim": vae["ssim"], **row,
+                         "cas_mean": float(np.mean(accs)) if accs else np.nan, "cas_seeds": len(accs),
+                         "seconds": time.time() - t0})
+            per_class_rows += [dict(p, model=label) for p in pc]
+            print(f"{label}: done in {time.time() - t0:.0f} s")
 
     table = pd.DataFrame(rows)
     per_class = pd.DataFrame(per_class_rows)

@@ -37,6 +37,9 @@ class TinySDConfig:
     vae_channels: tuple = (32, 64, 64)  # 3 blocks -> 2 downsamples -> 8x8 latents
     unet_channels: tuple = (64, 128)
     unet_layers_per_block: int = 1
+    # cross-attention in the first (highest-resolution) U-Net block; off: that block is plain
+    # convolutions (self-attention over 16x16 latents is costly on CPU), attention starts one level down
+    unet_top_attention: bool = True
     attention_head_dim: int = 8
     cross_attention_dim: int = 64  # = text hidden size
     text_layers: int = 2
@@ -153,12 +156,16 @@ def latent_size(cfg: TinySDConfig) -> int:
 def build_unet(cfg: TinySDConfig):
 
     n = len(cfg.unet_channels)
+    attn = [cfg.unet_top_attention or i > 0 for i in range(n - 1)] + [False]  # the lowest block never attends
+    if not any(attn):
+        raise ValueError(f"a U-Net with channels {tuple(cfg.unet_channels)} and no top-block attention has no "
+                         "cross-attention (text and difficulty tokens could not enter): give it at least 3 levels")
     sd2 = cfg.prediction_type == "v_prediction"
     return UNet2DConditionModel(
         sample_size=latent_size(cfg), in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,
         block_out_channels=tuple(cfg.unet_channels), layers_per_block=cfg.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         cross_attention_dim=cfg.cross_attention_dim, attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=32, use_linear_projection=sd2,
     )

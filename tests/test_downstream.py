@@ -206,3 +206,44 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     shutil.rmtree(tmp_path / "work")
     run_script(*args, "--cached-only")
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+
+
+def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
+    """A text guidance other than the project's is a set of its own, named in its cells; the
+    project's keeps today's names and identities (so cached cells stay valid)."""
+    import importlib.util
+    from pathlib import Path
+
+    from dacd.data import ImageDataset
+
+    script = Path(__file__).parents[1] / "train" / "downstream.py"
+    spec = importlib.util.spec_from_file_location("downstream_script", script)
+    ds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ds)
+    for name in ("dacd", "base"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights.bin").write_bytes(name.encode())
+    names = [f"class {i}" for i in range(3)]
+    real = ImageDataset(np.zeros((6, 1, 4, 4), np.uint8), np.repeat(np.arange(3), 2), np.array([f"r{i}" for i in range(6)]),
+                        tuple(names), "train")
+    counts = {c: 2 for c in range(3)}
+
+    def planned(*scales):
+        args = ds.parse_args(["--model", str(tmp_path / "dacd"), "--baseline", str(tmp_path / "base"),
+                              "--arms", "dacd", "baseline", "alone", "--mus", "0.5", "--ratios", "0.25",
+                              "--guidance-scales", *map(str, scales), "--work-dir", str(tmp_path / "w")])
+        sets = ds.plan_sets(args, real, counts)
+        return sets, [c["cell"] for c in ds.cell_specs(args, sets)]
+
+    default, cells = planned(ds.SAMPLING.guidance_scale)
+    assert sorted(default) == ["baseline-plain", "dacd-plain-mu0.5"]
+    assert cells == ["real-only", "dacd mu=0.5 r=0.25", "baseline r=0.25", "alone: dacd mu=0.5 r=0.25",
+                     "alone: baseline r=0.25"]
+    both, cells = planned(ds.SAMPLING.guidance_scale, 2)
+    assert sorted(both) == ["baseline-plain", "baseline-plain-g2", "dacd-plain-g2-mu0.5", "dacd-plain-mu0.5"]
+    assert {"dacd g2 mu=0.5 r=0.25", "baseline g2 r=0.25", "alone: baseline g2 r=0.25"} <= set(cells)
+    for name, st in default.items():
+        assert both[name]["identity"] == st["identity"]  # unchanged by adding a scale
+    assert both["baseline-plain-g2"]["identity"] != both["baseline-plain"]["identity"]
+    assert both["baseline-plain-g2"]["settings"].guidance_scale == 2.0
+    assert both["dacd-plain-g2-mu0.5"]["sampling"] == "plain g2"

@@ -157,6 +157,18 @@ def test_sd2_shaped_base_generates():
     assert run(p).images.shape == (2, 32, 32, 1)
 
 
+def test_u_net_without_top_attention_still_conditions_on_difficulty():
+    cfg = TinySDConfig(**{**TINY.__dict__, "vae_channels": (16, 32), "unet_channels": (32, 32, 64),
+                          "unet_top_attention": False})
+    p = dummy_pipeline(config=cfg)
+    assert p.unet.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert p.unet.config.up_block_types == ("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    out = run(p, labels=(0, 0), s=(0.1, 0.9), seed=3)  # same noise, two difficulties: the tokens must reach it
+    assert out.images.shape == (2, 32, 32, 1) and np.abs(out.images[0] - out.images[1]).max() > 1e-4
+    with pytest.raises(ValueError, match="no cross-attention"):
+        dummy_pipeline(config=TinySDConfig(**{**TINY.__dict__, "unet_top_attention": False}))
+
+
 def test_concurrent_calls_give_the_images_of_calls_alone(pipe):
     """The app serves several users at once from one pipeline: each call owns its scheduler state."""
     from concurrent.futures import ThreadPoolExecutor

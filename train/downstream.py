@@ -60,7 +60,7 @@ from plotly.subplots import make_subplots
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, stratified_subset, subset_name
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, SAMPLING
 from dacd.difficulty import load_scores
 from dacd.evaluation import (
     draw_per_class,
@@ -143,6 +143,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--gen-steps", type=int, default=None, help="sampling steps (default: the pipeline's)")
+    p.add_argument("--guidance-scales", type=float, nargs="+", default=[SAMPLING.guidance_scale],
+                   help="text guidance of the generated sets (dacd and baseline): one set per scale; a scale "
+                        f"other than the default ({SAMPLING.guidance_scale:g}) is named in its cells, e.g. "
+                        "'baseline g2 r=0.25'")
     p.add_argument("--gen-batch-size", type=int, default=50)
     p.add_argument("--gen-seed", type=int, default=0)
     p.add_argument("--arm-seed", type=int, default=0, help="seed of real-random and real-duplicate draws")
@@ -190,15 +194,20 @@ def prompt_template(model) -> str:
 
 # ---------------------------------------------------------------- the added sets
 
+def guidance_tag(scale: float) -> str:
+    """'' for the project's text guidance, else e.g. 'g2' (in set and cell names)."""
+    return "" if scale == SAMPLING.guidance_scale else f"g{scale:g}"
+
+
 def plan_sets(args, real, counts) -> dict:
     """Every added set, by name: what it is and what identifies it (no images yet)."""
 
-    sampling = asdict(SamplingSettings(num_inference_steps=args.gen_steps))
     sets = {}
 
-    def generated(arm, model, spec, mu, mode="plain"):
+    def generated(arm, model, spec, mu, mode="plain", guidance=SAMPLING.guidance_scale):
         plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(model), seed=args.gen_seed)
-        ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": sampling,
+        settings = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=guidance)
+        ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": asdict(settings),
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = None
         if mode == "selected":
@@ -209,24 +218,28 @@ def plan_sets(args, real, counts) -> dict:
             anchoring = Anchoring(args.strength, args.anchor_seed)
             plan = assign_anchors(plan, real.ids, real.labels, anchoring.seed)
             ident.update(anchoring=asdict(anchoring), plan=plan_fingerprint(plan))
-        name = f"{arm}-{mode}" + (f"-mu{mu:g}" if mu is not None else "")
-        sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": mode, "kind": "generated", "plan": plan,
-                      "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
-                      "anchoring": anchoring,
+        g = guidance_tag(guidance)
+        name = f"{arm}-{mode}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")
+        sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": f"{mode} {g}".strip(), "kind": "generated",
+                      "plan": plan, "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
+                      "anchoring": anchoring, "settings": settings,
                       "folder": Path(args.work_dir) / "synthetic" / f"{name}-{_hash(ident)[:8]}"}
 
     for mu in args.mus:
         spec = DifficultySpec(mu=mu, sigma=args.sigma)
         if "dacd" in args.arms:
             for mode in args.samplings:
-                generated("dacd", args.model, spec, mu, mode)
+                for gs in args.guidance_scales:
+                    generated("dacd", args.model, spec, mu, mode, gs)
         if "real-matched" in args.arms:
             plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(args.model),
                              seed=args.gen_seed)
             sets[f"real-matched-mu{mu:g}"] = {"name": f"real-matched-mu{mu:g}", "arm": "real-matched", "mu": mu,
                                               "sampling": "", "kind": "real", "plan": plan}
     if "baseline" in args.arms:  # the plan's s is recorded, not used
-        generated("baseline", args.baseline, DifficultySpec(mu=DIFFICULTY.mu, sigma=args.sigma), None)
+        for gs in args.guidance_scales:
+            generated("baseline", args.baseline, DifficultySpec(mu=DIFFICULTY.mu, sigma=args.sigma), None,
+                      guidance=gs)
     for arm in ("real-random", "real-duplicate"):
         if arm in args.arms:
             sets[arm] = {"name": arm, "arm": arm, "mu": None, "sampling": "", "kind": "real"}
@@ -284,7 +297,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             generate_dataset(pipe, st["plan"], st["folder"], model_id=model_name(model), evaluator=evaluator,
                              selection=st["selection"], committee=committee if st["selection"] else (),
                              anchoring=st["anchoring"], anchors=anchors,
-                             sampling=SamplingSettings(num_inference_steps=args.gen_steps),
+                             sampling=st["settings"],
                              batch_size=args.gen_batch_size, progress=progress, real_subset=real.name,
                              extra_config={"difficulty": {**st["spec"].__dict__, "description": st["spec"].describe()},
                                            "real_subset": real.name, "ratio": max(args.ratios),
@@ -343,28 +356,34 @@ def cell_specs(args, sets) -> list[dict]:
     cells = [{"cell": "real-only", "model": "", "sampling": "", "mode": "real", "mu": float("nan"), "ratio": 0.0,
               "set": None, "headline": True}]
     nan = float("nan")
+    tags = [guidance_tag(gs) for gs in args.guidance_scales]
+
+    def generated_arms(arm, mode, mu=None):  # (cell label, set name) per guidance scale
+        return [(" ".join(x for x in (arm, "" if mode == "plain" else mode, g) if x),
+                 f"{arm}-{mode}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")) for g in tags]
+
     for r in args.ratios:
         for mu in args.mus:
-            arms = [(f"dacd {mode}" if mode != "plain" else "dacd", f"dacd-{mode}-mu{mu:g}") for mode in args.samplings]
+            arms = [a for mode in args.samplings for a in generated_arms("dacd", mode, mu)]
             for label, name in arms + [("real-matched", f"real-matched-mu{mu:g}")]:
                 if name in sets:
                     cells.append({"cell": f"{label} mu={mu:g} r={r:g}", "model": sets[name]["arm"],
                                   "sampling": sets[name]["sampling"], "mode": "added", "mu": mu, "ratio": r,
                                   "set": name, "headline": mu == args.headline_mu})
-        for arm, name in (("baseline", "baseline-plain"), ("real-random", "real-random"),
-                          ("real-duplicate", "real-duplicate")):
+        for label, name in generated_arms("baseline", "plain") + [("real-random", "real-random"),
+                                                                   ("real-duplicate", "real-duplicate")]:
             if name in sets:
-                cells.append({"cell": f"{arm} r={r:g}", "model": arm, "sampling": sets[name]["sampling"],
+                arm = sets[name]["arm"]
+                cells.append({"cell": f"{label} r={r:g}", "model": arm, "sampling": sets[name]["sampling"],
                               "mode": "added", "mu": nan, "ratio": r, "set": name, "headline": arm == "baseline"})
     if "alone" in args.arms:
         r = max(args.ratios)
         mu_h = f"mu={args.headline_mu:g}"
-        for name, label in ((f"dacd-plain-mu{args.headline_mu:g}", f"dacd {mu_h}"),
-                            (f"dacd-selected-mu{args.headline_mu:g}", f"dacd selected {mu_h}"),
-                            (f"dacd-anchored-mu{args.headline_mu:g}", f"dacd anchored {mu_h}"),
-                            ("baseline-plain", "baseline"),
-                            (f"real-matched-mu{args.headline_mu:g}", f"real-matched mu={args.headline_mu:g}"),
-                            ("real-random", "real-random")):
+        alone = [(name, f"{label} {mu_h}") for mode in ("plain", "selected", "anchored")
+                 for label, name in generated_arms("dacd", mode, args.headline_mu)]
+        alone += [(name, label) for label, name in generated_arms("baseline", "plain")]
+        for name, label in alone + [(f"real-matched-mu{args.headline_mu:g}", f"real-matched {mu_h}"),
+                                    ("real-random", "real-random")]:
             if name in sets:
                 st = sets[name]
                 cells.append({"cell": f"alone: {label} r={r:g}", "model": st["arm"], "sampling": st["sampling"],

@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--prediction-type", default=t.prediction_type, choices=["epsilon", "v_prediction"],
                    help="v_prediction builds an SD2-shaped base (linear projections)")
     p.add_argument("--unet-channels", type=int, nargs="+", default=list(t.unet_channels))
+    p.add_argument("--no-unet-top-attention", dest="unet_top_attention", action="store_false",
+                   help="plain convolutions in the first U-Net block (attention from the second level down)")
     p.add_argument("--unet-layers-per-block", type=int, default=t.unet_layers_per_block)
     p.add_argument("--vae-channels", type=int, nargs="+", default=list(t.vae_channels),
                    help="one entry per VAE block; k blocks downsample 2^(k-1) times (32 px: 3 -> 8x8 latents, "
@@ -76,7 +78,8 @@ def main(argv=None):
                           ema_decay=args.ema_decay)
     tiny = TinySDConfig(image_size=train.image_size, in_channels=train.in_chans,
                         unet_channels=tuple(args.unet_channels), unet_layers_per_block=args.unet_layers_per_block,
-                        vae_channels=tuple(args.vae_channels), latent_channels=args.latent_channels,
+                        unet_top_attention=args.unet_top_attention, vae_channels=tuple(args.vae_channels),
+                        latent_channels=args.latent_channels,
                         prediction_type=args.prediction_type)
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
