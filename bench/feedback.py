@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--sigma", type=float, default=DIFFICULTY.sigma)
     p.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     p.add_argument("--fb-steps", type=int, default=5, help="steered steps (of the sampler's)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="text guidance of every row (default: the project's); --probe sets must be made with it")
     p.add_argument("--probe", nargs="*", default=[], help="selected sets (train/generate.py folders) to judge beside")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "feedback"))
@@ -81,7 +83,7 @@ def main(argv=None):
     names = list(pipe.class_names)
     plan = make_plan(names, args.per_class, DifficultySpec(mu=args.mu, sigma=args.sigma), seed=0,
                      prompt_template=pipe.prompt_template)
-    settings = SamplingSettings()
+    settings = SamplingSettings(guidance_scale=args.guidance)
     rows = []
 
     # the real ceiling: test images nearest each requested s (scoring s), judged by the evaluator
@@ -110,12 +112,14 @@ def main(argv=None):
                              f"--mu {args.mu} --sigma {args.sigma} --seed 0")
         if gen.get("sampling") != asdict(settings) or gen.get("model") not in ("dacd", args.model):
             raise SystemExit(f"{folder} was made with model {gen.get('model')!r} and sampling {gen.get('sampling')}, "
-                             f"not {args.model} at {asdict(settings)}")
+                             f"not {args.model} at {asdict(settings)} (bench/feedback.py --guidance sets the text "
+                             "guidance)")
         man = man.loc[plan.id]
         imgs = np.stack([read_png(folder / p) for p in man.path])  # uint8 (N, C, H, W)
-        sel = gen.get("selection") or {}
-        rows.append(judge(f"selected: {folder.name} (tries {sel.get('max_tries')}, tol {sel.get('tolerance')}, "
-                          f"faithful pilot {sel.get('pilot_faithful', False)})", evaluator, imgs, plan))
+        sel = gen.get("selection")
+        detail = ("" if not sel else f" (tries {sel.get('max_tries')}, tol {sel.get('tolerance')}, "
+                  f"faithful pilot {sel.get('pilot_faithful', False)})")
+        rows.append(judge(f"{gen.get('sampling_mode', 'selected')}: {folder.name}{detail}", evaluator, imgs, plan))
 
     table = pd.DataFrame(rows)
     ceiling = table.medium_share.iloc[0]
@@ -123,6 +127,7 @@ def main(argv=None):
     table.to_csv(out / "summary.csv", index=False)
     md = markdown_table(table)
     (out / "summary.md").write_text(f"{len(plan)} images, s ~ N({args.mu}, {args.sigma}), {args.per_class} per class; "
+                                    f"text guidance {settings.guidance_scale:g}; "
                                     f"judged by {Path(args.evaluator).name}; feedback by {Path(args.scorer).name}\n\n"
                                     + md + "\n")
     print(md)
