@@ -34,12 +34,14 @@ class TinySDConfig:
     image_size: int = 32
     in_channels: int = 1
     latent_channels: int = 4
-    vae_channels: tuple = (32, 64, 64)  # 3 blocks -> 2 downsamples -> 8x8 latents
-    unet_channels: tuple = (64, 128)
+    # the shipped shape, chosen by bench/base_candidates.py ("lat16-fast"): 2 VAE blocks -> 1 downsample
+    # -> 16x16 latents; the first shipped base had (32, 64, 64) -> 8x8 latents under a (64, 128) U-Net
+    vae_channels: tuple = (32, 64)
+    unet_channels: tuple = (32, 64, 128)
     unet_layers_per_block: int = 1
     # cross-attention in the first (highest-resolution) U-Net block; off: that block is plain
     # convolutions (self-attention over 16x16 latents is costly on CPU), attention starts one level down
-    unet_top_attention: bool = True
+    unet_top_attention: bool = False
     attention_head_dim: int = 8
     cross_attention_dim: int = 64  # = text hidden size
     text_layers: int = 2
@@ -159,7 +161,8 @@ def build_unet(cfg: TinySDConfig):
     attn = [cfg.unet_top_attention or i > 0 for i in range(n - 1)] + [False]  # the lowest block never attends
     if not any(attn):
         raise ValueError(f"a U-Net with channels {tuple(cfg.unet_channels)} and no top-block attention has no "
-                         "cross-attention (text and difficulty tokens could not enter): give it at least 3 levels")
+                         "cross-attention (text and difficulty tokens could not enter): give it at least 3 levels "
+                         "or turn top-block attention on (unet_top_attention=True, --unet-top-attention)")
     sd2 = cfg.prediction_type == "v_prediction"
     return UNet2DConditionModel(
         sample_size=latent_size(cfg), in_channels=cfg.latent_channels, out_channels=cfg.latent_channels,

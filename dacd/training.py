@@ -500,7 +500,7 @@ class BaseTrainConfig:
     checkpointing_steps: int = 500
     log_every: int = 50
     seed: int = 0
-    snr_gamma: float | None = None  # min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+    snr_gamma: float | None = 5.0  # min-SNR-gamma loss weighting (Hang et al. 2023); None or 0: plain MSE
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

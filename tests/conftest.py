@@ -67,7 +67,8 @@ def tiny_scores(fake_fmnist, tmp_path_factory) -> Path:
 
 
 TINY_BASE_ARGS = ["--vae-steps", "4", "--unet-steps", "4", "--vae-batch-size", "8", "--unet-batch-size", "8",
-                  "--unet-channels", "32", "64", "--checkpointing-steps", "2", "--eval-samples", "0", "--no-progress"]
+                  "--vae-channels", "32", "64", "64", "--unet-channels", "32", "64", "--unet-top-attention",
+                  "--checkpointing-steps", "2", "--eval-samples", "0", "--no-progress"]
 
 
 @pytest.fixture(scope="session")

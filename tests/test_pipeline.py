@@ -10,7 +10,8 @@ from dacd.pipeline import DifficultyControlledPipeline
 from dacd.tiny import TinySDConfig, build_components
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
-TINY = TinySDConfig(vae_channels=(16, 32, 32), unet_channels=(32, 64), cross_attention_dim=32, text_intermediate=64)
+TINY = TinySDConfig(vae_channels=(16, 32, 32), unet_channels=(32, 64), unet_top_attention=True, cross_attention_dim=32,
+                    text_intermediate=64)
 
 
 def dummy_pipeline(with_encoder=True, config=TINY):
@@ -167,6 +168,7 @@ def test_u_net_without_top_attention_still_conditions_on_difficulty():
     assert out.images.shape == (2, 32, 32, 1) and np.abs(out.images[0] - out.images[1]).max() > 1e-4
     with pytest.raises(ValueError, match="no cross-attention"):
         dummy_pipeline(config=TinySDConfig(**{**TINY.__dict__, "unet_top_attention": False}))
+    assert TinySDConfig().unet_top_attention is False  # the shipped shape: 3 levels, attention from level 2
 
 
 def test_concurrent_calls_give_the_images_of_calls_alone(pipe):

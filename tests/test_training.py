@@ -45,7 +45,8 @@ CLASSES = ["zero", "one", "two", "three"]
 
 
 def tiny_pipe() -> DifficultyControlledPipeline:
-    parts = build_components(TinySDConfig(unet_channels=(32, 64)), class_names=CLASSES, seed=0)
+    parts = build_components(TinySDConfig(vae_channels=(32, 64, 64), unet_channels=(32, 64), unet_top_attention=True),
+                             class_names=CLASSES, seed=0)
     return DifficultyControlledPipeline(**parts, class_names=CLASSES)
 
 

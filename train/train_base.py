@@ -46,15 +46,16 @@ def parse_args(argv=None):
     p.add_argument("--prediction-type", default=t.prediction_type, choices=["epsilon", "v_prediction"],
                    help="v_prediction builds an SD2-shaped base (linear projections)")
     p.add_argument("--unet-channels", type=int, nargs="+", default=list(t.unet_channels))
-    p.add_argument("--no-unet-top-attention", dest="unet_top_attention", action="store_false",
-                   help="plain convolutions in the first U-Net block (attention from the second level down)")
+    p.add_argument("--unet-top-attention", action=argparse.BooleanOptionalAction, default=t.unet_top_attention,
+                   help="cross-attention in the first U-Net block too (off: plain convolutions there, attention "
+                        "from the second level down; a 2-level U-Net needs it on)")
     p.add_argument("--unet-layers-per-block", type=int, default=t.unet_layers_per_block)
     p.add_argument("--vae-channels", type=int, nargs="+", default=list(t.vae_channels),
                    help="one entry per VAE block; k blocks downsample 2^(k-1) times (32 px: 3 -> 8x8 latents, "
                         "2 -> 16x16)")
     p.add_argument("--latent-channels", type=int, default=t.latent_channels)
     p.add_argument("--snr-gamma", type=float, default=b.snr_gamma,
-                   help="min-SNR-gamma loss weighting of the U-Net (e.g. 5); default plain MSE")
+                   help="min-SNR-gamma loss weighting of the U-Net; 0: plain MSE")
     p.add_argument("--ema-decay", type=float, default=b.ema_decay)
     p.add_argument("--seed", type=int, default=b.seed)
     p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulate a kill
