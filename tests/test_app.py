@@ -167,7 +167,8 @@ def test_edits_share_noise_across_levels(tiny_checkpoint, fake_fmnist):
     ex = Workbench(tiny_checkpoint, data_dir=fake_fmnist)
     a = ex.edits("train:5", levels=(0.2, 0.8), strength=0.5, seed=1, steps=4)
     b = ex.edits("train:5", levels=(0.2,), strength=0.5, seed=1, steps=4)
-    np.testing.assert_allclose(a["images"][0], b["images"][0], atol=1e-5)  # a level does not depend on the others
+    # a level does not depend on the others (batch shape moves float sums by ~1e-5; other noise by ~0.1)
+    np.testing.assert_allclose(a["images"][0], b["images"][0], atol=1e-4)
     assert a["label"] == ex.image_label("train:5") and a["source_s"] is not None
     with pytest.raises(ValueError, match="less than one denoising step"):
         ex.edits("train:5", strength=0.1, steps=4)
