@@ -55,7 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--fb-steps", type=int, default=5, help="steered steps (of the sampler's)")
     p.add_argument("--guidance", type=float, default=None,
                    help="text guidance of every row (default: the project's); --probe sets must be made with it")
-    p.add_argument("--probe", nargs="*", default=[], help="selected sets (train/generate.py folders) to judge beside")
+    p.add_argument("--probe", nargs="*", default=[], help="selected or pooled sets (train/generate.py folders) to "
+                   "judge beside")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "feedback"))
     p.add_argument("--no-progress", action="store_true")
@@ -116,9 +117,10 @@ def main(argv=None):
                              "guidance)")
         man = man.loc[plan.id]
         imgs = np.stack([read_png(folder / p) for p in man.path])  # uint8 (N, C, H, W)
-        sel = gen.get("selection")
+        sel, pool = gen.get("selection"), gen.get("pooling")
         detail = ("" if not sel else f" (tries {sel.get('max_tries')}, tol {sel.get('tolerance')}, "
                   f"faithful pilot {sel.get('pilot_faithful', False)})")
+        detail += "" if not pool else f" (pool {pool.get('factor')}x at s ~ U(0, 1), label rule {pool.get('label_rule')})"
         rows.append(judge(f"{gen.get('sampling_mode', 'selected')}: {folder.name}{detail}", evaluator, imgs, plan))
 
     table = pd.DataFrame(rows)

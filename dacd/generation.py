@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .calibration import Calibration
 from .data import resolve_class, slugify
 from .defaults import DIFFICULTY, EDIT_STRENGTH, MEDIUM_BAND, PROMPT_TEMPLATE
-from .evaluation import generate_rows, grid_rows, measure, medium_share
+from .evaluation import generate_rows, grid_rows, match_to_plan, measure, medium_share
 from .sampling import SamplingSettings, sample, seed_from
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
@@ -67,7 +67,8 @@ class DifficultySpec:
     kind="normal": `s ~ N(mu, sigma)` clipped to [0, 1] (the paper's sampling; default
     mu=0.5, sigma=0.1). kind="fixed": every image gets `value`. kind="table": a per-class
     entry, either a number (fixed) or `[mu, sigma]`; classes missing from the table fall
-    back to (mu, sigma).
+    back to (mu, sigma). kind="uniform": `s ~ U(0, 1)` (the pool of sampling "pooled", which
+    serves plans of any mu).
     """
 
     kind: str = "normal"
@@ -77,8 +78,8 @@ class DifficultySpec:
     table: dict = field(default_factory=dict)  # class name -> float or [mu, sigma]
 
     def __post_init__(self):
-        if self.kind not in ("normal", "fixed", "table"):
-            raise GenerationError(f"difficulty kind must be 'normal', 'fixed' or 'table', got {self.kind!r}")
+        if self.kind not in ("normal", "fixed", "table", "uniform"):
+            raise GenerationError(f"difficulty kind must be 'normal', 'fixed', 'table' or 'uniform', got {self.kind!r}")
         _check_unit("mu", self.mu)
         if not (np.isfinite(self.sigma) and self.sigma >= 0):
             raise GenerationError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
@@ -109,6 +110,8 @@ class DifficultySpec:
     def describe(self) -> str:
         if self.kind == "fixed":
             return f"s = {self.value:g}"
+        if self.kind == "uniform":
+            return "s ~ U(0, 1)"
         base = f"s ~ N({self.mu:g}, {self.sigma:g}) clipped to [0, 1]"
         return base if self.kind == "normal" else f"per-class table {self.table} (others {base})"
 
@@ -213,7 +216,10 @@ def make_plan(class_names, counts: dict[int, int] | int, difficulty: DifficultyS
         slug = slugify(class_names[c])
         for k in range(n):
             rng = np.random.default_rng([seed, c, k, 1])
-            s = float(np.clip(rng.normal(mu, sigma), 0.0, 1.0)) if sigma > 0 else float(mu)
+            if difficulty.kind == "uniform":
+                s = float(rng.uniform(0.0, 1.0))
+            else:
+                s = float(np.clip(rng.normal(mu, sigma), 0.0, 1.0)) if sigma > 0 else float(mu)
             prompt = captions[int(rng.integers(len(captions)))] if captions else prompt_template.format(class_names[c])
             rows.append((f"{slug}-{k:06d}", class_names[c], c, k, s, seed_from(seed, c, k), prompt))
     plan = pd.DataFrame(rows, columns=PLAN_COLUMNS)
@@ -408,7 +414,8 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
     if is_main:
         if path.is_file():
             old = json.loads(path.read_text())
-            keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot", "anchoring")
+            keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot", "anchoring",
+                    "pooling", "pool")
             if any(old.get(k) != config.get(k) for k in keys):
                 # every setting that differs, not only the ones that decide (the plan fingerprint alone
                 # would not say that --mu changed)
@@ -634,3 +641,155 @@ def manifest_summary(manifest: pd.DataFrame) -> dict:
         out.update(mean_tries=float(manifest.tries.mean()), accepted_share=float(manifest.accepted.mean()),
                    acceptance_per_class={str(k): float(v) for k, v in manifest.groupby("class").accepted.mean().items()})
     return out
+
+
+# ---------------------------------------------------------------- pooled selection
+
+POOL_SCORES = "committee-{key}.parquet"
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Sampling "pooled": over-generate once, then match. A pool of `factor` x the planned images
+    per class is generated at `s ~ U(0, 1)` (plain sampling, resumable like any set), the committee
+    measures every pool image once, and each planned row, in plan order, takes the unused pool
+    image of its class whose committee-mean s is nearest its request (`match_to_plan`, as the
+    real-matched arm does with real images), images every member classifies as their label first
+    (with `label_rule`). A row is `accepted` when its image is label-faithful and within `tolerance`.
+
+    Unlike per-row selection no try is wasted on the row it was drawn for: an image too easy for
+    one row serves another, and one pool serves plans of any mu over the same counts. A row's image
+    depends only on the pool and the rows of its class before it, so a smaller ratio's set is the
+    first ids of a larger one."""
+
+    factor: int = 6
+    tolerance: float = 0.1
+    label_rule: bool = True
+
+    def __post_init__(self):
+        if not (isinstance(self.factor, (int, np.integer)) and self.factor >= 1):
+            raise GenerationError(f"the pool factor must be an integer >= 1 (pool images per planned image), "
+                                  f"got {self.factor!r}")
+        if not (np.isfinite(self.tolerance) and 0 <= self.tolerance <= 1):
+            raise GenerationError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
+
+
+def make_pool_plan(plan: pd.DataFrame, class_names, factor: int, *, prompts=None,
+                   prompt_template: str = PROMPT_TEMPLATE, seed: int = 0) -> pd.DataFrame:
+    """The pool for `plan`: `factor` x its count per class at s ~ U(0, 1), same prompts and seed."""
+    class_names = list(class_names)
+    counts = {int(c): int(n) * int(factor) for c, n in plan.label.value_counts(sort=False).items()}
+    return make_plan(class_names, counts, DifficultySpec(kind="uniform"), prompts=prompts,
+                     prompt_template=prompt_template, seed=seed)
+
+
+def score_pool(pool_dir: str | Path, committee, key: str) -> pd.DataFrame:
+    """The pool's manifest with the committee's `selection_s` and `faithful` per image, computed once
+    and cached in the pool folder under `key` (name the committee's content, e.g. its fingerprints)."""
+    pool_dir = Path(pool_dir)
+    manifest = load_manifest(pool_dir)
+    cache = pool_dir / POOL_SCORES.format(key=key)
+    if cache.is_file():
+        scored = pd.read_parquet(cache)
+        if list(scored.id) == list(manifest.id):
+            return manifest.drop(columns=["selection_s"]).merge(scored, on="id", how="left", validate="1:1")
+    s, faithful = np.zeros(len(manifest)), np.zeros(len(manifest), bool)
+    for a in range(0, len(manifest), 500):  # bounded memory for big pools
+        part = manifest.iloc[a:a + 500]
+        s[a:a + 500], faithful[a:a + 500] = committee_scores(committee, load_generated_images(pool_dir, part),
+                                                             part.label.to_numpy())
+    scored = pd.DataFrame({"id": manifest.id.to_numpy(), "selection_s": s, "faithful": faithful})
+    _atomic_parquet(scored, cache)
+    return manifest.drop(columns=["selection_s"]).merge(scored, on="id", how="left", validate="1:1")
+
+
+def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling) -> pd.DataFrame:
+    """For each plan row, the pool row it takes (see `Pooling`): the plan's columns plus `pool_id`,
+    the pool image's `selection_s`, `faithful`, `accepted`, measured_s, predicted_class, path,
+    conditioning_s and seed. `pool` is `score_pool`'s frame."""
+    s = pool.selection_s.to_numpy(float)
+    if np.isnan(s).any():
+        raise GenerationError("the pool has images without a committee score: score it with score_pool first")
+    faithful = pool.faithful.to_numpy(bool)
+    # unfaithful images sit 2 beyond any faithful one, so they are taken only when a class has no
+    # faithful image left (s is in [0, 1])
+    key = s if not pooling.label_rule else s + np.where(faithful, 0.0, 2.0)
+    try:
+        pick = match_to_plan(key, pool.label.to_numpy(), plan.requested_s.to_numpy(), plan.label.to_numpy())
+    except ValueError as e:
+        raise GenerationError(f"the pool is too small for the plan ({e}): raise the pool factor") from None
+    took = pool.iloc[pick].reset_index(drop=True)
+    ok = np.abs(took.selection_s.to_numpy() - plan.requested_s.to_numpy()) <= pooling.tolerance
+    if pooling.label_rule:
+        ok &= took.faithful.to_numpy(bool)
+    out = plan.reset_index(drop=True).copy()
+    for col in ("measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful"):
+        out[col] = took[col].to_numpy()
+    out["seed"] = took.seed.to_numpy()  # the pool image's noise seed
+    return out.assign(pool_id=took.id.to_numpy(), accepted=ok)
+
+
+def write_pooled_set(pool_dir: str | Path, pool: pd.DataFrame, plan: pd.DataFrame, out_dir: str | Path, *,
+                     pooling: Pooling, model_id: str, config: dict, real_subset: str = "") -> dict:
+    """Match `plan` to the scored `pool` and write the set to `out_dir` as any generated set (an
+    ImageFolder of copies of the chosen pool PNGs, manifest.parquet with `pool_id`, generation.json
+    with per-class acceptance). Deterministic and cheap: a rerun rewrites the same files; the
+    manifest is written last, so a folder with a manifest is complete. Returns its summary."""
+    pool_dir, out_dir = Path(pool_dir), Path(out_dir)
+    matched = match_pool(pool, plan, pooling)
+    config = {**config, "model": model_id, "sampling_mode": "pooled", "pooling": asdict(pooling),
+              "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
+              "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()}}
+    _check_or_write_config(out_dir, config, True, lambda: None)
+    paths = [f"{slugify(n)}/{i}.png" for n, i in zip(matched["class"], matched.id)]
+    for name in matched["class"].unique():
+        (out_dir / slugify(name)).mkdir(exist_ok=True)
+    for src, dst in zip(matched.path, paths):
+        _atomic_write_bytes(out_dir / dst, (pool_dir / src).read_bytes())
+    manifest = matched.assign(path=paths, model=model_id, real_subset=real_subset,
+                              tries=int(pooling.factor), anchor_id="")
+    manifest = manifest[MANIFEST_COLUMNS + ["pool_id", "faithful"]]
+    summary = manifest_summary(manifest)
+    cfg = json.loads((out_dir / CONFIG_NAME).read_text())
+    cfg["acceptance"] = summary["acceptance_per_class"]
+    _atomic_write_bytes(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2).encode())
+    _atomic_parquet(manifest, out_dir / MANIFEST_NAME)
+    return {"out_dir": str(out_dir), "planned": int(len(plan)), "complete": True, **summary}
+
+
+def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_plan: pd.DataFrame,
+                        pool_dir: str | Path, committee, committee_key: str, pooling: Pooling, model_id: str,
+                        evaluator=None, sampling: SamplingSettings | None = None, batch_size: int = 32,
+                        extra_config: dict | None = None, real_subset: str = "", process_index: int = 0,
+                        num_processes: int = 1,
+                        barrier=lambda: None, progress: bool = True,
+                        stop_after_chunks: int | None = None) -> dict:
+    """Sampling "pooled" (see `Pooling`): generate (or resume) the pool into `pool_dir` with any
+    number of processes, then, on process 0, score it with the committee and write the matched set
+    to `out_dir`. `pool_plan` is `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans."""
+    if not committee:
+        raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
+                              "classifier/ and classifier-2/)")
+    short = sorted(c for c in set(plan["class"])
+                   if (pool_plan["class"] == c).sum() < (plan["class"] == c).sum())
+    if short:
+        raise GenerationError(f"the pool plan holds fewer images than the plan for {short}: make it bigger")
+    sampling = sampling or SamplingSettings()
+    pool_summary = generate_dataset(pipe, pool_plan, pool_dir, model_id=model_id, evaluator=evaluator,
+                                    sampling=sampling, batch_size=batch_size, progress=progress,
+                                    extra_config={"role": "pool of a pooled set",
+                                                  "difficulty": {"kind": "uniform", "description": "s ~ U(0, 1)"}},
+                                    process_index=process_index, num_processes=num_processes, barrier=barrier,
+                                    stop_after_chunks=stop_after_chunks)
+    summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "complete": False,
+               "pool": pool_summary.get("out_dir")}
+    if pool_summary["complete"] and process_index == 0:
+        pool = score_pool(pool_dir, committee, committee_key)
+        config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
+                  "pool": {"folder": str(pool_dir), "plan_fingerprint": plan_fingerprint(pool_plan),
+                           "images": int(len(pool_plan)), "committee": committee_key},
+                  **(extra_config or {})}
+        summary = write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id, config=config,
+                                   real_subset=real_subset)
+    barrier()
+    return summary

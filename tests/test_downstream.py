@@ -133,7 +133,8 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
             "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--real-fraction", "0.2",
             "--mus", "0.5", "0.9", "--ratios", "0.1", "0.25", "--seeds", "0", "1", "--headline-seeds", "0", "1", "2",
             "--steps", "3", "--batch-size", "16", "--gen-steps", "2", "--gen-batch-size", "8",
-            "--samplings", "plain", "selected", "anchored", "--strength", "0.6", "--max-tries", "2",
+            "--samplings", "plain", "selected", "anchored", "pooled", "--strength", "0.6", "--max-tries", "2",
+            "--pool-factor", "2",
             "--committee", tiny_scores / "classifier",
             "--work-dir", tmp_path / "work", "--out", tmp_path / "out", "--no-progress"]
     first = run_script(*args)
@@ -144,11 +145,12 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     assert set(added) | {"baseline r=0.1", "real-random r=0.25", "real-duplicate r=0.1"} <= set(table.cell)
     assert [c for c in table.cell if c.startswith("alone")] == [
         "alone: dacd mu=0.5 r=0.25", "alone: dacd selected mu=0.5 r=0.25", "alone: dacd anchored mu=0.5 r=0.25",
-        "alone: baseline r=0.25",
+        "alone: dacd pooled mu=0.5 r=0.25", "alone: baseline r=0.25",
         "alone: real-matched mu=0.5 r=0.25", "alone: real-random r=0.25"]
     assert {"dacd selected mu=0.9 r=0.1", "dacd selected mu=0.5 r=0.25"} <= set(table.cell)
     assert table.set_index("cell").loc["dacd selected mu=0.5 r=0.25", "sampling"] == "selected"
     assert table.set_index("cell").loc["dacd anchored mu=0.9 r=0.1", "sampling"] == "anchored"
+    assert table.set_index("cell").loc["dacd pooled mu=0.9 r=0.25", "sampling"] == "pooled"
     t = table.set_index("cell")
     assert t.loc["real-only", "n_real"] == 60 and t.loc["real-only", "n_synthetic"] == 0
     for arm in ("dacd mu=0.5", "real-matched mu=0.9", "real-random", "real-duplicate", "baseline"):
@@ -179,7 +181,14 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     folders = sorted(p.name for p in (tmp_path / "work" / "synthetic").iterdir())
     assert [f.rsplit("-", 1)[0] for f in folders] == ["baseline-plain", "dacd-anchored-mu0.5", "dacd-anchored-mu0.9",
                                                       "dacd-plain-mu0.5", "dacd-plain-mu0.9",
-                                                      "dacd-selected-mu0.5", "dacd-selected-mu0.9"]
+                                                      "dacd-pooled-mu0.5", "dacd-pooled-mu0.9",
+                                                      "dacd-selected-mu0.5", "dacd-selected-mu0.9", "pool-dacd"]
+    # both mus' pooled sets are matched from the one pool (2 x the set per class), without repeats
+    pool = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("pool-dacd-*")) / "manifest.parquet")
+    for mu in ("0.5", "0.9"):
+        pm = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob(f"dacd-pooled-mu{mu}-*")) / "manifest.parquet")
+        assert len(pool) == 2 * len(pm) and set(pm.pool_id) <= set(pool.id) and not pm.pool_id.duplicated().any()
+        assert pm.selection_s.notna().all()
     anc = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-anchored-mu0.5-*")) / "manifest.parquet")
     from dacd.data import load_dataset, stratified_subset
 
@@ -247,3 +256,47 @@ def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
     assert both["baseline-plain-g2"]["identity"] != both["baseline-plain"]["identity"]
     assert both["baseline-plain-g2"]["settings"].guidance_scale == 2.0
     assert both["dacd-plain-g2-mu0.5"]["sampling"] == "plain g2"
+
+
+def test_pooled_sets_of_every_mu_share_one_pool(tmp_path):
+    """Sampling "pooled": one pool per model and settings serves every mu; the pool factor and the
+    committee are part of each set's identity, and adding the sampling leaves the others' alone."""
+    import importlib.util
+    from pathlib import Path
+
+    from dacd.data import ImageDataset
+
+    script = Path(__file__).parents[1] / "train" / "downstream.py"
+    spec = importlib.util.spec_from_file_location("downstream_script", script)
+    ds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ds)
+    for name in ("dacd", "c1", "c2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights.bin").write_bytes(name.encode())
+    names = [f"class {i}" for i in range(3)]
+    real = ImageDataset(np.zeros((6, 1, 4, 4), np.uint8), np.repeat(np.arange(3), 2),
+                        np.array([f"r{i}" for i in range(6)]), tuple(names), "train")
+    counts = {c: 2 for c in range(3)}
+
+    def planned(*extra):
+        args = ds.parse_args(["--model", str(tmp_path / "dacd"), "--baseline", "", "--arms", "dacd", "alone",
+                              "--mus", "0.5", "0.9", "--ratios", "0.25", "--committee", str(tmp_path / "c1"),
+                              "--work-dir", str(tmp_path / "w"), *extra])
+        sets = ds.plan_sets(args, real, counts)
+        return sets, [c["cell"] for c in ds.cell_specs(args, sets)]
+
+    plain, _ = planned()
+    sets, cells = planned("--samplings", "plain", "pooled", "--pool-factor", "3")
+    assert {"dacd pooled mu=0.5 r=0.25", "dacd pooled mu=0.9 r=0.25", "alone: dacd pooled mu=0.5 r=0.25"} <= set(cells)
+    a, b = sets["dacd-pooled-mu0.5"], sets["dacd-pooled-mu0.9"]
+    assert a["pool"]["folder"] == b["pool"]["folder"] and a["pool"]["folder"].name.startswith("pool-dacd-")
+    assert len(a["pool"]["plan"]) == 3 * len(a["plan"]) and a["identity"] != b["identity"]
+    assert a["sampling"] == "pooled" and a["pooling"].factor == 3
+    for name, st in plain.items():
+        assert sets[name]["identity"] == st["identity"]
+    bigger, _ = planned("--samplings", "pooled", "--pool-factor", "4")
+    assert bigger["dacd-pooled-mu0.5"]["identity"] != a["identity"]
+    assert bigger["dacd-pooled-mu0.5"]["pool"]["folder"] != a["pool"]["folder"]
+    other, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--committee", str(tmp_path / "c2"))
+    assert other["dacd-pooled-mu0.5"]["identity"] != a["identity"]
+    assert other["dacd-pooled-mu0.5"]["pool"]["folder"] == a["pool"]["folder"]  # the same pool, rematched

@@ -10,11 +10,14 @@ from test_pipeline import CLASSES, dummy_pipeline
 from dacd.classifier import build_classifier
 from dacd.generation import (
     GenerationError,
+    Pooling,
     Selection,
     committee_scores,
     generate_dataset,
+    generate_pooled_set,
     load_manifest,
     make_plan,
+    make_pool_plan,
     read_png,
 )
 from dacd.sampling import SamplingSettings, try_seed
@@ -175,3 +178,74 @@ def test_feedback_steers_every_try_and_is_recorded(pipe, committee, tmp_path):
         generate_dataset(pipe, anchored, tmp_path / "edits", model_id="tiny", sampling=FAST, progress=False,
                          anchoring=Anchoring(0.5), anchors={f"a{i}": np.zeros((1, 32, 32), np.uint8) for i in range(4)},
                          feedback=fb)
+
+
+# ---------------------------------------------------------------- pooled selection
+
+def pooled(pipe, committee, tmp_path, name, pooling, plan=None, pool_plan=None, **kw):
+    plan = make_plan(CLASSES, 3, seed=4) if plan is None else plan
+    pool_plan = make_pool_plan(plan, CLASSES, pooling.factor, seed=4) if pool_plan is None else pool_plan
+    return plan, generate_pooled_set(pipe, plan, tmp_path / name, pool_plan=pool_plan, pool_dir=tmp_path / "pool",
+                                     committee=committee, committee_key="test", pooling=pooling, model_id="tiny",
+                                     sampling=FAST, batch_size=4, progress=False, **kw)
+
+
+def test_pooled_rows_take_the_nearest_faithful_pool_images(pipe, committee, tmp_path):
+    pooling = Pooling(factor=4, tolerance=0.1)
+    plan, summary = pooled(pipe, committee, tmp_path, "set", pooling)
+    m, pool = load_manifest(tmp_path / "set"), load_manifest(tmp_path / "pool")
+    assert summary["complete"] and list(m.id) == list(plan.id) and len(pool) == 4 * len(plan)
+    assert pool.requested_s.between(0, 1).all() and pool.requested_s.std() > 0.15  # s ~ U(0, 1)
+    assert not m.pool_id.duplicated().any() and set(m.pool_id) <= set(pool.id)
+    by_id = pool.set_index("id")
+    for row in m.itertuples():  # each image is a byte copy of its pool image, of the row's class
+        assert (tmp_path / "set" / row.path).read_bytes() == (tmp_path / "pool" / by_id.loc[row.pool_id, "path"]).read_bytes()
+        assert by_id.loc[row.pool_id, "label"] == row.label
+    imgs = np.stack([read_png(tmp_path / "set" / p) for p in m.path])
+    s, faithful = committee_scores(committee, imgs, m.label.to_numpy())
+    np.testing.assert_allclose(m.selection_s, s, atol=1e-6)
+    assert (m.faithful == faithful).all()
+    assert (m.accepted == ((np.abs(s - m.requested_s) <= 0.1) & faithful)).all()
+    # label-faithful first: a class takes an unfaithful image only when its faithful ones are used up
+    scored = pd.read_parquet(tmp_path / "pool" / "committee-test.parquet").merge(pool[["id", "label"]], on="id")
+    for c, rows in m.groupby("label"):
+        n_faithful = scored[(scored.label == c) & scored.faithful].shape[0]
+        assert rows.faithful.sum() == min(n_faithful, len(rows))
+    # the first row of a class gets the faithful pool image nearest its request
+    first = m.sort_values("id").groupby("label").head(1)
+    for row in first.itertuples():
+        cand = scored[(scored.label == row.label) & (scored.faithful | ~scored[scored.label == row.label].faithful.any())]
+        assert abs(row.selection_s - row.requested_s) <= np.abs(cand.selection_s - row.requested_s).min() + 1e-12
+    assert CLASSES[0] in summary["acceptance_per_class"]
+
+
+def test_pooled_sets_resume_share_a_pool_and_keep_a_prefix(pipe, committee, tmp_path):
+    pooling = Pooling(factor=2, tolerance=0.1)
+    big = make_plan(CLASSES, 4, seed=4)
+    pool_plan = make_pool_plan(big, CLASSES, 2, seed=4)
+    _, first = pooled(pipe, committee, tmp_path, "killed", pooling, plan=big, pool_plan=pool_plan,
+                      stop_after_chunks=1)
+    assert not first["complete"] and not (tmp_path / "killed" / "manifest.parquet").exists()
+    pooled(pipe, committee, tmp_path, "killed", pooling, plan=big, pool_plan=pool_plan)
+    chunks = {p: p.stat().st_mtime_ns for p in (tmp_path / "pool").glob(".chunk-*")}
+    pooled(pipe, committee, tmp_path, "again", pooling, plan=big, pool_plan=pool_plan)  # the pool is reused
+    assert chunks == {p: p.stat().st_mtime_ns for p in (tmp_path / "pool").glob(".chunk-*")}
+    killed, again = load_manifest(tmp_path / "killed"), load_manifest(tmp_path / "again")
+    pd.testing.assert_frame_equal(killed, again)
+    small = make_plan(CLASSES, 2, seed=4)  # the first ids of each class take the same pool images
+    pooled(pipe, committee, tmp_path, "small", pooling, plan=small, pool_plan=pool_plan)
+    m_small = load_manifest(tmp_path / "small").set_index("id")
+    assert (m_small.pool_id == again.set_index("id").loc[m_small.index, "pool_id"]).all()
+    with pytest.raises(GenerationError, match="pooling"):  # other settings into the same folder: refused
+        pooled(pipe, committee, tmp_path, "again", Pooling(factor=2, tolerance=0.2), plan=big, pool_plan=pool_plan)
+
+
+def test_pooled_refusals(pipe, committee, tmp_path):
+    with pytest.raises(GenerationError, match="committee"):
+        pooled(pipe, [], tmp_path, "x", Pooling(factor=2))
+    with pytest.raises(GenerationError, match="pool factor"):
+        Pooling(factor=0)
+    plan = make_plan(CLASSES, 3, seed=4)
+    with pytest.raises(GenerationError, match="fewer images"):
+        pooled(pipe, committee, tmp_path, "y", Pooling(factor=2), plan=plan,
+               pool_plan=make_plan(CLASSES, 2, seed=4))

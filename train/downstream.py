@@ -13,7 +13,9 @@ same seeds in every cell, so differences to real-only are paired), and is tested
 test split. The added sets (per class: ratio x the real subset's count):
 
   dacd            generated at s ~ N(mu, sigma) for each mu (sampling `plain`; with --samplings
-                  also `selected`, by a committee, and `anchored`, each image an img2img edit of a
+                  also `selected`, by a committee, try by try; `pooled`, a pool of --pool-factor x the
+                  set at s ~ U(0, 1) measured by the committee once and matched to each mu's plan,
+                  label-faithful images first; and `anchored`, each image an img2img edit of a
                   real subset image of its class at --strength)
   baseline        the no-difficulty LoRA's images
   real-matched    real images from the unused part of the training split, matched per class
@@ -76,13 +78,16 @@ from dacd.evaluation import (
 from dacd.generation import (
     Anchoring,
     DifficultySpec,
+    Pooling,
     Selection,
     assign_anchors,
     counts_from_ratio,
     generate_dataset,
+    generate_pooled_set,
     load_generated_images,
     load_manifest,
     make_plan,
+    make_pool_plan,
     manifest_summary,
     plan_fingerprint,
     take_first,
@@ -119,18 +124,21 @@ def parse_args(argv=None):
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
     p.add_argument("--arms", nargs="+", default=["dacd", "baseline", *REAL_ARMS, "alone"],
                    help="which arms to run ('alone' = the synthetic-only cells)")
-    p.add_argument("--samplings", nargs="+", default=["plain"], choices=["plain", "selected", "anchored"],
+    p.add_argument("--samplings", nargs="+", default=["plain"], choices=["plain", "selected", "anchored", "pooled"],
                    help="how dacd sets are made: plain sampling, selected by a committee (train/generate.py "
                         "--select), anchored on real subset images (train/generate.py --anchor real)")
     p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="anchored: img2img strength")
     p.add_argument("--anchor-seed", type=int, default=0, help="anchored: order of a class's real images")
     p.add_argument("--max-tries", type=int, default=Selection.max_tries, help="selected: tries per image")
-    p.add_argument("--tolerance", type=float, default=Selection.tolerance, help="selected: |committee s - plan|")
-    p.add_argument("--no-label-rule", action="store_true", help="selected: accept tries that a member misclassifies")
+    p.add_argument("--tolerance", type=float, default=Selection.tolerance, help="selected / pooled: |committee s - plan| "
+                   "(pooled: only marks `accepted`)")
+    p.add_argument("--no-label-rule", action="store_true", help="selected / pooled: accept images that a member misclassifies")
     p.add_argument("--pilot", type=int, default=Selection.pilot,
                    help="selected: pilot images per class and grid value fitting per-class conditioning (0: none)")
     p.add_argument("--pilot-faithful", action="store_true",
                    help="selected: fit the pilot on label-faithful images only")
+    p.add_argument("--pool-factor", type=int, default=Pooling.factor,
+                   help="pooled: pool images per planned image (one pool, at the largest ratio, serves every mu)")
     p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
                                                       str(EMBEDDED / LAYOUT.classifier_2)],
                    help="selected: scoring classifiers that select (never the evaluator)")
@@ -209,7 +217,16 @@ def plan_sets(args, real, counts) -> dict:
         settings = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=guidance)
         ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": asdict(settings),
                  "plan": plan_fingerprint(plan)}
-        selection = anchoring = None
+        selection = anchoring = pooling = None
+        if mode == "pooled":  # one pool per (model, settings), shared by every mu
+            pooling = Pooling(args.pool_factor, args.tolerance, not args.no_label_rule)
+            pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompt_template=prompt_template(model),
+                                       seed=args.gen_seed)
+            pool_ident = {"model": ident["model"], "settings": ident["settings"], "plan": plan_fingerprint(pool_plan)}
+            ident.update(pooling=asdict(pooling), committee=[model_fingerprint(c) for c in args.committee],
+                         pool=_hash(pool_ident))
+            pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
+                    f"pool-{arm}{'-' + guidance_tag(guidance) if guidance_tag(guidance) else ''}-{_hash(pool_ident)[:8]}"}
         if mode == "selected":
             selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot,
                                   args.pilot_faithful)
@@ -222,7 +239,8 @@ def plan_sets(args, real, counts) -> dict:
         name = f"{arm}-{mode}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")
         sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": f"{mode} {g}".strip(), "kind": "generated",
                       "plan": plan, "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
-                      "anchoring": anchoring, "settings": settings,
+                      "anchoring": anchoring, "pooling": pooling, "pool": pool if pooling else None,
+                      "settings": settings,
                       "folder": Path(args.work_dir) / "synthetic" / f"{name}-{_hash(ident)[:8]}"}
 
     for mu in args.mus:
@@ -285,7 +303,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
         if list(pipe.class_names) != list(real.class_names):
             raise SystemExit(f"{model} knows classes {list(pipe.class_names)}, the data {list(real.class_names)}")
         evaluator = evaluator or Classifier.from_pretrained(args.evaluator)
-        if st["selection"] is not None and committee is None:
+        if (st["selection"] is not None or st["pooling"] is not None) and committee is None:
             committee = [Classifier.from_pretrained(c) for c in args.committee]
         print(f"generating {st['name']}: {len(st['plan'])} images ({st['spec'].describe()}) from {model} "
               f"into {st['folder']}", flush=True)
@@ -293,6 +311,20 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
         if st["anchoring"] is not None:
             pos = {i: k for k, i in enumerate(np.asarray(real.ids).astype(str))}
             anchors = {a: real.images[pos[a]] for a in st["plan"].anchor_id.unique()}
+        if st["pooling"] is not None:
+            with torch.inference_mode():
+                generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
+                                    pool_dir=st["pool"]["folder"], committee=committee,
+                                    committee_key="-".join(model_fingerprint(c)[:8] for c in args.committee),
+                                    pooling=st["pooling"], model_id=model_name(model), evaluator=evaluator,
+                                    sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
+                                    real_subset=real.name,
+                                    extra_config={"difficulty": {**st["spec"].__dict__,
+                                                                 "description": st["spec"].describe()},
+                                                  "real_subset": real.name, "ratio": max(args.ratios),
+                                                  "sampling_mode": st["sampling"]})
+            load_manifest(st["folder"])
+            continue
         with torch.inference_mode():
             generate_dataset(pipe, st["plan"], st["folder"], model_id=model_name(model), evaluator=evaluator,
                              selection=st["selection"], committee=committee if st["selection"] else (),
@@ -379,7 +411,7 @@ def cell_specs(args, sets) -> list[dict]:
     if "alone" in args.arms:
         r = max(args.ratios)
         mu_h = f"mu={args.headline_mu:g}"
-        alone = [(name, f"{label} {mu_h}") for mode in ("plain", "selected", "anchored")
+        alone = [(name, f"{label} {mu_h}") for mode in ("plain", "selected", "anchored", "pooled")
                  for label, name in generated_arms("dacd", mode, args.headline_mu)]
         alone += [(name, label) for label, name in generated_arms("baseline", "plain")]
         for name, label in alone + [(f"real-matched-mu{args.headline_mu:g}", f"real-matched {mu_h}"),

@@ -8,6 +8,8 @@
     python train/generate.py --model my/dacd --evaluator my/evaluator --prompts captions.json ...
     python train/generate.py --out runs/synth/anchored --ratio 0.25 --real-fraction 0.1 --anchor real --strength 0.5
                                                     # each image an edit of a real image of the subset
+    python train/generate.py --out runs/synth/pooled --per-class 150 --pool 6 --tolerance 0.1
+                                                    # a pool of 6x at s ~ U(0, 1), matched to the plan
     accelerate launch --num_processes 4 train/generate.py --out ... --per-class 5000  # GPUs / machines
     accelerate launch --cpu --num_processes 2 train/generate.py ...                   # CPU processes
 
@@ -31,23 +33,27 @@ from accelerate import PartialState
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
-from dacd.feedback import FeedbackError, FeedbackGuidance
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
+from dacd.feedback import FeedbackError, FeedbackGuidance
 from dacd.generation import (
     Anchoring,
     DifficultySpec,
     GenerationError,
+    Pooling,
     Selection,
+    assign_anchors,
     counts_from_ratio,
     generate_dataset,
+    generate_pooled_set,
     load_difficulty_table,
-    assign_anchors,
     load_prompt_lists,
     make_plan,
+    make_pool_plan,
 )
 from dacd.img2img import DEFAULT_STRENGTH
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
+from dacd.weights import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = EMBEDDED_CHECKPOINT
@@ -98,6 +104,13 @@ def parse_args(argv=None):
     sel.add_argument("--committee", nargs="+", default=None,
                      help="scoring classifier folders (default: the checkpoint's classifier/ and classifier-2/); "
                           "never the evaluator, which judges")
+    po = p.add_argument_group("pooled selection (sampling 'pooled': generate a pool once, match it to the plan)")
+    po.add_argument("--pool", type=int, default=0, metavar="FACTOR",
+                    help="generate FACTOR x the plan per class at s ~ U(0, 1) into --pool-dir, measure it with the "
+                         "committee and give each row the unused pool image nearest its request, label-faithful "
+                         "ones first (--tolerance and --no-label-rule apply; 0: off)")
+    po.add_argument("--pool-dir", default=None, help="where the pool goes (default: <out>-pool; kept, so a rerun "
+                    "with other --tolerance or committee rematches without generating)")
     fb = p.add_argument_group("feedback guidance (the scoring classifier's gradient steers the first steps, dacd.feedback)")
     fb.add_argument("--feedback-scale", type=float, default=0.0, help="step size (0: off); bench/feedback.py measures it")
     fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
@@ -190,14 +203,19 @@ def main(argv=None):
     dtype = torch.float16 if state.device.type == "cuda" else torch.float32
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
     pipe.set_progress_bar_config(disable=True)
+    if args.pool and (args.select or args.anchor != "none" or args.feedback_scale):
+        raise SystemExit("error: --pool is its own sampling: leave out --select, --anchor and --feedback-scale")
+    if args.pool < 0:
+        raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
     committee = []
-    if args.select:
+    if args.select or args.pool:
         folders = args.committee or [str(EMBEDDED / LAYOUT.classifier), str(EMBEDDED / LAYOUT.classifier_2)]
         if args.evaluator.lower() != "none" and any(Path(f).resolve() == Path(args.evaluator).resolve()
                                                      for f in folders):
             raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
                              "--committee folders")
         committee = [Classifier.from_pretrained(f, device=state.device) for f in folders]
+        committee_key = "-".join(model_fingerprint(f)[:8] for f in folders)
     feedback, fb_folder = None, ""
     if args.feedback_scale:
         fb_folder = args.feedback_scorer or str(EMBEDDED / LAYOUT.classifier)
@@ -228,14 +246,31 @@ def main(argv=None):
             feedback.check(pipe, pipe.get_scheduler(sampling.scheduler))
         selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot, args.pilot_faithful)
                      if args.select else None)
-        summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
-                                   selection=selection, committee=committee, anchoring=anchoring, anchors=anchors,
-                                   feedback=feedback, feedback_scorer=Path(fb_folder).name,
-                                   sampling=sampling, batch_size=args.batch_size, extra_config=extra,
-                                   real_subset=extra.get("real_subset", {}).get("name", ""),
-                                   process_index=state.process_index, num_processes=state.num_processes,
-                                   barrier=state.wait_for_everyone, progress=not args.no_progress,
-                                   stop_after_chunks=args.stop_after_chunks)
+        if args.pool:
+            pooling = Pooling(args.pool, args.tolerance, not args.no_label_rule)
+            pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor,
+                                       prompts=load_prompt_lists(args.prompts, pipe.class_names) if args.prompts
+                                       else None, prompt_template=pipe.prompt_template, seed=args.seed)
+            pool_dir = Path(args.pool_dir or f"{Path(args.out).as_posix().rstrip('/')}-pool")
+            if state.is_main_process:
+                print(f"pool: {len(pool_plan)} images (s ~ U(0, 1)) into {pool_dir}")
+            summary = generate_pooled_set(pipe, plan, args.out, pool_plan=pool_plan, pool_dir=pool_dir,
+                                          committee=committee, committee_key=committee_key, pooling=pooling,
+                                          model_id=str(args.model), evaluator=evaluator, sampling=sampling,
+                                          batch_size=args.batch_size, extra_config=extra,
+                                          real_subset=extra.get("real_subset", {}).get("name", ""),
+                                          process_index=state.process_index, num_processes=state.num_processes,
+                                          barrier=state.wait_for_everyone, progress=not args.no_progress,
+                                          stop_after_chunks=args.stop_after_chunks)
+        else:
+            summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
+                                     selection=selection, committee=committee, anchoring=anchoring, anchors=anchors,
+                                     feedback=feedback, feedback_scorer=Path(fb_folder).name,
+                                     sampling=sampling, batch_size=args.batch_size, extra_config=extra,
+                                     real_subset=extra.get("real_subset", {}).get("name", ""),
+                                     process_index=state.process_index, num_processes=state.num_processes,
+                                     barrier=state.wait_for_everyone, progress=not args.no_progress,
+                                     stop_after_chunks=args.stop_after_chunks)
     except (GenerationError, FeedbackError) as e:
         raise SystemExit(f"error: {e}") from None
     if state.is_main_process:
