@@ -654,8 +654,12 @@ class Pooling:
     per class is generated at `s ~ U(0, 1)` (plain sampling, resumable like any set), the committee
     measures every pool image once, and each planned row, in plan order, takes the unused pool
     image of its class whose committee-mean s is nearest its request (`match_to_plan`, as the
-    real-matched arm does with real images), images every member classifies as their label first
-    (with `label_rule`). A row is `accepted` when its image is label-faithful and within `tolerance`.
+    real-matched arm does with real images) among the images every member classifies as their
+    label (with `label_rule`); once a class has no faithful image left, its further rows take its
+    other images from the lowest committee s up (the least confidently wrong first, whatever the
+    request: a row asking for s = 0.9 would otherwise get a confident other-class image). A row is
+    `accepted` when its image is within `tolerance` (and, with `label_rule`, faithful). The
+    manifest's `tries` is the factor: images generated per kept image.
 
     Unlike per-row selection no try is wasted on the row it was drawn for: an image too easy for
     one row serves another, and one pool serves plans of any mu over the same counts. A row's image
@@ -711,8 +715,8 @@ def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling) -> pd.D
     if np.isnan(s).any():
         raise GenerationError("the pool has images without a committee score: score it with score_pool first")
     faithful = pool.faithful.to_numpy(bool)
-    # unfaithful images sit 2 beyond any faithful one, so they are taken only when a class has no
-    # faithful image left (s is in [0, 1])
+    # unfaithful images sit 2 beyond any faithful one (s is in [0, 1]), so they are taken only when
+    # a class has no faithful image left, and then nearest to 2 + request: from the lowest s up
     key = s if not pooling.label_rule else s + np.where(faithful, 0.0, 2.0)
     try:
         pick = match_to_plan(key, pool.label.to_numpy(), plan.requested_s.to_numpy(), plan.label.to_numpy())
@@ -723,7 +727,7 @@ def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling) -> pd.D
     if pooling.label_rule:
         ok &= took.faithful.to_numpy(bool)
     out = plan.reset_index(drop=True).copy()
-    for col in ("measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful"):
+    for col in ("prompt", "measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful"):
         out[col] = took[col].to_numpy()
     out["seed"] = took.seed.to_numpy()  # the pool image's noise seed
     return out.assign(pool_id=took.id.to_numpy(), accepted=ok)
@@ -737,7 +741,7 @@ def write_pooled_set(pool_dir: str | Path, pool: pd.DataFrame, plan: pd.DataFram
     manifest is written last, so a folder with a manifest is complete. Returns its summary."""
     pool_dir, out_dir = Path(pool_dir), Path(out_dir)
     matched = match_pool(pool, plan, pooling)
-    config = {**config, "model": model_id, "sampling_mode": "pooled", "pooling": asdict(pooling),
+    config = {"sampling_mode": "pooled", **config, "model": model_id, "pooling": asdict(pooling),
               "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
               "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()}}
     _check_or_write_config(out_dir, config, True, lambda: None)
@@ -766,7 +770,9 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                         stop_after_chunks: int | None = None) -> dict:
     """Sampling "pooled" (see `Pooling`): generate (or resume) the pool into `pool_dir` with any
     number of processes, then, on process 0, score it with the committee and write the matched set
-    to `out_dir`. `pool_plan` is `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans."""
+    to `out_dir` (the other processes wait at `barrier`: with a distributed backend, its timeout must
+    cover scoring the pool, about a minute per 10,000 32x32 images on a CPU core). `pool_plan` is
+    `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans."""
     if not committee:
         raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
                               "classifier/ and classifier-2/)")
@@ -775,6 +781,16 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     if short:
         raise GenerationError(f"the pool plan holds fewer images than the plan for {short}: make it bigger")
     sampling = sampling or SamplingSettings()
+    pool_id = {"plan_fingerprint": plan_fingerprint(pool_plan), "images": int(len(pool_plan)),
+               "committee": committee_key}
+    old = _read_config(Path(out_dir))
+    if old is not None:  # refused before the pool is made, not after (by every process: none waits)
+        new = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
+               "pooling": asdict(pooling), "pool": pool_id, "plan_fingerprint": plan_fingerprint(plan)}
+        diff = [d for k in new for d in _differences(k, old.get(k), new[k])]
+        if diff:
+            raise GenerationError(f"{out_dir} holds a set made with other settings ({'; '.join(diff)}): rerun with "
+                                  "the same arguments, or pass another output folder")
     pool_summary = generate_dataset(pipe, pool_plan, pool_dir, model_id=model_id, evaluator=evaluator,
                                     sampling=sampling, batch_size=batch_size, progress=progress,
                                     extra_config={"role": "pool of a pooled set",
@@ -786,8 +802,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     if pool_summary["complete"] and process_index == 0:
         pool = score_pool(pool_dir, committee, committee_key)
         config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
-                  "pool": {"folder": str(pool_dir), "plan_fingerprint": plan_fingerprint(pool_plan),
-                           "images": int(len(pool_plan)), "committee": committee_key},
+                  "pool": pool_id, "pool_folder": str(pool_dir),  # the folder may move: not compared
                   **(extra_config or {})}
         summary = write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id, config=config,
                                    real_subset=real_subset)

@@ -18,6 +18,7 @@ from dacd.generation import (
     load_manifest,
     make_plan,
     make_pool_plan,
+    match_pool,
     read_png,
 )
 from dacd.sampling import SamplingSettings, try_seed
@@ -182,10 +183,10 @@ def test_feedback_steers_every_try_and_is_recorded(pipe, committee, tmp_path):
 
 # ---------------------------------------------------------------- pooled selection
 
-def pooled(pipe, committee, tmp_path, name, pooling, plan=None, pool_plan=None, **kw):
+def pooled(pipe, committee, tmp_path, name, pooling, plan=None, pool_plan=None, pool="pool", **kw):
     plan = make_plan(CLASSES, 3, seed=4) if plan is None else plan
     pool_plan = make_pool_plan(plan, CLASSES, pooling.factor, seed=4) if pool_plan is None else pool_plan
-    return plan, generate_pooled_set(pipe, plan, tmp_path / name, pool_plan=pool_plan, pool_dir=tmp_path / "pool",
+    return plan, generate_pooled_set(pipe, plan, tmp_path / name, pool_plan=pool_plan, pool_dir=tmp_path / pool,
                                      committee=committee, committee_key="test", pooling=pooling, model_id="tiny",
                                      sampling=FAST, batch_size=4, progress=False, **kw)
 
@@ -227,11 +228,16 @@ def test_pooled_sets_resume_share_a_pool_and_keep_a_prefix(pipe, committee, tmp_
                       stop_after_chunks=1)
     assert not first["complete"] and not (tmp_path / "killed" / "manifest.parquet").exists()
     pooled(pipe, committee, tmp_path, "killed", pooling, plan=big, pool_plan=pool_plan)
+    pooled(pipe, committee, tmp_path, "one", pooling, plan=big, pool_plan=pool_plan, pool="pool-one")  # uninterrupted
+    one = load_manifest(tmp_path / "one")
+    pd.testing.assert_frame_equal(load_manifest(tmp_path / "killed"), one)
+    for p in one.path:
+        assert (tmp_path / "killed" / p).read_bytes() == (tmp_path / "one" / p).read_bytes()
     chunks = {p: p.stat().st_mtime_ns for p in (tmp_path / "pool").glob(".chunk-*")}
     pooled(pipe, committee, tmp_path, "again", pooling, plan=big, pool_plan=pool_plan)  # the pool is reused
     assert chunks == {p: p.stat().st_mtime_ns for p in (tmp_path / "pool").glob(".chunk-*")}
-    killed, again = load_manifest(tmp_path / "killed"), load_manifest(tmp_path / "again")
-    pd.testing.assert_frame_equal(killed, again)
+    again = load_manifest(tmp_path / "again")
+    pd.testing.assert_frame_equal(again, one)
     small = make_plan(CLASSES, 2, seed=4)  # the first ids of each class take the same pool images
     pooled(pipe, committee, tmp_path, "small", pooling, plan=small, pool_plan=pool_plan)
     m_small = load_manifest(tmp_path / "small").set_index("id")
@@ -249,3 +255,23 @@ def test_pooled_refusals(pipe, committee, tmp_path):
     with pytest.raises(GenerationError, match="fewer images"):
         pooled(pipe, committee, tmp_path, "y", Pooling(factor=2), plan=plan,
                pool_plan=make_plan(CLASSES, 2, seed=4))
+
+
+def test_match_pool_prefers_faithful_then_the_least_confidently_wrong():
+    """Pure matching: faithful images nearest the request; after them, unfaithful images from the
+    lowest s up (not the nearest to a high request, which would be a confident other-class image)."""
+    pool = pd.DataFrame({"id": [f"p{i}" for i in range(6)], "label": 0, "seed": range(6), "prompt": "x",
+                         "selection_s": [0.2, 0.55, 0.9, 0.1, 0.95, 0.6],
+                         "faithful": [True, True, False, False, False, True],
+                         "measured_s": 0.0, "predicted_class": "a", "path": "x.png", "conditioning_s": 0.5})
+    plan = pd.DataFrame({"id": [f"r{i}" for i in range(5)], "class": "a", "label": 0, "index": range(5),
+                         "requested_s": [0.5, 0.9, 0.9, 0.9, 0.5], "seed": 0, "prompt": "x"})
+    m = match_pool(pool, plan, Pooling(factor=1, tolerance=0.1))
+    # r0 -> p1 (0.55, nearest faithful), r1 -> p5 (0.6), r2 -> p0 (last faithful), then unfaithful from
+    # the lowest s: r3 -> p3 (0.1), r4 -> p2 (0.9)
+    assert list(m.pool_id) == ["p1", "p5", "p0", "p3", "p2"]
+    assert list(m.accepted) == [True, False, False, False, False]
+    loose = match_pool(pool, plan, Pooling(factor=1, tolerance=0.1, label_rule=False))
+    assert list(loose.pool_id[:3]) == ["p1", "p2", "p4"] and loose.accepted.iloc[1]  # nearest, faithful or not
+    with pytest.raises(GenerationError, match="pool factor"):
+        match_pool(pool.iloc[:3], plan, Pooling(factor=1))

@@ -126,12 +126,14 @@ def parse_args(argv=None):
                    help="which arms to run ('alone' = the synthetic-only cells)")
     p.add_argument("--samplings", nargs="+", default=["plain"], choices=["plain", "selected", "anchored", "pooled"],
                    help="how dacd sets are made: plain sampling, selected by a committee (train/generate.py "
-                        "--select), anchored on real subset images (train/generate.py --anchor real)")
+                        "--select), anchored on real subset images (train/generate.py --anchor real), pooled: "
+                        "matched from one committee-measured pool (train/generate.py --pool)")
     p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="anchored: img2img strength")
     p.add_argument("--anchor-seed", type=int, default=0, help="anchored: order of a class's real images")
     p.add_argument("--max-tries", type=int, default=Selection.max_tries, help="selected: tries per image")
-    p.add_argument("--tolerance", type=float, default=Selection.tolerance, help="selected / pooled: |committee s - plan| "
-                   "(pooled: only marks `accepted`)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help=f"selected / pooled: |committee s - plan| (default {Selection.tolerance:g} selected, "
+                        f"{Pooling.tolerance:g} pooled, where it only marks `accepted`)")
     p.add_argument("--no-label-rule", action="store_true", help="selected / pooled: accept images that a member misclassifies")
     p.add_argument("--pilot", type=int, default=Selection.pilot,
                    help="selected: pilot images per class and grid value fitting per-class conditioning (0: none)")
@@ -141,7 +143,7 @@ def parse_args(argv=None):
                    help="pooled: pool images per planned image (one pool, at the largest ratio, serves every mu)")
     p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
                                                       str(EMBEDDED / LAYOUT.classifier_2)],
-                   help="selected: scoring classifiers that select (never the evaluator)")
+                   help="selected / pooled: scoring classifiers that select (never the evaluator)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
                    help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
@@ -219,7 +221,8 @@ def plan_sets(args, real, counts) -> dict:
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = pooling = None
         if mode == "pooled":  # one pool per (model, settings), shared by every mu
-            pooling = Pooling(args.pool_factor, args.tolerance, not args.no_label_rule)
+            pooling = Pooling(args.pool_factor, Pooling.tolerance if args.tolerance is None else args.tolerance,
+                              not args.no_label_rule)
             pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompt_template=prompt_template(model),
                                        seed=args.gen_seed)
             pool_ident = {"model": ident["model"], "settings": ident["settings"], "plan": plan_fingerprint(pool_plan)}
@@ -228,7 +231,8 @@ def plan_sets(args, real, counts) -> dict:
             pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
                     f"pool-{arm}{'-' + guidance_tag(guidance) if guidance_tag(guidance) else ''}-{_hash(pool_ident)[:8]}"}
         if mode == "selected":
-            selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot,
+            selection = Selection(args.max_tries, Selection.tolerance if args.tolerance is None else args.tolerance,
+                                  not args.no_label_rule, args.pilot,
                                   args.pilot_faithful)
             ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])
         if mode == "anchored":  # real subset images of the row's class, deterministic (the plan records them)

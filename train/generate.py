@@ -93,7 +93,9 @@ def parse_args(argv=None):
     sel.add_argument("--select", action="store_true", help="try each row up to --max-tries times and keep the try "
                      "whose committee-measured s is within --tolerance of the request")
     sel.add_argument("--max-tries", type=int, default=Selection.max_tries)
-    sel.add_argument("--tolerance", type=float, default=Selection.tolerance)
+    sel.add_argument("--tolerance", type=float, default=None,
+                     help=f"|committee s - request| (default {Selection.tolerance:g} for --select; "
+                          f"{Pooling.tolerance:g} for --pool, where it only marks `accepted`)")
     sel.add_argument("--no-label-rule", action="store_true",
                      help="accept a try even when a committee member ranks another class first")
     sel.add_argument("--pilot", type=int, default=Selection.pilot,
@@ -109,8 +111,9 @@ def parse_args(argv=None):
                     help="generate FACTOR x the plan per class at s ~ U(0, 1) into --pool-dir, measure it with the "
                          "committee and give each row the unused pool image nearest its request, label-faithful "
                          "ones first (--tolerance and --no-label-rule apply; 0: off)")
-    po.add_argument("--pool-dir", default=None, help="where the pool goes (default: <out>-pool; kept, so a rerun "
-                    "with other --tolerance or committee rematches without generating)")
+    po.add_argument("--pool-dir", default=None, help="where the pool goes (default: <out>-pool). It is kept: a "
+                    "set with another --out, --tolerance or --committee and this --pool-dir is matched from it "
+                    "without generating")
     fb = p.add_argument_group("feedback guidance (the scoring classifier's gradient steers the first steps, dacd.feedback)")
     fb.add_argument("--feedback-scale", type=float, default=0.0, help="step size (0: off); bench/feedback.py measures it")
     fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
@@ -244,10 +247,12 @@ def main(argv=None):
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
         if feedback is not None:  # its scheduler and classifier checks, before generation.json is written
             feedback.check(pipe, pipe.get_scheduler(sampling.scheduler))
-        selection = (Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot, args.pilot_faithful)
+        selection = (Selection(args.max_tries, Selection.tolerance if args.tolerance is None else args.tolerance,
+                               not args.no_label_rule, args.pilot, args.pilot_faithful)
                      if args.select else None)
         if args.pool:
-            pooling = Pooling(args.pool, args.tolerance, not args.no_label_rule)
+            pooling = Pooling(args.pool, Pooling.tolerance if args.tolerance is None else args.tolerance,
+                              not args.no_label_rule)
             pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor,
                                        prompts=load_prompt_lists(args.prompts, pipe.class_names) if args.prompts
                                        else None, prompt_template=pipe.prompt_template, seed=args.seed)
