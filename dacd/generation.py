@@ -45,6 +45,7 @@ from .data import resolve_class, slugify
 from .defaults import DIFFICULTY, EDIT_STRENGTH, MEDIUM_BAND, PROMPT_TEMPLATE
 from .evaluation import generate_rows, grid_rows, match_to_plan, measure, medium_share
 from .sampling import SamplingSettings, sample, seed_from
+from .weights import model_fingerprint
 
 MANIFEST_COLUMNS = ["id", "class", "label", "requested_s", "conditioning_s", "seed", "prompt", "model",
                     "measured_s", "predicted_class", "path", "real_subset", "selection_s", "tries", "accepted",
@@ -676,6 +677,11 @@ class Pooling:
                                   f"got {self.factor!r}")
         if not (np.isfinite(self.tolerance) and 0 <= self.tolerance <= 1):
             raise GenerationError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
+
+
+def committee_key(folders) -> str:
+    """A short name of a committee's content (its members' fingerprints), for a pool's score cache."""
+    return "-".join(model_fingerprint(f)[:8] for f in folders)
 
 
 def make_pool_plan(plan: pd.DataFrame, class_names, factor: int, *, prompts=None,

@@ -81,6 +81,7 @@ from dacd.generation import (
     Pooling,
     Selection,
     assign_anchors,
+    committee_key,
     counts_from_ratio,
     generate_dataset,
     generate_pooled_set,
@@ -319,7 +320,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             with torch.inference_mode():
                 generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
                                     pool_dir=st["pool"]["folder"], committee=committee,
-                                    committee_key="-".join(model_fingerprint(c)[:8] for c in args.committee),
+                                    committee_key=committee_key(args.committee),
                                     pooling=st["pooling"], model_id=model_name(model), evaluator=evaluator,
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,

@@ -42,6 +42,7 @@ from dacd.generation import (
     Pooling,
     Selection,
     assign_anchors,
+    committee_key,
     counts_from_ratio,
     generate_dataset,
     generate_pooled_set,
@@ -53,7 +54,6 @@ from dacd.generation import (
 from dacd.img2img import DEFAULT_STRENGTH
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
-from dacd.weights import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED = EMBEDDED_CHECKPOINT
@@ -204,12 +204,12 @@ def main(argv=None):
         raise SystemExit(f"{model_dir} is not a dacd model folder (no dacd_config.json): pass 'dacd', 'baseline' "
                          "or a folder written by train/train_dacd.py (make checkpoints builds the embedded ones)")
     dtype = torch.float16 if state.device.type == "cuda" else torch.float32
-    pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
-    pipe.set_progress_bar_config(disable=True)
     if args.pool and (args.select or args.anchor != "none" or args.feedback_scale):
         raise SystemExit("error: --pool is its own sampling: leave out --select, --anchor and --feedback-scale")
     if args.pool < 0:
         raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
+    pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
+    pipe.set_progress_bar_config(disable=True)
     committee = []
     if args.select or args.pool:
         folders = args.committee or [str(EMBEDDED / LAYOUT.classifier), str(EMBEDDED / LAYOUT.classifier_2)]
@@ -218,7 +218,7 @@ def main(argv=None):
             raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
                              "--committee folders")
         committee = [Classifier.from_pretrained(f, device=state.device) for f in folders]
-        committee_key = "-".join(model_fingerprint(f)[:8] for f in folders)
+        members = committee_key(folders)
     feedback, fb_folder = None, ""
     if args.feedback_scale:
         fb_folder = args.feedback_scorer or str(EMBEDDED / LAYOUT.classifier)
@@ -260,7 +260,7 @@ def main(argv=None):
             if state.is_main_process:
                 print(f"pool: {len(pool_plan)} images (s ~ U(0, 1)) into {pool_dir}")
             summary = generate_pooled_set(pipe, plan, args.out, pool_plan=pool_plan, pool_dir=pool_dir,
-                                          committee=committee, committee_key=committee_key, pooling=pooling,
+                                          committee=committee, committee_key=members, pooling=pooling,
                                           model_id=str(args.model), evaluator=evaluator, sampling=sampling,
                                           batch_size=args.batch_size, extra_config=extra,
                                           real_subset=extra.get("real_subset", {}).get("name", ""),
