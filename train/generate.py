@@ -139,8 +139,9 @@ def resolve_model(name: str) -> Path:
     return Path(name)
 
 
-def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE):
-    """The plan and its description; prompts follow the model's own template unless --prompts gives captions."""
+def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE, prompts=None):
+    """The plan and its description; prompts follow the model's own template unless --prompts gives captions
+    (`prompts`: that file already read by `load_prompt_lists`, else it is read here)."""
 
     if (args.per_class is None) == (args.ratio is None):
         raise GenerationError("give exactly one of --per-class N or --ratio R")
@@ -173,7 +174,8 @@ def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE):
         extra["count"] = f"ratio {args.ratio:g} of the real subset"
         extra["real_subset"] = {"name": subset_name(real.name, "train", args.real_fraction, args.real_seed),
                                 "fraction": args.real_fraction, "seed": args.real_seed, "images": int(len(idx))}
-    prompts = load_prompt_lists(args.prompts, class_names) if args.prompts else None
+    if prompts is None and args.prompts:
+        prompts = load_prompt_lists(args.prompts, class_names)
     if prompts:
         extra["prompts_file"] = str(args.prompts)
     plan = make_plan(class_names, counts, spec, prompts=prompts, prompt_template=prompt_template, seed=args.seed)
@@ -210,7 +212,7 @@ def main(argv=None):
         raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
     pipe.set_progress_bar_config(disable=True)
-    committee = []
+    committee, folders = [], []
     if args.select or args.pool:
         folders = args.committee or [str(EMBEDDED / LAYOUT.classifier), str(EMBEDDED / LAYOUT.classifier_2)]
         if args.evaluator.lower() != "none" and any(Path(f).resolve() == Path(args.evaluator).resolve()
@@ -226,15 +228,17 @@ def main(argv=None):
             raise SystemExit("error: the evaluation classifier judges the set and must not steer it: pass another "
                              "--feedback-scorer")
         try:
-            feedback = FeedbackGuidance(Classifier.from_pretrained(fb_folder, device=state.device),
-                                        args.feedback_scale, args.feedback_steps)
+            loaded = [c for f, c in zip(folders, committee) if Path(f).resolve() == Path(fb_folder).resolve()]
+            scorer = loaded[0] if loaded else Classifier.from_pretrained(fb_folder, device=state.device)
+            feedback = FeedbackGuidance(scorer, args.feedback_scale, args.feedback_steps)
         except (FeedbackError, OSError, ValueError) as e:  # a bad setting, a missing or broken classifier folder
             raise SystemExit(f"error: --feedback-scorer {fb_folder}: {e}") from None
     evaluator = None
     if args.evaluator.lower() != "none":
         evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
     try:
-        plan, extra, anchors = build_plan(args, list(pipe.class_names), pipe.prompt_template)
+        prompts = load_prompt_lists(args.prompts, pipe.class_names) if args.prompts else None  # read once
+        plan, extra, anchors = build_plan(args, list(pipe.class_names), pipe.prompt_template, prompts)
         anchoring = None if anchors is None else Anchoring(
             DEFAULT_STRENGTH if args.strength is None else args.strength, args.anchor_seed)
         if args.calibrated and pipe.calibration is None and anchors is None:  # edits: checked by their own curve
@@ -254,8 +258,7 @@ def main(argv=None):
             pooling = Pooling(args.pool, Pooling.tolerance if args.tolerance is None else args.tolerance,
                               not args.no_label_rule)
             pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor,
-                                       prompts=load_prompt_lists(args.prompts, pipe.class_names) if args.prompts
-                                       else None, prompt_template=pipe.prompt_template, seed=args.seed)
+                                       prompts=prompts, prompt_template=pipe.prompt_template, seed=args.seed)
             pool_dir = Path(args.pool_dir or f"{Path(args.out).as_posix().rstrip('/')}-pool")
             if state.is_main_process:
                 print(f"pool: {len(pool_plan)} images (s ~ U(0, 1)) into {pool_dir}")
