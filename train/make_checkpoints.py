@@ -8,8 +8,8 @@ from its own state under runs/ when interrupted:
   evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1): judges, never selects
   classifier-2  train/train_classifier.py  second scoring classifier (resnet14t, seed 2): with classifier/,
                                            the committee that selects images (train/generate.py --select)
-  dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling)
-  baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data)
+  dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling; 4,500 steps)
+  baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data; 1,500 steps)
   calibrate  train/calibrate.py            calibration curve, measured by the scoring classifier
   distribution-view  train/distribution_view.py  the app's default Distributions view (with its fingerprint;
                                            always checked, recomputed when the models changed)
