@@ -191,8 +191,8 @@ def _hash(obj) -> str:
 
 
 def model_name(model) -> str:
-    """How a model is recorded: relative to the repository when it lies in it (so a result does not
-    depend on where the repository is), else as given."""
+    """How a model (or any folder, e.g. in settings.json) is recorded: relative to the repository when
+    it lies in it (so a result does not depend on where the repository is), else as given."""
     path = Path(model).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(model)
 
@@ -557,7 +557,7 @@ def main(argv=None):
                                                          "rows_true_columns_predicted": confusion}, indent=1))
     write_figure(table, per_class, args.out / "downstream.html", real.name)
     with open(args.out / "settings.json", "w") as f:
-        json.dump({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, f, indent=1)
+        json.dump({k: (model_name(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, f, indent=1)
 
     pd.set_option("display.width", 250)
     print(f"\nreal subset {real.name} ({len(real)} images), {args.arch}, {args.steps} steps x {args.batch_size}; "
