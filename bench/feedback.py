@@ -41,6 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CK = EMBEDDED_CHECKPOINT
 
 
+def same_model(recorded, model) -> bool:
+    """Whether a set's recorded model names `model`: the same folder however spelled (relative or
+    absolute), or the embedded default's short name."""
+    if recorded in ("dacd", model):
+        return True
+    return recorded is not None and Path(recorded).resolve() == Path(model).resolve()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(CK / LAYOUT.dacd))
@@ -111,7 +119,7 @@ def main(argv=None):
         if not plan.id.isin(man.index).all() or not np.allclose(man.loc[plan.id].requested_s, plan.requested_s):
             raise SystemExit(f"{folder} was made for another plan: train/generate.py --per-class {args.per_class} "
                              f"--mu {args.mu} --sigma {args.sigma} --seed 0")
-        if gen.get("sampling") != asdict(settings) or gen.get("model") not in ("dacd", args.model):
+        if gen.get("sampling") != asdict(settings) or not same_model(gen.get("model"), args.model):
             raise SystemExit(f"{folder} was made with model {gen.get('model')!r} and sampling {gen.get('sampling')}, "
                              f"not {args.model} at {asdict(settings)} (bench/feedback.py --guidance sets the text "
                              "guidance)")

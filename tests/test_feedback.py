@@ -107,3 +107,23 @@ def test_edits_take_no_feedback_argument(pipe, scorer):
     edit = DifficultyControlledImg2ImgPipeline.from_pipe(pipe)
     with pytest.raises(TypeError, match="feedback"):
         edit(0, 0.5, image=np.zeros((32, 32, 1), np.float32), feedback=FeedbackGuidance(scorer))
+
+
+def test_feedback_bench_knows_a_probe_model_however_its_path_is_spelled(tmp_path, monkeypatch):
+    """bench/feedback.py judges a probe set only when the set was made by --model: a relative and an
+    absolute spelling of one folder are the same model; another folder is not."""
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_feedback", root / "bench" / "feedback.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "ck" / "dacd").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "ck" / "dacd")
+    assert bench.same_model("ck/dacd", absolute)
+    assert bench.same_model("./ck/../ck/dacd", absolute)
+    assert bench.same_model("dacd", absolute)  # the embedded default's short name
+    assert not bench.same_model("other", absolute)
+    assert not bench.same_model(None, absolute)
