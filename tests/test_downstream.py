@@ -300,3 +300,24 @@ def test_pooled_sets_of_every_mu_share_one_pool(tmp_path):
     other, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--committee", str(tmp_path / "c2"))
     assert other["dacd-pooled-mu0.5"]["identity"] != a["identity"]
     assert other["dacd-pooled-mu0.5"]["pool"]["folder"] == a["pool"]["folder"]  # the same pool, rematched
+
+
+def test_settings_json_records_repository_folders_relative():
+    """settings.json names folders inside the repository relative to it, whether a setting holds a Path
+    or a string (the --model and --committee defaults are strings), so committed results carry no
+    machine paths; other values stay as they are."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("downstream_script", root / "train" / "downstream.py")
+    ds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ds)
+    ck = root / "checkpoints" / "fashion-mnist"
+    args = vars(ds.parse_args([]))
+    recorded = {k: ds.recorded_setting(v) for k, v in args.items()}
+    assert recorded["model"] == "checkpoints/fashion-mnist/dacd" and Path(args["model"]) == ck / "dacd"
+    assert recorded["committee"] == ["checkpoints/fashion-mnist/classifier", "checkpoints/fashion-mnist/classifier-2"]
+    assert recorded["data"] == "fashion-mnist" and recorded["arch"] == "resnet10t" and recorded["mus"] == args["mus"]
+    assert ds.recorded_setting("") == "" and ds.recorded_setting(None) is None
+    assert not any(str(root) in str(v) for v in recorded.values())

@@ -190,6 +190,17 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def recorded_setting(value):
+    """A setting as settings.json records it: folders and files (given as paths or as strings naming
+    one that exists, e.g. the default --model and --committee) through model_name, so the committed
+    file does not name this machine's paths; lists element by element; anything else as it is."""
+    if isinstance(value, (list, tuple)):
+        return [recorded_setting(v) for v in value]
+    if isinstance(value, Path) or (isinstance(value, str) and value and Path(value).exists()):
+        return model_name(value)
+    return value
+
+
 def model_name(model) -> str:
     """How a model (or any folder, e.g. in settings.json) is recorded: relative to the repository when
     it lies in it (so a result does not depend on where the repository is), else as given."""
@@ -557,7 +568,7 @@ def main(argv=None):
                                                          "rows_true_columns_predicted": confusion}, indent=1))
     write_figure(table, per_class, args.out / "downstream.html", real.name)
     with open(args.out / "settings.json", "w") as f:
-        json.dump({k: (model_name(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, f, indent=1)
+        json.dump({k: recorded_setting(v) for k, v in vars(args).items()}, f, indent=1)
 
     pd.set_option("display.width", 250)
     print(f"\nreal subset {real.name} ({len(real)} images), {args.arch}, {args.steps} steps x {args.batch_size}; "
