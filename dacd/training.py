@@ -273,6 +273,53 @@ def diffusion_target(scheduler, latents, noise, timesteps):
     raise ValueError(f"unsupported prediction_type {kind!r} (use 'epsilon' or 'v_prediction')")
 
 
+# ---------------------------------------------------------------- confuser prompts
+
+CONFUSER_SUFFIX = " like a {}"
+
+
+def confuser_classes(probs: np.ndarray, labels, oof_pred=None) -> np.ndarray:
+    """Per image, the class it is most easily taken for: its out-of-fold prediction where that
+    is wrong (`oof_pred`, the score table's `pred`), else the most probable class other than its
+    label under `probs` (N, C)."""
+    labels = np.asarray(labels, int)
+    p = np.array(probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) != len(labels):
+        raise ValueError(f"probs must be (N, C) for {len(labels)} labels, got shape {p.shape}")
+    p[np.arange(len(labels)), labels] = -np.inf
+    out = p.argmax(1)
+    if oof_pred is not None:
+        oof_pred = np.asarray(oof_pred, int)
+        wrong = oof_pred != labels
+        out[wrong] = oof_pred[wrong]
+    return out
+
+
+def confuser_prompt(template: str, class_names, label: int, confuser: int) -> str:
+    """The class prompt with the class the image resembles: 'a photo of a Shirt like a T-shirt/top'."""
+    return template.format(class_names[label]) + CONFUSER_SUFFIX.format(class_names[confuser])
+
+
+def confuser_caption_lists(template: str, class_names, labels, confusers, s, *, band=(0.3, 0.7),
+                           size: int = 100) -> dict[str, list[str]]:
+    """Per class, `size` confuser prompts in the proportions of the confusers of its training images
+    whose `s` lies in `band` (all its images where none do): the caption file that
+    `train/generate.py --prompts` reads to sample a model trained on confuser prompts."""
+    labels, confusers, s = np.asarray(labels, int), np.asarray(confusers, int), np.asarray(s, float)
+    out = {}
+    for c, name in enumerate(class_names):
+        mine = labels == c
+        if not mine.any():
+            continue
+        pick = mine & (s >= band[0]) & (s < band[1])
+        counts = np.bincount(confusers[pick if pick.any() else mine], minlength=len(class_names)).astype(float)
+        share = counts / counts.sum() * size
+        n = np.floor(share).astype(int)
+        n[np.argsort(-(share - n), kind="stable")[:size - n.sum()]] += 1  # largest remainders
+        out[name] = [confuser_prompt(template, class_names, c, k) for k in range(len(class_names)) for _ in range(n[k])]
+    return out
+
+
 # ---------------------------------------------------------------- sampling weights
 
 def balanced_weights(s: np.ndarray, power: float = 1.0, bins: int = 10) -> np.ndarray:
@@ -324,6 +371,7 @@ class TrainingData:
     class_names: list[str]
     prompts: list[str] | None = None
     ids: list[str] = field(default_factory=list)
+    confusers: np.ndarray | None = None  # per image, the class it resembles (train/train_dacd.py --confuser-prompts)
 
 
 def add_lora(unet, cfg: DacdTrainConfig) -> None:

@@ -23,6 +23,8 @@ from dacd.training import (
     TrainingData,
     TrainingSteps,
     balanced_weights,
+    confuser_caption_lists,
+    confuser_classes,
     diffusion_target,
     train_dacd,
 )
@@ -181,6 +183,42 @@ def test_exclude_regions_and_classes_select_training_images(fake_fmnist, tmp_pat
     assert len(ids) == sum(1 for i in range(n) if (i * 7) % 10 in (1, 5) and i % 3) and dropped == n - len(ids)
 
 
+def test_confuser_classes_and_caption_lists():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.1, 0.4], [0.2, 0.5, 0.3]])
+    labels = np.array([0, 2, 0, 1])
+    np.testing.assert_array_equal(confuser_classes(probs, labels), [1, 1, 2, 2])  # never the label
+    # a wrong out-of-fold prediction names the confuser; a right one leaves the classifier's second choice
+    np.testing.assert_array_equal(confuser_classes(probs, labels, oof_pred=[0, 0, 1, 1]), [1, 0, 1, 2])
+    with pytest.raises(ValueError, match="probs must be"):
+        confuser_classes(probs[:3], labels)
+    names = ["zero", "one", "two"]
+    labels = np.array([0] * 10 + [1] * 4)
+    confusers = np.array([1] * 6 + [2] * 3 + [2] + [0] * 4)
+    s = np.array([0.5] * 6 + [0.4] * 3 + [0.9] + [0.0] * 4)  # class 1 has no image in the medium band
+    lists = confuser_caption_lists("a photo of a {}", names, labels, confusers, s, size=10)
+    assert set(lists) == {"zero", "one"}  # "two" has no training image
+    assert lists["zero"].count("a photo of a zero like a one") == 7  # 6 of 9 in band: 6.67 -> 7 (largest remainder)
+    assert lists["zero"].count("a photo of a zero like a two") == 3 and len(lists["zero"]) == 10
+    assert lists["one"] == ["a photo of a one like a zero"] * 10  # no image in band: all its images count
+
+
+@pytest.mark.slow
+def test_confuser_prompts_follow_out_of_fold_errors(fake_fmnist, tiny_scores):
+    cli = load_script("train_dacd")
+    args = cli.parse_args(["--data-dir", str(fake_fmnist), "--scores", str(tiny_scores / "scores.parquet"),
+                           "--confuser-prompts", "--confuser-classifier", str(tiny_scores / "classifier"),
+                           "--no-progress"])
+    data, _ = cli.load_training_data(args)
+    table = pd.read_parquet(tiny_scores / "scores.parquet").set_index("id").loc[data.ids]
+    assert len(data.confusers) == len(data.labels) and (data.confusers != data.labels).all()
+    wrong = table["pred"].to_numpy() != data.labels
+    assert wrong.any()  # a one-epoch scorer errs on the fake data: the rule below is exercised
+    np.testing.assert_array_equal(data.confusers[wrong], table["pred"].to_numpy()[wrong])
+    args.confuser_classifier = str(fake_fmnist)
+    with pytest.raises(SystemExit, match="not a classifier folder"):
+        cli.load_training_data(args)
+
+
 # ---------------------------------------------------------------- end to end (subprocesses)
 
 
@@ -286,6 +324,22 @@ def test_resume_equals_uninterrupted(trained, tiny_base, fake_fmnist, tiny_score
     eb = load_file(str(out / "difficulty_encoder" / "diffusion_pytorch_model.safetensors"))
     for k in ea:
         torch.testing.assert_close(ea[k], eb[k], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_confuser_prompt_training_writes_a_prompt_file(tiny_base, fake_fmnist, tiny_scores, tmp_path):
+    from dacd.generation import load_prompt_lists
+
+    out, _, proc = train(tmp_path, "confuser", tiny_base, fake_fmnist, tiny_scores, "--confuser-prompts",
+                         "--confuser-classifier", str(tiny_scores / "classifier"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "dacd_config.json").read_text())["confuser_prompts"] is True
+    lists = load_prompt_lists(out / "confuser_prompts.json", FASHION_MNIST_CLASSES)
+    assert sorted(lists) == list(range(10)) and all(len(v) == 100 for v in lists.values())
+    for c, captions in lists.items():
+        name = FASHION_MNIST_CLASSES[c]
+        assert all(x.startswith(f"a photo of a {name} like a ") and not x.endswith(f" like a {name}")
+                   for x in captions)
 
 
 @pytest.mark.slow

@@ -26,7 +26,15 @@ import torch
 
 from dacd.data import load_dataset, resolve_class
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT
-from dacd.training import DacdTrainConfig, TrainingData, make_accelerator, train_dacd
+from dacd.training import (
+    DacdTrainConfig,
+    TrainingData,
+    confuser_caption_lists,
+    confuser_classes,
+    confuser_prompt,
+    make_accelerator,
+    train_dacd,
+)
 
 D = DacdTrainConfig()
 
@@ -60,6 +68,13 @@ def parse_args(argv=None):
                    help="difficulty-balanced sampling: 0 uniform, 1 flat over s bins")
     p.add_argument("--num-tokens", type=int, default=D.num_tokens)
     p.add_argument("--s-embedding", default=D.s_embedding, choices=["fourier", "linear"])
+    p.add_argument("--confuser-prompts", action="store_true",
+                   help="condition each image on the class it is most easily taken for, through its prompt "
+                        "('a photo of a Shirt like a T-shirt/top'); writes confuser_prompts.json beside the "
+                        "weights for train/generate.py --prompts")
+    p.add_argument("--confuser-classifier", default=str(EMBEDDED_CHECKPOINT / LAYOUT.classifier),
+                   help="with --confuser-prompts: the classifier whose second choice names the confuser of an "
+                        "image its out-of-fold prediction gets right (the scoring classifier)")
     p.add_argument("--checkpointing_steps", "--checkpointing-steps", type=int, default=D.checkpointing_steps)
     p.add_argument("--resume_from_checkpoint", "--resume", default="latest",
                    help="'latest', a checkpoint folder, or 'none' to start over")
@@ -93,8 +108,28 @@ def load_training_data(args):
     s = rows["s"].to_numpy(np.float32)[idx]
     if np.isnan(s).any():
         raise SystemExit(f"{args.scores} has NaN scores; rerun train/score_difficulty.py")
-    return TrainingData(images=torch.from_numpy(ds.images[idx]), labels=ds.labels[idx], s=s,
-                        class_names=list(ds.class_names), ids=list(ds.ids[idx])), len(ds) - len(idx)
+    data = TrainingData(images=torch.from_numpy(ds.images[idx]), labels=ds.labels[idx], s=s,
+                        class_names=list(ds.class_names), ids=list(ds.ids[idx]))
+    if args.confuser_prompts:
+        data.confusers = training_confusers(args, data, rows["pred"].to_numpy()[idx] if "pred" in rows else None)
+    return data, len(ds) - len(idx)
+
+
+def training_confusers(args, data: TrainingData, oof_pred) -> np.ndarray:
+    """Each training image's confuser (dacd.training.confuser_classes): the scoring table's wrong
+    out-of-fold prediction, else --confuser-classifier's most probable other class."""
+    from dacd.classifier import Classifier, predict
+
+    folder = Path(args.confuser_classifier)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--confuser-classifier {folder} is not a classifier folder (no config.json): pass the "
+                         "scoring classifier (train/score_difficulty.py writes it)")
+    model = Classifier.from_pretrained(folder)
+    if list(model.config.class_names or []) not in ([], list(data.class_names)):
+        raise SystemExit(f"--confuser-classifier {folder} knows classes {model.config.class_names}, the data "
+                         f"{list(data.class_names)}")
+    probs = predict(model, data.images, progress=not args.no_progress, desc="confusers")
+    return confuser_classes(probs, data.labels, oof_pred)
 
 
 def main(argv=None):
@@ -118,6 +153,9 @@ def main(argv=None):
                                                  requires_safety_checker=False)
     pipe = DifficultyControlledPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
                                         unet=sd.unet, scheduler=sd.scheduler, class_names=data.class_names)
+    if data.confusers is not None:
+        data.prompts = [confuser_prompt(pipe.prompt_template, data.class_names, int(c), int(k))
+                        for c, k in zip(data.labels, data.confusers)]
     if accelerator.is_main_process:
         print(f"training {'baseline (no difficulty)' if cfg.no_difficulty else 'dacd'} on {len(data.labels)} images "
               f"({dropped} excluded), {accelerator.num_processes} process(es) on {accelerator.device}")
@@ -133,8 +171,12 @@ def main(argv=None):
         if args.save_fp16 and pipe.difficulty_encoder is not None:
             pipe.difficulty_encoder.to(torch.float16)
         pipe.dacd_config = {"train_config": json.loads(json.dumps(asdict(cfg), default=list)),
-                            "scores": str(args.scores), "excluded_images": dropped}
+                            "scores": str(args.scores), "excluded_images": dropped,
+                            "confuser_prompts": data.confusers is not None}
         pipe.save_pretrained(out, base=args.base)
+        if data.confusers is not None:
+            lists = confuser_caption_lists(pipe.prompt_template, data.class_names, data.labels, data.confusers, data.s)
+            (out / "confuser_prompts.json").write_text(json.dumps(lists, indent=1))
         shutil.copy(run_dir / "loss.csv", out / "loss.csv")
         mem = result["peak_cuda_memory_gib"]
         print(f"final loss {result['final_loss']:.4f}; {result['images_per_second']:.1f} images/s; median step "
