@@ -29,7 +29,7 @@ import pandas as pd
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, MEDIUM_BAND
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, MEDIUM_BAND, recorded_model
 from dacd.difficulty import load_scores
 from dacd.evaluation import generate_rows, markdown_table, measure, medium_share, real_ceiling_sample
 from dacd.feedback import FeedbackGuidance
@@ -39,14 +39,6 @@ from dacd.sampling import SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CK = EMBEDDED_CHECKPOINT
-
-
-def same_model(recorded, model) -> bool:
-    """Whether a set's recorded model names `model`: the same folder however spelled (relative or
-    absolute), or the embedded default's short name."""
-    if recorded in ("dacd", model):
-        return True
-    return recorded is not None and Path(recorded).resolve() == Path(model).resolve()
 
 
 def parse_args(argv=None):
@@ -119,7 +111,8 @@ def main(argv=None):
         if not plan.id.isin(man.index).all() or not np.allclose(man.loc[plan.id].requested_s, plan.requested_s):
             raise SystemExit(f"{folder} was made for another plan: train/generate.py --per-class {args.per_class} "
                              f"--mu {args.mu} --sigma {args.sigma} --seed 0")
-        if gen.get("sampling") != asdict(settings) or not same_model(gen.get("model"), args.model):
+        made_by = recorded_model(gen.get("model") or "")  # one name of a folder however it was spelled
+        if gen.get("sampling") != asdict(settings) or made_by != recorded_model(args.model):
             raise SystemExit(f"{folder} was made with model {gen.get('model')!r} and sampling {gen.get('sampling')}, "
                              f"not {args.model} at {asdict(settings)} (bench/feedback.py --guidance sets the text "
                              "guidance)")

@@ -65,6 +65,7 @@ class CheckpointLayout:
     encoder: str = "difficulty_encoder"
     lora_weights: str = "pytorch_lora_weights.safetensors"
     calibration: str = "calibration.json"
+    confuser_prompts: str = "confuser_prompts.json"  # the captions it samples with (train_dacd.py --confuser-prompts)
 
 
 LAYOUT = CheckpointLayout()
@@ -80,6 +81,31 @@ def default_checkpoint() -> Path:
     to point at another (--checkpoint DIR or $DACD_CHECKPOINT)."""
     env = os.environ.get(CHECKPOINT_ENV)
     return Path(env) if env else EMBEDDED_CHECKPOINT
+
+
+
+def model_folder(name: str | Path) -> Path:
+    """A model argument as a folder: 'dacd' and 'baseline' name the embedded checkpoint's, anything
+    else is a path."""
+    return EMBEDDED_CHECKPOINT / str(name) if str(name) in (LAYOUT.dacd, LAYOUT.baseline) else Path(name)
+
+
+def repo_relative(path: str | Path) -> str:
+    """How a file or folder is named in what results record (generation.json, settings.json,
+    dacd_config.json), one name however it was spelled: relative to the repository when it exists
+    inside it, so a record does not depend on where the checkout lies; absolute when it exists
+    elsewhere; as given when it does not exist (a hub id)."""
+    p = Path(path)
+    if not p.exists():
+        return str(path)
+    resolved = p.resolve()
+    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else resolved.as_posix()
+
+
+def recorded_model(name: str | Path) -> str:
+    """The one name of a model in generated sets' records: 'dacd', 'checkpoints/fashion-mnist/dacd' and
+    that folder's absolute path are the same model, recorded as the repository-relative folder."""
+    return repo_relative(model_folder(name))
 
 
 # ---------------------------------------------------------------- input limits

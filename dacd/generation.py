@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .calibration import Calibration
 from .data import resolve_class, slugify
-from .defaults import DIFFICULTY, EDIT_STRENGTH, MEDIUM_BAND, PROMPT_TEMPLATE
+from .defaults import DIFFICULTY, EDIT_STRENGTH, LAYOUT, MEDIUM_BAND, PROMPT_TEMPLATE, recorded_model
 from .evaluation import generate_rows, grid_rows, match_to_plan, measure, medium_share
 from .sampling import SamplingSettings, sample, seed_from
 from .weights import model_fingerprint
@@ -181,6 +181,14 @@ def load_prompt_lists(path: str | Path, class_names) -> dict[int, list[str]]:
     if not out:
         raise GenerationError(f"prompt file {path} holds no captions")
     return out
+
+
+def model_prompt_lists(model_dir: str | Path, class_names) -> dict[int, list[str]] | None:
+    """The caption lists a dacd folder samples with unless told otherwise: those of a model trained on
+    confuser prompts (its confuser_prompts.json, train/train_dacd.py --confuser-prompts), else None
+    (the class prompt of its template)."""
+    path = Path(model_dir) / LAYOUT.confuser_prompts
+    return load_prompt_lists(path, class_names) if path.is_file() else None
 
 
 # ---------------------------------------------------------------- plan
@@ -402,10 +410,18 @@ def _differences(name: str, old, new) -> list[str]:
     return [f"{name}: {old!r} in the folder, {new!r} now"]
 
 
+def _with_model_recorded(config):
+    """A generation.json's settings with its model as `recorded_model` names it: sets written before
+    that recorded the model as it was spelled ('dacd', an absolute path) and resume all the same."""
+    if isinstance(config, dict) and isinstance(config.get("model"), str):
+        config["model"] = recorded_model(config["model"])
+    return config
+
+
 def _read_config(out_dir: Path) -> dict | None:
     path = Path(out_dir) / CONFIG_NAME
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _with_model_recorded(json.loads(path.read_text())) if path.is_file() else None
     except (ValueError, OSError):
         return None
 
@@ -414,7 +430,7 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
     path = out_dir / CONFIG_NAME
     if is_main:
         if path.is_file():
-            old = json.loads(path.read_text())
+            old = _with_model_recorded(json.loads(path.read_text()))
             keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot", "anchoring",
                     "pooling", "pool")
             if any(old.get(k) != config.get(k) for k in keys):
@@ -455,6 +471,7 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     after that many new chunks without merging (tests: a simulated kill). Returns a summary;
     `summary["complete"]` says whether the manifest was written.
     """
+    model_id = recorded_model(model_id)
     out_dir = Path(out_dir)
     sampling = sampling or SamplingSettings()
     if batch_size < 1:
@@ -779,6 +796,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     to `out_dir` (the other processes wait at `barrier`: with a distributed backend, its timeout must
     cover scoring the pool, about a minute per 10,000 32x32 images on a CPU core). `pool_plan` is
     `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans."""
+    model_id = recorded_model(model_id)
     if not committee:
         raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
                               "classifier/ and classifier-2/)")

@@ -109,21 +109,20 @@ def test_edits_take_no_feedback_argument(pipe, scorer):
         edit(0, 0.5, image=np.zeros((32, 32, 1), np.float32), feedback=FeedbackGuidance(scorer))
 
 
-def test_feedback_bench_knows_a_probe_model_however_its_path_is_spelled(tmp_path, monkeypatch):
-    """bench/feedback.py judges a probe set only when the set was made by --model: a relative and an
-    absolute spelling of one folder are the same model; another folder is not."""
-    import importlib.util
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bench_feedback", root / "bench" / "feedback.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_recorded_model_is_one_name_however_a_folder_is_spelled(tmp_path, monkeypatch):
+    """Sets record their model by dacd.defaults.recorded_model (bench/feedback.py judges a probe set
+    only when it names --model; a set resumes only with the same model): a relative and an absolute
+    spelling of one folder are one model, the embedded default's short name is its folder, another
+    folder or a hub id is not."""
+    from dacd.defaults import EMBEDDED_CHECKPOINT, REPO_ROOT, recorded_model
+
     (tmp_path / "ck" / "dacd").mkdir(parents=True)
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path)
-    absolute = str(tmp_path / "ck" / "dacd")
-    assert bench.same_model("ck/dacd", absolute)
-    assert bench.same_model("./ck/../ck/dacd", absolute)
-    assert bench.same_model("dacd", absolute)  # the embedded default's short name
-    assert not bench.same_model("other", absolute)
-    assert not bench.same_model(None, absolute)
+    absolute = recorded_model(tmp_path / "ck" / "dacd")
+    assert recorded_model("ck/dacd") == recorded_model("./ck/../ck/dacd") == absolute
+    assert recorded_model("other") != absolute and recorded_model("org/hub-model") == "org/hub-model"
+    embedded = EMBEDDED_CHECKPOINT / "dacd"
+    if embedded.is_dir():
+        short = recorded_model("dacd")
+        assert short == recorded_model(embedded) == embedded.relative_to(REPO_ROOT).as_posix() != absolute

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from conftest import ROOT, run_script
 
 from dacd.data import FASHION_MNIST_CLASSES, stratified_subset
+from dacd.defaults import recorded_model
 from dacd.generation import (
     MANIFEST_COLUMNS,
     Anchoring,
@@ -162,6 +164,11 @@ def test_kill_and_resume_gives_the_same_manifest(uninterrupted, tiny_dacd, tiny_
     assert not (out / "manifest.parquet").exists()
     assert len(list(out.glob(".chunk-*.parquet"))) == 2
     (out / "shirt" / ".shirt-000001.png.tmp-999").write_bytes(b"half a png")  # killed mid-write
+    # a set that recorded its model as spelled (before dacd.defaults.recorded_model) resumes all the same
+    cfg = json.loads((out / "generation.json").read_text())
+    assert cfg["model"] == recorded_model(tiny_dacd)
+    cfg["model"] = os.path.relpath(tiny_dacd, ROOT)
+    (out / "generation.json").write_text(json.dumps(cfg))
     run_script(*gen_args(out, tiny_dacd, tiny_evaluator))
     pd.testing.assert_frame_equal(read_manifest(out), read_manifest(uninterrupted))
     for p in read_manifest(out).path:

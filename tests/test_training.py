@@ -340,6 +340,14 @@ def test_confuser_prompt_training_writes_a_prompt_file(tiny_base, fake_fmnist, t
         name = FASHION_MNIST_CLASSES[c]
         assert all(x.startswith(f"a photo of a {name} like a ") and not x.endswith(f" like a {name}")
                    for x in captions)
+    # the model samples with its confuser prompts unless --prompts says otherwise
+    gen = tmp_path / "generated"
+    run_script("train/generate.py", "--out", gen, "--model", out, "--evaluator", "none", "--per-class", "2",
+               "--classes", "Shirt", "Bag", "--steps", "2", "--batch-size", "4", "--no-progress")
+    manifest = pd.read_parquet(gen / "manifest.parquet")
+    assert len(manifest) == 4
+    for name, prompt in zip(manifest["class"], manifest.prompt):
+        assert prompt in lists[FASHION_MNIST_CLASSES.index(name)]
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ from plotly.subplots import make_subplots
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, stratified_subset, subset_name
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, SAMPLING
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, SAMPLING, repo_relative
 from dacd.difficulty import load_scores
 from dacd.evaluation import (
     draw_per_class,
@@ -89,6 +89,7 @@ from dacd.generation import (
     load_manifest,
     make_plan,
     make_pool_plan,
+    model_prompt_lists,
     manifest_summary,
     plan_fingerprint,
     take_first,
@@ -192,20 +193,14 @@ def _hash(obj) -> str:
 
 def recorded_setting(value):
     """A setting as settings.json records it: folders and files (given as paths or as strings naming
-    one that exists, e.g. the default --model and --committee) through model_name, so the committed
-    file does not name this machine's paths; lists element by element; anything else as it is."""
+    one that exists, e.g. the default --model and --committee) through dacd.defaults.repo_relative, so
+    the committed file does not name this machine's paths; lists element by element; anything else as
+    it is."""
     if isinstance(value, (list, tuple)):
         return [recorded_setting(v) for v in value]
     if isinstance(value, Path) or (isinstance(value, str) and value and Path(value).exists()):
-        return model_name(value)
+        return repo_relative(value)
     return value
-
-
-def model_name(model) -> str:
-    """How a model (or any folder, e.g. in settings.json) is recorded: relative to the repository when
-    it lies in it (so a result does not depend on where the repository is), else as given."""
-    path = Path(model).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(model)
 
 
 def prompt_template(model) -> str:
@@ -227,7 +222,9 @@ def plan_sets(args, real, counts) -> dict:
     sets = {}
 
     def generated(arm, model, spec, mu, mode="plain", guidance=SAMPLING.guidance_scale):
-        plan = make_plan(real.class_names, counts, spec, prompt_template=prompt_template(model), seed=args.gen_seed)
+        prompts = model_prompt_lists(model, real.class_names)  # a confuser-prompt model's captions, else None
+        plan = make_plan(real.class_names, counts, spec, prompts=prompts, prompt_template=prompt_template(model),
+                         seed=args.gen_seed)
         settings = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=guidance)
         ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": asdict(settings),
                  "plan": plan_fingerprint(plan)}
@@ -235,8 +232,8 @@ def plan_sets(args, real, counts) -> dict:
         if mode == "pooled":  # one pool per (model, settings), shared by every mu
             pooling = Pooling(args.pool_factor, Pooling.tolerance if args.tolerance is None else args.tolerance,
                               not args.no_label_rule)
-            pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompt_template=prompt_template(model),
-                                       seed=args.gen_seed)
+            pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompts=prompts,
+                                       prompt_template=prompt_template(model), seed=args.gen_seed)
             pool_ident = {"model": ident["model"], "settings": ident["settings"], "plan": plan_fingerprint(pool_plan)}
             ident.update(pooling=asdict(pooling), committee=[model_fingerprint(c) for c in args.committee],
                          pool=_hash(pool_ident))
@@ -332,7 +329,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                 generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
                                     pool_dir=st["pool"]["folder"], committee=committee,
                                     committee_key=committee_key(args.committee),
-                                    pooling=st["pooling"], model_id=model_name(model), evaluator=evaluator,
+                                    pooling=st["pooling"], model_id=repo_relative(model), evaluator=evaluator,
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
@@ -342,7 +339,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             load_manifest(st["folder"])
             continue
         with torch.inference_mode():
-            generate_dataset(pipe, st["plan"], st["folder"], model_id=model_name(model), evaluator=evaluator,
+            generate_dataset(pipe, st["plan"], st["folder"], model_id=repo_relative(model), evaluator=evaluator,
                              selection=st["selection"], committee=committee if st["selection"] else (),
                              anchoring=st["anchoring"], anchors=anchors,
                              sampling=st["settings"],

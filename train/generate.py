@@ -33,7 +33,7 @@ from accelerate import PartialState
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, model_folder
 from dacd.feedback import FeedbackError, FeedbackGuidance
 from dacd.generation import (
     Anchoring,
@@ -50,6 +50,7 @@ from dacd.generation import (
     load_prompt_lists,
     make_plan,
     make_pool_plan,
+    model_prompt_lists,
 )
 from dacd.img2img import DEFAULT_STRENGTH
 from dacd.pipeline import DifficultyControlledPipeline
@@ -82,7 +83,8 @@ def parse_args(argv=None):
     c.add_argument("--classes", nargs="*", default=None, help="only these classes (names or ids)")
     s = p.add_argument_group("sampling")
     s.add_argument("--prompts", default=None, help="per-class captions: JSON {class: [captions]} or "
-                   "'class<TAB>caption' lines; default the model's template prompt")
+                   "'class<TAB>caption' lines; default the model's confuser_prompts.json where it was trained "
+                   "with --confuser-prompts, else its template prompt")
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--scheduler", default=None, help="dpm++ or ddim (default: the pipeline's)")
     s.add_argument("--guidance", type=float, default=None)
@@ -133,12 +135,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def resolve_model(name: str) -> Path:
-    if name in ("dacd", "baseline"):
-        return EMBEDDED / name
-    return Path(name)
-
-
 def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE, prompts=None):
     """The plan and its description; prompts follow the model's own template unless --prompts gives captions
     (`prompts`: that file already read by `load_prompt_lists`, else it is read here)."""
@@ -177,7 +173,7 @@ def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE, prompt
     if prompts is None and args.prompts:
         prompts = load_prompt_lists(args.prompts, class_names)
     if prompts:
-        extra["prompts_file"] = str(args.prompts)
+        extra["prompts_file"] = str(args.prompts) if args.prompts else f"the model's {LAYOUT.confuser_prompts}"
     plan = make_plan(class_names, counts, spec, prompts=prompts, prompt_template=prompt_template, seed=args.seed)
     anchors = None
     if args.anchor == "real":
@@ -201,7 +197,7 @@ def main(argv=None):
     state = PartialState()
     if state.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ and state.device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
-    model_dir = resolve_model(args.model)
+    model_dir = model_folder(args.model)
     if not (model_dir / "dacd_config.json").is_file():
         raise SystemExit(f"{model_dir} is not a dacd model folder (no dacd_config.json): pass 'dacd', 'baseline' "
                          "or a folder written by train/train_dacd.py (make checkpoints builds the embedded ones)")
@@ -237,7 +233,8 @@ def main(argv=None):
     if args.evaluator.lower() != "none":
         evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
     try:
-        prompts = load_prompt_lists(args.prompts, pipe.class_names) if args.prompts else None  # read once
+        prompts = (load_prompt_lists(args.prompts, pipe.class_names) if args.prompts  # read once
+                   else model_prompt_lists(model_dir, pipe.class_names))
         plan, extra, anchors = build_plan(args, list(pipe.class_names), pipe.prompt_template, prompts)
         anchoring = None if anchors is None else Anchoring(
             DEFAULT_STRENGTH if args.strength is None else args.strength, args.anchor_seed)

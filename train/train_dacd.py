@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dacd.data import load_dataset, resolve_class
-from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT
+from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, repo_relative
 from dacd.training import (
     DacdTrainConfig,
     TrainingData,
@@ -171,12 +171,12 @@ def main(argv=None):
         if args.save_fp16 and pipe.difficulty_encoder is not None:
             pipe.difficulty_encoder.to(torch.float16)
         pipe.dacd_config = {"train_config": json.loads(json.dumps(asdict(cfg), default=list)),
-                            "scores": str(args.scores), "excluded_images": dropped,
+                            "scores": repo_relative(args.scores), "excluded_images": dropped,
                             "confuser_prompts": data.confusers is not None}
         pipe.save_pretrained(out, base=args.base)
         if data.confusers is not None:
             lists = confuser_caption_lists(pipe.prompt_template, data.class_names, data.labels, data.confusers, data.s)
-            (out / "confuser_prompts.json").write_text(json.dumps(lists, indent=1))
+            (out / LAYOUT.confuser_prompts).write_text(json.dumps(lists, indent=1))
         shutil.copy(run_dir / "loss.csv", out / "loss.csv")
         mem = result["peak_cuda_memory_gib"]
         print(f"final loss {result['final_loss']:.4f}; {result['images_per_second']:.1f} images/s; median step "
