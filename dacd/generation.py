@@ -297,7 +297,7 @@ class Selection:
     the cap the try nearest to acceptance (label-faithful tries first) is kept, marked not accepted."""
 
     max_tries: int = 6
-    tolerance: float = 0.05
+    tolerance: float | None = 0.05  # None: this default (so a command line's unset --tolerance passes through)
     label_rule: bool = True
     pilot: int = 4  # images per (class, grid value) of the pilot that fits per-class conditioning; 0: none
     pilot_faithful: bool = False  # fit the pilot on the tries every member still classifies as their label
@@ -307,8 +307,16 @@ class Selection:
             raise GenerationError(f"max_tries must be an integer >= 1, got {self.max_tries!r}")
         if not (isinstance(self.pilot, (int, np.integer)) and self.pilot >= 0):
             raise GenerationError(f"pilot must be an integer >= 0 (images per class and grid value), got {self.pilot!r}")
-        if not (np.isfinite(self.tolerance) and 0 <= self.tolerance <= 1):
-            raise GenerationError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
+        _resolve_tolerance(self)
+
+
+def _resolve_tolerance(settings) -> None:
+    """A `Selection`'s or `Pooling`'s tolerance: None becomes its class's default; any other value
+    must lie in [0, 1]."""
+    if settings.tolerance is None:
+        object.__setattr__(settings, "tolerance", type(settings).tolerance)
+    if not (np.isfinite(settings.tolerance) and 0 <= settings.tolerance <= 1):
+        raise GenerationError(f"tolerance must be in [0, 1], got {settings.tolerance!r}")
 
 
 def committee_scores(committee, images_uint8_nchw, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -685,15 +693,14 @@ class Pooling:
     first ids of a larger one."""
 
     factor: int = 6
-    tolerance: float = 0.1
+    tolerance: float | None = 0.1  # None: this default
     label_rule: bool = True
 
     def __post_init__(self):
         if not (isinstance(self.factor, (int, np.integer)) and self.factor >= 1):
             raise GenerationError(f"the pool factor must be an integer >= 1 (pool images per planned image), "
                                   f"got {self.factor!r}")
-        if not (np.isfinite(self.tolerance) and 0 <= self.tolerance <= 1):
-            raise GenerationError(f"tolerance must be in [0, 1], got {self.tolerance!r}")
+        _resolve_tolerance(self)
 
 
 def committee_key(folders) -> str:

@@ -112,6 +112,15 @@ def test_selection_needs_a_committee(pipe, tmp_path):
         Selection(max_tries=0)
 
 
+def test_an_unset_tolerance_is_the_sampling_default_and_a_bad_one_is_refused():
+    assert Selection(tolerance=None) == Selection() and Selection().tolerance == 0.05
+    assert Pooling(tolerance=None) == Pooling() and Pooling().tolerance == 0.1
+    for cls in (Selection, Pooling):
+        for bad in (-0.1, 1.5, float("nan")):
+            with pytest.raises(GenerationError, match=r"tolerance must be in \[0, 1\]"):
+                cls(tolerance=bad)
+
+
 def test_the_pilot_fits_per_class_conditioning_and_is_stored(pipe, committee, tmp_path):
     import json
 

@@ -230,7 +230,7 @@ def plan_sets(args, real, counts) -> dict:
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = pooling = None
         if mode == "pooled":  # one pool per (model, settings), shared by every mu
-            pooling = Pooling(args.pool_factor, Pooling.tolerance if args.tolerance is None else args.tolerance,
+            pooling = Pooling(args.pool_factor, args.tolerance,
                               not args.no_label_rule)
             pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompts=prompts,
                                        prompt_template=prompt_template(model), seed=args.gen_seed)
@@ -240,7 +240,7 @@ def plan_sets(args, real, counts) -> dict:
             pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
                     f"pool-{arm}{'-' + guidance_tag(guidance) if guidance_tag(guidance) else ''}-{_hash(pool_ident)[:8]}"}
         if mode == "selected":
-            selection = Selection(args.max_tries, Selection.tolerance if args.tolerance is None else args.tolerance,
+            selection = Selection(args.max_tries, args.tolerance,
                                   not args.no_label_rule, args.pilot,
                                   args.pilot_faithful)
             ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])

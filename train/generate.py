@@ -248,11 +248,11 @@ def main(argv=None):
                   f"{extra['count']}; {state.num_processes} process(es) on {state.device}")
         if feedback is not None:  # its scheduler and classifier checks, before generation.json is written
             feedback.check(pipe, pipe.get_scheduler(sampling.scheduler))
-        selection = (Selection(args.max_tries, Selection.tolerance if args.tolerance is None else args.tolerance,
+        selection = (Selection(args.max_tries, args.tolerance,
                                not args.no_label_rule, args.pilot, args.pilot_faithful)
                      if args.select else None)
         if args.pool:
-            pooling = Pooling(args.pool, Pooling.tolerance if args.tolerance is None else args.tolerance,
+            pooling = Pooling(args.pool, args.tolerance,
                               not args.no_label_rule)
             pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor,
                                        prompts=prompts, prompt_template=pipe.prompt_template, seed=args.seed)
