@@ -111,7 +111,7 @@ def main(argv=None):
         if not plan.id.isin(man.index).all() or not np.allclose(man.loc[plan.id].requested_s, plan.requested_s):
             raise SystemExit(f"{folder} was made for another plan: train/generate.py --per-class {args.per_class} "
                              f"--mu {args.mu} --sigma {args.sigma} --seed 0")
-        made_by = recorded_model(gen.get("model") or "")  # one name of a folder however it was spelled
+        made_by = gen.get("model") and recorded_model(gen["model"])  # one name of a folder however spelled
         if gen.get("sampling") != asdict(settings) or made_by != recorded_model(args.model):
             raise SystemExit(f"{folder} was made with model {gen.get('model')!r} and sampling {gen.get('sampling')}, "
                              f"not {args.model} at {asdict(settings)} (bench/feedback.py --guidance sets the text "

@@ -83,7 +83,6 @@ def default_checkpoint() -> Path:
     return Path(env) if env else EMBEDDED_CHECKPOINT
 
 
-
 def model_folder(name: str | Path) -> Path:
     """A model argument as a folder: 'dacd' and 'baseline' name the embedded checkpoint's, anything
     else is a path."""

@@ -436,6 +436,7 @@ def _read_config(out_dir: Path) -> dict | None:
 
 def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) -> None:
     path = out_dir / CONFIG_NAME
+    config = _with_model_recorded(dict(config))
     if is_main:
         if path.is_file():
             old = _with_model_recorded(json.loads(path.read_text()))

@@ -303,8 +303,8 @@ def confuser_prompt(template: str, class_names, label: int, confuser: int) -> st
 def confuser_caption_lists(template: str, class_names, labels, confusers, s, *, band=(0.3, 0.7),
                            size: int = 100) -> dict[str, list[str]]:
     """Per class, `size` confuser prompts in the proportions of the confusers of its training images
-    whose `s` lies in `band` (all its images where none do): the caption file that
-    `train/generate.py --prompts` reads to sample a model trained on confuser prompts."""
+    whose `s` lies in `band` (all its images where none do): a model trained on confuser prompts
+    keeps them as its confuser_prompts.json, which train/generate.py and train/downstream.py sample with."""
     labels, confusers, s = np.asarray(labels, int), np.asarray(confusers, int), np.asarray(s, float)
     out = {}
     for c, name in enumerate(class_names):

@@ -89,8 +89,8 @@ from dacd.generation import (
     load_manifest,
     make_plan,
     make_pool_plan,
-    model_prompt_lists,
     manifest_summary,
+    model_prompt_lists,
     plan_fingerprint,
     take_first,
 )
@@ -230,8 +230,7 @@ def plan_sets(args, real, counts) -> dict:
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = pooling = None
         if mode == "pooled":  # one pool per (model, settings), shared by every mu
-            pooling = Pooling(args.pool_factor, args.tolerance,
-                              not args.no_label_rule)
+            pooling = Pooling(args.pool_factor, args.tolerance, not args.no_label_rule)
             pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompts=prompts,
                                        prompt_template=prompt_template(model), seed=args.gen_seed)
             pool_ident = {"model": ident["model"], "settings": ident["settings"], "plan": plan_fingerprint(pool_plan)}
@@ -240,8 +239,7 @@ def plan_sets(args, real, counts) -> dict:
             pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
                     f"pool-{arm}{'-' + guidance_tag(guidance) if guidance_tag(guidance) else ''}-{_hash(pool_ident)[:8]}"}
         if mode == "selected":
-            selection = Selection(args.max_tries, args.tolerance,
-                                  not args.no_label_rule, args.pilot,
+            selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot,
                                   args.pilot_faithful)
             ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])
         if mode == "anchored":  # real subset images of the row's class, deterministic (the plan records them)

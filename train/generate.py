@@ -252,8 +252,7 @@ def main(argv=None):
                                not args.no_label_rule, args.pilot, args.pilot_faithful)
                      if args.select else None)
         if args.pool:
-            pooling = Pooling(args.pool, args.tolerance,
-                              not args.no_label_rule)
+            pooling = Pooling(args.pool, args.tolerance, not args.no_label_rule)
             pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor,
                                        prompts=prompts, prompt_template=pipe.prompt_template, seed=args.seed)
             pool_dir = Path(args.pool_dir or f"{Path(args.out).as_posix().rstrip('/')}-pool")
