@@ -327,7 +327,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                 generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
                                     pool_dir=st["pool"]["folder"], committee=committee,
                                     committee_key=committee_key(args.committee),
-                                    pooling=st["pooling"], model_id=repo_relative(model), evaluator=evaluator,
+                                    pooling=st["pooling"], model_id=model, evaluator=evaluator,
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
@@ -337,7 +337,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             load_manifest(st["folder"])
             continue
         with torch.inference_mode():
-            generate_dataset(pipe, st["plan"], st["folder"], model_id=repo_relative(model), evaluator=evaluator,
+            generate_dataset(pipe, st["plan"], st["folder"], model_id=model, evaluator=evaluator,
                              selection=st["selection"], committee=committee if st["selection"] else (),
                              anchoring=st["anchoring"], anchors=anchors,
                              sampling=st["settings"],
