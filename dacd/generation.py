@@ -274,6 +274,17 @@ def assign_anchors(plan: pd.DataFrame, anchor_ids, anchor_labels, seed: int = 0)
     return plan.assign(anchor_id=out.astype(str))
 
 
+def anchor_images(plan: pd.DataFrame, ids, images) -> dict:
+    """{anchor id: uint8 (C, H, W) image} for every anchor of `plan`, looked up in the real images
+    `images` whose ids are `ids` (what `generate_dataset` and `generate_pooled_set` take as `anchors`)."""
+    pos = {str(i): k for k, i in enumerate(np.asarray(ids).astype(str))}
+    missing = sorted(set(plan.anchor_id) - set(pos))
+    if missing:
+        raise GenerationError(f"{len(missing)} anchor ids of the plan are not among the real images (e.g. "
+                              f"{missing[0]!r}): assign anchors from the same images")
+    return {a: images[pos[a]] for a in plan.anchor_id.unique()}
+
+
 def take_first(manifest: pd.DataFrame, counts: dict[int, int]) -> pd.DataFrame:
     """The first `counts[c]` images of each class (plan order): a smaller set taken from a bigger one."""
     parts = []
@@ -688,6 +699,11 @@ class Pooling:
     `accepted` when its image is within `tolerance` (and, with `label_rule`, faithful). The
     manifest's `tries` is the factor: images generated per kept image.
 
+    With anchoring (sampling "anchored-pooled"), the pool plan carries anchors (`assign_anchors` on
+    the pool plan) and every pool image is an img2img edit of a real image of its class: the set
+    keeps the edits whose committee s matches the plan and whose label every member still ranks
+    first; the manifest's `anchor_id` names each kept image's source.
+
     Unlike per-row selection no try is wasted on the row it was drawn for: an image too easy for
     one row serves another, and one pool serves plans of any mu over the same counts. A row's image
     depends only on the pool and the rows of its class before it, so a smaller ratio's set is the
@@ -758,8 +774,10 @@ def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling) -> pd.D
     if pooling.label_rule:
         ok &= took.faithful.to_numpy(bool)
     out = plan.reset_index(drop=True).copy()
-    for col in ("prompt", "measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful"):
-        out[col] = took[col].to_numpy()
+    for col in ("prompt", "measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful",
+                "anchor_id"):
+        if col in took:
+            out[col] = took[col].to_numpy()
     out["seed"] = took.seed.to_numpy()  # the pool image's noise seed
     return out.assign(pool_id=took.id.to_numpy(), accepted=ok)
 
@@ -781,8 +799,9 @@ def write_pooled_set(pool_dir: str | Path, pool: pd.DataFrame, plan: pd.DataFram
         (out_dir / slugify(name)).mkdir(exist_ok=True)
     for src, dst in zip(matched.path, paths):
         _atomic_write_bytes(out_dir / dst, (pool_dir / src).read_bytes())
-    manifest = matched.assign(path=paths, model=model_id, real_subset=real_subset,
-                              tries=int(pooling.factor), anchor_id="")
+    manifest = matched.assign(path=paths, model=model_id, real_subset=real_subset, tries=int(pooling.factor))
+    if "anchor_id" not in manifest:
+        manifest["anchor_id"] = ""
     manifest = manifest[MANIFEST_COLUMNS + ["pool_id", "faithful"]]
     summary = manifest_summary(manifest)
     cfg = json.loads((out_dir / CONFIG_NAME).read_text())
@@ -795,6 +814,7 @@ def write_pooled_set(pool_dir: str | Path, pool: pd.DataFrame, plan: pd.DataFram
 def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_plan: pd.DataFrame,
                         pool_dir: str | Path, committee, committee_key: str, pooling: Pooling, model_id: str,
                         evaluator=None, sampling: SamplingSettings | None = None, batch_size: int = 32,
+                        anchoring: Anchoring | None = None, anchors=None,
                         extra_config: dict | None = None, real_subset: str = "", process_index: int = 0,
                         num_processes: int = 1,
                         barrier=lambda: None, progress: bool = True,
@@ -803,7 +823,9 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     number of processes, then, on process 0, score it with the committee and write the matched set
     to `out_dir` (the other processes wait at `barrier`: with a distributed backend, its timeout must
     cover scoring the pool, about a minute per 10,000 32x32 images on a CPU core). `pool_plan` is
-    `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans."""
+    `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans. With `anchoring`, the pool
+    plan has anchor ids (`assign_anchors`) and `anchors` their images (`anchor_images`): the pool
+    is made of edits and the set's sampling is "anchored-pooled"."""
     model_id = recorded_model(model_id)
     if not committee:
         raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
@@ -815,6 +837,8 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     sampling = sampling or SamplingSettings()
     pool_id = {"plan_fingerprint": plan_fingerprint(pool_plan), "images": int(len(pool_plan)),
                "committee": committee_key}
+    if anchoring is not None:  # (the pool plan's fingerprint holds its anchor ids, not the strength)
+        pool_id["anchoring"] = asdict(anchoring)
     old = _read_config(Path(out_dir))
     if old is not None:  # refused before the pool is made, not after (by every process: none waits)
         new = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
@@ -825,6 +849,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                                   "the same arguments, or pass another output folder")
     pool_summary = generate_dataset(pipe, pool_plan, pool_dir, model_id=model_id, evaluator=evaluator,
                                     sampling=sampling, batch_size=batch_size, progress=progress,
+                                    anchoring=anchoring, anchors=anchors,
                                     extra_config={"role": "pool of a pooled set",
                                                   "difficulty": {"kind": "uniform", "description": "s ~ U(0, 1)"}},
                                     process_index=process_index, num_processes=num_processes, barrier=barrier,
@@ -834,7 +859,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     if pool_summary["complete"] and process_index == 0:
         pool = score_pool(pool_dir, committee, committee_key)
         config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
-                  "pool": pool_id, "pool_folder": str(pool_dir),  # the folder may move: not compared
+                  "sampling_mode": "pooled" if anchoring is None else "anchored-pooled", "pool": pool_id, "pool_folder": str(pool_dir),  # the folder may move: not compared
                   **(extra_config or {})}
         summary = write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id, config=config,
                                    real_subset=real_subset)

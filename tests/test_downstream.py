@@ -237,10 +237,10 @@ def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
                         tuple(names), "train")
     counts = {c: 2 for c in range(3)}
 
-    def planned(*scales):
+    def planned(*scales, extra=()):
         args = ds.parse_args(["--model", str(tmp_path / "dacd"), "--baseline", str(tmp_path / "base"),
                               "--arms", "dacd", "baseline", "alone", "--mus", "0.5", "--ratios", "0.25",
-                              "--guidance-scales", *map(str, scales), "--work-dir", str(tmp_path / "w")])
+                              "--guidance-scales", *map(str, scales), "--work-dir", str(tmp_path / "w"), *extra])
         sets = ds.plan_sets(args, real, counts)
         return sets, [c["cell"] for c in ds.cell_specs(args, sets)]
 
@@ -256,6 +256,15 @@ def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
     assert both["baseline-plain-g2"]["identity"] != both["baseline-plain"]["identity"]
     assert both["baseline-plain-g2"]["settings"].guidance_scale == 2.0
     assert both["dacd-plain-g2-mu0.5"]["sampling"] == "plain g2"
+    # unguided dacd (text and difficulty guidance 1): named g1d1; the baseline has no difficulty branch
+    unguided, cells = planned(1, extra=("--difficulty-guidance", "1"))
+    assert sorted(unguided) == ["baseline-plain-g1", "dacd-plain-g1d1-mu0.5"]
+    assert {"dacd g1d1 mu=0.5 r=0.25", "baseline g1 r=0.25", "alone: dacd g1d1 mu=0.5 r=0.25"} <= set(cells)
+    dacd = unguided["dacd-plain-g1d1-mu0.5"]["settings"]
+    assert (dacd.guidance_scale, dacd.difficulty_guidance_scale) == (1.0, 1.0)
+    assert unguided["baseline-plain-g1"]["identity"] == planned(1)[0]["baseline-plain-g1"]["identity"]
+    same, _ = planned(ds.SAMPLING.guidance_scale, extra=("--difficulty-guidance", str(ds.SAMPLING.difficulty_guidance_scale)))
+    assert {k: v["identity"] for k, v in same.items()} == {k: v["identity"] for k, v in default.items()}
 
 
 def test_pooled_sets_of_every_mu_share_one_pool(tmp_path):
@@ -300,6 +309,18 @@ def test_pooled_sets_of_every_mu_share_one_pool(tmp_path):
     other, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--committee", str(tmp_path / "c2"))
     assert other["dacd-pooled-mu0.5"]["identity"] != a["identity"]
     assert other["dacd-pooled-mu0.5"]["pool"]["folder"] == a["pool"]["folder"]  # the same pool, rematched
+    # anchored-pooled: its own pool of edits, anchored on subset images of each row's class
+    both, cells = planned("--samplings", "pooled", "anchored-pooled", "--pool-factor", "3", "--strength", "0.4")
+    e = both["dacd-anchored-pooled-mu0.5"]
+    assert both["dacd-pooled-mu0.5"]["identity"] == a["identity"]  # the pooled sets are unchanged by it
+    assert e["pool"]["folder"].name.startswith("pool-dacd-anchored-") and e["pool"]["folder"] != a["pool"]["folder"]
+    label_of = dict(zip(real.ids, real.labels))
+    assert (e["pool"]["plan"].anchor_id.map(label_of) == e["pool"]["plan"].label).all()
+    assert e["anchoring"].strength == 0.4 and e["sampling"] == "anchored-pooled"
+    assert "dacd anchored-pooled mu=0.9 r=0.25" in cells and "alone: dacd anchored-pooled mu=0.5 r=0.25" in cells
+    stronger, _ = planned("--samplings", "anchored-pooled", "--pool-factor", "3", "--strength", "0.6")
+    assert stronger["dacd-anchored-pooled-mu0.5"]["identity"] != e["identity"]
+    assert stronger["dacd-anchored-pooled-mu0.5"]["pool"]["folder"] != e["pool"]["folder"]
 
 
 def test_settings_json_records_repository_folders_relative():

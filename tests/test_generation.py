@@ -281,6 +281,26 @@ def test_strength_without_anchor_is_refused(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_anchored_pool_from_the_script_keeps_edits_of_subset_images(tiny_dacd, tiny_evaluator, tiny_scores,
+                                                                      fake_fmnist, tmp_path):
+    """generate.py --pool with --anchor real: a pool of edits, matched; each kept image names its anchor."""
+    from dacd.data import load_dataset
+
+    out = tmp_path / "apool"
+    run_script(*gen_args(out, tiny_dacd, tiny_evaluator, "--anchor", "real", "--strength", "0.6", "--real-fraction",
+                         "0.1", "--data-dir", fake_fmnist, "--pool", "2", "--committee", tiny_scores / "classifier"))
+    m, pool = read_manifest(out), read_manifest(tmp_path / "apool-pool")
+    assert json.loads((out / "generation.json").read_text())["sampling_mode"] == "anchored-pooled"
+    assert json.loads((tmp_path / "apool-pool" / "generation.json").read_text())["anchoring"]["strength"] == 0.6
+    real = load_dataset("fashion-mnist", "train", fake_fmnist)
+    subset = set(np.asarray(real.ids)[stratified_subset(real.labels, 0.1, 0)])
+    label_of = dict(zip(np.asarray(real.ids), real.labels))
+    assert len(pool) == 2 * len(m) == 18 and set(pool.anchor_id) <= subset
+    assert all(label_of[a] == lab for a, lab in zip(pool.anchor_id, pool.label))
+    assert (m.anchor_id.to_numpy() == pool.set_index("id").loc[m.pool_id, "anchor_id"].to_numpy()).all()
+
+
+@pytest.mark.slow
 def test_anchored_set_edits_real_images_of_the_subset(tiny_dacd, tiny_evaluator, fake_fmnist, tmp_path):
     out = tmp_path / "anchored"
 
@@ -328,8 +348,9 @@ def test_anchored_set_edits_real_images_of_the_subset(tiny_dacd, tiny_evaluator,
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     args = script.parse_args([str(a) for a in anchored("0.5")[1:]])
-    plan, extra, anchor_images = script.build_plan(args, NAMES, edit.prompt_template)
+    plan, extra, subset = script.build_plan(args, NAMES, edit.prompt_template)
+    plan, anchors = script.anchored(plan, subset, 0)
     with pytest.raises(GenerationError, match=r"anchoring.strength: 0.6 in the folder, 0.5 now"):
-        generate_dataset(edit, plan, out, model_id=str(tiny_dacd), anchoring=Anchoring(0.5), anchors=anchor_images,
+        generate_dataset(edit, plan, out, model_id=str(tiny_dacd), anchoring=Anchoring(0.5), anchors=anchors,
                          sampling=SamplingSettings(num_inference_steps=2), batch_size=2, extra_config=extra,
                          progress=False)

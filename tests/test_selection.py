@@ -1,6 +1,8 @@
 """Selection (sampling "selected"): tries seeded per row and try, only in-band images accepted,
 resume and process splits give the same set. In-process, on tiny components."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,9 +11,12 @@ from test_pipeline import CLASSES, dummy_pipeline
 
 from dacd.classifier import build_classifier
 from dacd.generation import (
+    Anchoring,
     GenerationError,
     Pooling,
     Selection,
+    anchor_images,
+    assign_anchors,
     committee_scores,
     generate_dataset,
     generate_pooled_set,
@@ -122,7 +127,6 @@ def test_an_unset_tolerance_is_the_sampling_default_and_a_bad_one_is_refused():
 
 
 def test_the_pilot_fits_per_class_conditioning_and_is_stored(pipe, committee, tmp_path):
-    import json
 
     from dacd.calibration import Calibration
     from dacd.generation import CONFIG_NAME, fit_pilot
@@ -161,7 +165,6 @@ def test_a_faithful_pilot_averages_only_what_selection_could_accept(pipe, commit
 def test_feedback_steers_every_try_and_is_recorded(pipe, committee, tmp_path):
     """Selection with feedback-guided tries: the kept image of each row is the feedback-guided image
     of its try's seed; generation.json records the feedback; edits refuse it."""
-    import json
 
     from dacd.feedback import FeedbackGuidance
     from dacd.generation import Anchoring, assign_anchors
@@ -253,6 +256,41 @@ def test_pooled_sets_resume_share_a_pool_and_keep_a_prefix(pipe, committee, tmp_
     assert (m_small.pool_id == again.set_index("id").loc[m_small.index, "pool_id"]).all()
     with pytest.raises(GenerationError, match="pooling"):  # other settings into the same folder: refused
         pooled(pipe, committee, tmp_path, "again", Pooling(factor=2, tolerance=0.2), plan=big, pool_plan=pool_plan)
+
+
+def test_anchored_pool_keeps_faithful_edits_and_names_their_anchors(pipe, committee, tmp_path):
+    """Sampling "anchored-pooled": the pool is made of edits of real images of each row's class; a
+    kept image names its pool image's anchor; other anchors (or another strength) make another pool."""
+    rng = np.random.default_rng(0)
+    ids = np.array([f"train:{i}" for i in range(8)])
+    labels = np.repeat(np.arange(len(CLASSES)), 2)
+    images = rng.integers(0, 256, (8, 1, 32, 32), dtype=np.uint8)
+    pooling = Pooling(factor=2, tolerance=0.1)
+    plan = make_plan(CLASSES, 3, seed=4)
+    pool_plan = assign_anchors(make_pool_plan(plan, CLASSES, 2, seed=4), ids, labels, seed=0)
+    anchors = anchor_images(pool_plan, ids, images)
+    assert set(anchors) == set(pool_plan.anchor_id)
+    _, summary = pooled(pipe, committee, tmp_path, "set", pooling, plan=plan, pool_plan=pool_plan,
+                        anchoring=Anchoring(0.6), anchors=anchors)
+    m, pool = load_manifest(tmp_path / "set"), load_manifest(tmp_path / "pool").set_index("id")
+    assert summary["complete"] and list(m.id) == list(plan.id)
+    label_of = dict(zip(ids, labels))
+    assert (pool.anchor_id.map(label_of) == pool.label).all()  # every edit is of its own class
+    assert (m.anchor_id == pool.loc[m.pool_id, "anchor_id"].to_numpy()).all()
+    cfg = json.loads((tmp_path / "set" / "generation.json").read_text())
+    assert cfg["sampling_mode"] == "anchored-pooled" and cfg["pool"]["anchoring"] == {"strength": 0.6, "seed": 0}
+    assert json.loads((tmp_path / "pool" / "generation.json").read_text())["sampling_mode"] == "anchored"
+    # the anchor matters: the same pool plan on other real images gives other pool images
+    other = {a: 255 - img for a, img in anchors.items()}
+    pooled(pipe, committee, tmp_path, "other", pooling, plan=plan, pool_plan=pool_plan, pool="pool-other",
+           anchoring=Anchoring(0.6), anchors=other)
+    first = pool.path.iloc[0]
+    assert (tmp_path / "pool" / first).read_bytes() != (tmp_path / "pool-other" / first).read_bytes()
+    with pytest.raises(GenerationError, match="pool"):  # another strength into the same set folder: refused
+        pooled(pipe, committee, tmp_path, "set", pooling, plan=plan, pool_plan=pool_plan, pool="pool-0.4",
+               anchoring=Anchoring(0.4), anchors=anchors)
+    with pytest.raises(GenerationError, match="not among the real images"):
+        anchor_images(pool_plan, ids[:4], images[:4])
 
 
 def test_pooled_refusals(pipe, committee, tmp_path):

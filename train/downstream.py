@@ -15,8 +15,9 @@ test split. The added sets (per class: ratio x the real subset's count):
   dacd            generated at s ~ N(mu, sigma) for each mu (sampling `plain`; with --samplings
                   also `selected`, by a committee, try by try; `pooled`, a pool of --pool-factor x the
                   set at s ~ U(0, 1) measured by the committee once and matched to each mu's plan,
-                  label-faithful images first; and `anchored`, each image an img2img edit of a
-                  real subset image of its class at --strength)
+                  label-faithful images first; `anchored`, each image an img2img edit of a
+                  real subset image of its class at --strength; and `anchored-pooled`, a pool of
+                  such edits matched like `pooled`)
   baseline        the no-difficulty LoRA's images
   real-matched    real images from the unused part of the training split, matched per class
                   to the same s plan as the dacd set (nearest out-of-fold s, without replacement)
@@ -80,6 +81,7 @@ from dacd.generation import (
     DifficultySpec,
     Pooling,
     Selection,
+    anchor_images,
     assign_anchors,
     committee_key,
     counts_from_ratio,
@@ -126,10 +128,11 @@ def parse_args(argv=None):
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25])
     p.add_argument("--arms", nargs="+", default=["dacd", "baseline", *REAL_ARMS, "alone"],
                    help="which arms to run ('alone' = the synthetic-only cells)")
-    p.add_argument("--samplings", nargs="+", default=["plain"], choices=["plain", "selected", "anchored", "pooled"],
+    p.add_argument("--samplings", nargs="+", default=["plain"], choices=list(SAMPLINGS),
                    help="how dacd sets are made: plain sampling, selected by a committee (train/generate.py "
                         "--select), anchored on real subset images (train/generate.py --anchor real), pooled: "
-                        "matched from one committee-measured pool (train/generate.py --pool)")
+                        "matched from one committee-measured pool (train/generate.py --pool), anchored-pooled: "
+                        "a pool of edits of real subset images (--pool with --anchor real)")
     p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="anchored: img2img strength")
     p.add_argument("--anchor-seed", type=int, default=0, help="anchored: order of a class's real images")
     p.add_argument("--max-tries", type=int, default=Selection.max_tries, help="selected: tries per image")
@@ -159,6 +162,10 @@ def parse_args(argv=None):
                    help="text guidance of the generated sets (dacd and baseline): one set per scale; a scale "
                         f"other than the default ({SAMPLING.guidance_scale:g}) is named in its cells, e.g. "
                         "'baseline g2 r=0.25'")
+    p.add_argument("--difficulty-guidance", type=float, default=None,
+                   help=f"difficulty guidance of the dacd sets (default {SAMPLING.difficulty_guidance_scale:g}); "
+                        "with --guidance-scales 1 and 1 here, sampling is unguided (one U-Net branch); a value "
+                        "other than the default is named in the cells, e.g. 'dacd pooled g1d1'")
     p.add_argument("--gen-batch-size", type=int, default=50)
     p.add_argument("--gen-seed", type=int, default=0)
     p.add_argument("--arm-seed", type=int, default=0, help="seed of real-random and real-duplicate draws")
@@ -211,9 +218,14 @@ def prompt_template(model) -> str:
 
 # ---------------------------------------------------------------- the added sets
 
-def guidance_tag(scale: float) -> str:
-    """'' for the project's text guidance, else e.g. 'g2' (in set and cell names)."""
-    return "" if scale == SAMPLING.guidance_scale else f"g{scale:g}"
+SAMPLINGS = ("plain", "selected", "anchored", "pooled", "anchored-pooled")
+
+
+def guidance_tag(scale: float, difficulty: float | None = None) -> str:
+    """'' for the project's guidance scales, else e.g. 'g2', or 'g1d1' with a difficulty guidance
+    other than the project's (in set and cell names)."""
+    d = "" if difficulty in (None, SAMPLING.difficulty_guidance_scale) else f"d{difficulty:g}"
+    return ("" if scale == SAMPLING.guidance_scale and not d else f"g{scale:g}") + d
 
 
 def plan_sets(args, real, counts) -> dict:
@@ -225,19 +237,28 @@ def plan_sets(args, real, counts) -> dict:
         prompts = model_prompt_lists(model, real.class_names)  # a confuser-prompt model's captions, else None
         plan = make_plan(real.class_names, counts, spec, prompts=prompts, prompt_template=prompt_template(model),
                          seed=args.gen_seed)
-        settings = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=guidance)
+        dg = args.difficulty_guidance if arm == "dacd" else None  # the baseline has no difficulty branch
+        settings = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=guidance,
+                                    difficulty_guidance_scale=dg)
         ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": asdict(settings),
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = pooling = None
-        if mode == "pooled":  # one pool per (model, settings), shared by every mu
+        if mode in ("pooled", "anchored-pooled"):  # one pool per (model, settings), shared by every mu
             pooling = Pooling(args.pool_factor, args.tolerance, not args.no_label_rule)
             pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompts=prompts,
                                        prompt_template=prompt_template(model), seed=args.gen_seed)
-            pool_ident = {"model": ident["model"], "settings": ident["settings"], "plan": plan_fingerprint(pool_plan)}
+            pool_ident = {"model": ident["model"], "settings": ident["settings"]}
+            if mode == "anchored-pooled":  # a pool of edits of the subset's images
+                anchoring = Anchoring(args.strength, args.anchor_seed)
+                pool_plan = assign_anchors(pool_plan, real.ids, real.labels, anchoring.seed)
+                pool_ident["anchoring"] = asdict(anchoring)
+                ident["anchoring"] = asdict(anchoring)
+            pool_ident["plan"] = plan_fingerprint(pool_plan)
             ident.update(pooling=asdict(pooling), committee=[model_fingerprint(c) for c in args.committee],
                          pool=_hash(pool_ident))
+            tag = "".join(f"-{x}" for x in ("anchored" if anchoring else "", guidance_tag(guidance, dg)) if x)
             pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
-                    f"pool-{arm}{'-' + guidance_tag(guidance) if guidance_tag(guidance) else ''}-{_hash(pool_ident)[:8]}"}
+                    f"pool-{arm}{tag}-{_hash(pool_ident)[:8]}"}
         if mode == "selected":
             selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot,
                                   args.pilot_faithful)
@@ -246,7 +267,7 @@ def plan_sets(args, real, counts) -> dict:
             anchoring = Anchoring(args.strength, args.anchor_seed)
             plan = assign_anchors(plan, real.ids, real.labels, anchoring.seed)
             ident.update(anchoring=asdict(anchoring), plan=plan_fingerprint(plan))
-        g = guidance_tag(guidance)
+        g = guidance_tag(guidance, dg)
         name = f"{arm}-{mode}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")
         sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": f"{mode} {g}".strip(), "kind": "generated",
                       "plan": plan, "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
@@ -319,15 +340,15 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
         print(f"generating {st['name']}: {len(st['plan'])} images ({st['spec'].describe()}) from {model} "
               f"into {st['folder']}", flush=True)
         anchors = None
-        if st["anchoring"] is not None:
-            pos = {i: k for k, i in enumerate(np.asarray(real.ids).astype(str))}
-            anchors = {a: real.images[pos[a]] for a in st["plan"].anchor_id.unique()}
+        if st["anchoring"] is not None:  # the pool's anchors, or the set's own
+            anchors = anchor_images(st["pool"]["plan"] if st["pooling"] else st["plan"], real.ids, real.images)
         if st["pooling"] is not None:
             with torch.inference_mode():
                 generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
                                     pool_dir=st["pool"]["folder"], committee=committee,
                                     committee_key=committee_key(args.committee),
                                     pooling=st["pooling"], model_id=model, evaluator=evaluator,
+                                    anchoring=st["anchoring"], anchors=anchors,
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
@@ -399,9 +420,8 @@ def cell_specs(args, sets) -> list[dict]:
     cells = [{"cell": "real-only", "model": "", "sampling": "", "mode": "real", "mu": float("nan"), "ratio": 0.0,
               "set": None, "headline": True}]
     nan = float("nan")
-    tags = [guidance_tag(gs) for gs in args.guidance_scales]
-
     def generated_arms(arm, mode, mu=None):  # (cell label, set name) per guidance scale
+        tags = [guidance_tag(gs, args.difficulty_guidance if arm == "dacd" else None) for gs in args.guidance_scales]
         return [(" ".join(x for x in (arm, "" if mode == "plain" else mode, g) if x),
                  f"{arm}-{mode}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")) for g in tags]
 
@@ -422,7 +442,7 @@ def cell_specs(args, sets) -> list[dict]:
     if "alone" in args.arms:
         r = max(args.ratios)
         mu_h = f"mu={args.headline_mu:g}"
-        alone = [(name, f"{label} {mu_h}") for mode in ("plain", "selected", "anchored", "pooled")
+        alone = [(name, f"{label} {mu_h}") for mode in SAMPLINGS
                  for label, name in generated_arms("dacd", mode, args.headline_mu)]
         alone += [(name, label) for label, name in generated_arms("baseline", "plain")]
         for name, label in alone + [(f"real-matched-mu{args.headline_mu:g}", f"real-matched {mu_h}"),

@@ -27,7 +27,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import PartialState
 
@@ -41,6 +40,7 @@ from dacd.generation import (
     GenerationError,
     Pooling,
     Selection,
+    anchor_images,
     assign_anchors,
     committee_key,
     counts_from_ratio,
@@ -175,20 +175,23 @@ def build_plan(args, class_names, prompt_template: str = PROMPT_TEMPLATE, prompt
     if prompts:
         extra["prompts_file"] = str(args.prompts) if args.prompts else f"the model's {LAYOUT.confuser_prompts}"
     plan = make_plan(class_names, counts, spec, prompts=prompts, prompt_template=prompt_template, seed=args.seed)
-    anchors = None
+    subset = None
     if args.anchor == "real":
         real = load_dataset(args.data, "train", args.data_dir)
         if list(real.class_names) != list(class_names):
             raise GenerationError(f"{args.data} has classes {list(real.class_names)}, the model {list(class_names)}")
-        idx = stratified_subset(real.labels, args.real_fraction, args.real_seed)
-        plan = assign_anchors(plan, np.asarray(real.ids)[idx], real.labels[idx], args.anchor_seed)
-        by_id = dict(zip(np.asarray(real.ids)[idx].astype(str), idx))
-        anchors = {a: real.images[by_id[a]] for a in plan.anchor_id.unique()}
+        subset = real.subset(stratified_subset(real.labels, args.real_fraction, args.real_seed))
         extra["anchors"] = {"from": subset_name(real.name, "train", args.real_fraction, args.real_seed),
                             "fraction": args.real_fraction, "seed": args.real_seed, "anchor_seed": args.anchor_seed}
     elif args.strength is not None:
         raise GenerationError("--strength applies to anchored sampling: add --anchor real")
-    return plan, extra, anchors
+    return plan, extra, subset
+
+
+def anchored(plan, subset, seed: int):
+    """`plan` with anchors from the real `subset` (an ImageDataset) and their images."""
+    plan = assign_anchors(plan, subset.ids, subset.labels, seed)
+    return plan, anchor_images(plan, subset.ids, subset.images)
 
 
 def main(argv=None):
@@ -202,8 +205,8 @@ def main(argv=None):
         raise SystemExit(f"{model_dir} is not a dacd model folder (no dacd_config.json): pass 'dacd', 'baseline' "
                          "or a folder written by train/train_dacd.py (make checkpoints builds the embedded ones)")
     dtype = torch.float16 if state.device.type == "cuda" else torch.float32
-    if args.pool and (args.select or args.anchor != "none" or args.feedback_scale):
-        raise SystemExit("error: --pool is its own sampling: leave out --select, --anchor and --feedback-scale")
+    if args.pool and (args.select or args.feedback_scale):
+        raise SystemExit("error: --pool is its own sampling: leave out --select and --feedback-scale")
     if args.pool < 0:
         raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
@@ -235,10 +238,10 @@ def main(argv=None):
     try:
         prompts = (load_prompt_lists(args.prompts, pipe.class_names) if args.prompts  # read once
                    else model_prompt_lists(model_dir, pipe.class_names))
-        plan, extra, anchors = build_plan(args, list(pipe.class_names), pipe.prompt_template, prompts)
-        anchoring = None if anchors is None else Anchoring(
+        plan, extra, subset = build_plan(args, list(pipe.class_names), pipe.prompt_template, prompts)
+        anchoring = None if subset is None else Anchoring(
             DEFAULT_STRENGTH if args.strength is None else args.strength, args.anchor_seed)
-        if args.calibrated and pipe.calibration is None and anchors is None:  # edits: checked by their own curve
+        if args.calibrated and pipe.calibration is None and anchoring is None:  # edits: checked by their own curve
             raise GenerationError(f"--calibrated needs a calibration curve and {model_dir} has none "
                                   "(train/calibrate.py makes one)")
         sampling = SamplingSettings(args.steps, args.scheduler, args.guidance, args.difficulty_guidance,
@@ -255,11 +258,15 @@ def main(argv=None):
             pooling = Pooling(args.pool, args.tolerance, not args.no_label_rule)
             pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor,
                                        prompts=prompts, prompt_template=pipe.prompt_template, seed=args.seed)
+            anchors = None
+            if anchoring is not None:  # a pool of edits
+                pool_plan, anchors = anchored(pool_plan, subset, anchoring.seed)
             pool_dir = Path(args.pool_dir or f"{Path(args.out).as_posix().rstrip('/')}-pool")
             if state.is_main_process:
-                print(f"pool: {len(pool_plan)} images (s ~ U(0, 1)) into {pool_dir}")
+                print(f"pool: {len(pool_plan)} images (s ~ U(0, 1){', edits' if anchors else ''}) into {pool_dir}")
             summary = generate_pooled_set(pipe, plan, args.out, pool_plan=pool_plan, pool_dir=pool_dir,
                                           committee=committee, committee_key=members, pooling=pooling,
+                                          anchoring=anchoring, anchors=anchors,
                                           model_id=str(args.model), evaluator=evaluator, sampling=sampling,
                                           batch_size=args.batch_size, extra_config=extra,
                                           real_subset=extra.get("real_subset", {}).get("name", ""),
@@ -267,6 +274,7 @@ def main(argv=None):
                                           barrier=state.wait_for_everyone, progress=not args.no_progress,
                                           stop_after_chunks=args.stop_after_chunks)
         else:
+            plan, anchors = (plan, None) if anchoring is None else anchored(plan, subset, anchoring.seed)
             summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
                                      selection=selection, committee=committee, anchoring=anchoring, anchors=anchors,
                                      feedback=feedback, feedback_scorer=Path(fb_folder).name,
