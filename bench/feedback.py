@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--fb-steps", type=int, default=5, help="steered steps (of the sampler's)")
     p.add_argument("--guidance", type=float, default=None,
                    help="text guidance of every row (default: the project's); --probe sets must be made with it")
+    p.add_argument("--difficulty-guidance", type=float, default=None,
+                   help="difficulty guidance of every row (default: the project's); --probe sets must be made with it")
     p.add_argument("--probe", nargs="*", default=[], help="selected or pooled sets (train/generate.py folders) to "
                    "judge beside")
     p.add_argument("--batch-size", type=int, default=50)
@@ -84,7 +86,7 @@ def main(argv=None):
     names = list(pipe.class_names)
     plan = make_plan(names, args.per_class, DifficultySpec(mu=args.mu, sigma=args.sigma), seed=0,
                      prompt_template=pipe.prompt_template)
-    settings = SamplingSettings(guidance_scale=args.guidance)
+    settings = SamplingSettings(guidance_scale=args.guidance, difficulty_guidance_scale=args.difficulty_guidance)
     rows = []
 
     # the real ceiling: test images nearest each requested s (scoring s), judged by the evaluator
@@ -114,8 +116,8 @@ def main(argv=None):
         made_by = gen.get("model") and recorded_model(gen["model"])  # one name of a folder however spelled
         if gen.get("sampling") != asdict(settings) or made_by != recorded_model(args.model):
             raise SystemExit(f"{folder} was made with model {gen.get('model')!r} and sampling {gen.get('sampling')}, "
-                             f"not {args.model} at {asdict(settings)} (bench/feedback.py --guidance sets the text "
-                             "guidance)")
+                             f"not {args.model} at {asdict(settings)} (bench/feedback.py --guidance and "
+                             "--difficulty-guidance set the two guidance scales)")
         man = man.loc[plan.id]
         imgs = np.stack([read_png(folder / p) for p in man.path])  # uint8 (N, C, H, W)
         sel, pool = gen.get("selection"), gen.get("pooling")
@@ -130,7 +132,8 @@ def main(argv=None):
     table.to_csv(out / "summary.csv", index=False)
     md = markdown_table(table)
     (out / "summary.md").write_text(f"{len(plan)} images, s ~ N({args.mu}, {args.sigma}), {args.per_class} per class; "
-                                    f"text guidance {settings.guidance_scale:g}; "
+                                    f"text guidance {settings.guidance_scale:g}, difficulty guidance "
+                                    f"{settings.difficulty_guidance_scale:g}; "
                                     f"judged by {Path(args.evaluator).name}; feedback by {Path(args.scorer).name}\n\n"
                                     + md + "\n")
     print(md)
