@@ -10,6 +10,12 @@ s and per class: the share of images every committee member classifies as their 
 
     python bench/pool.py runs/probe/nb-pool6-g5-pool
     python bench/pool.py runs/downstream/synthetic/pool-dacd-ebb760fc --out bench/results/pool
+    python bench/pool.py <pool> --mus 0.5 0.3 0.7 0.9 --per-class 150   # what each mu's plan would take
+
+With --mus, it also matches a plan per mu (`--per-class` rows per class at s ~ N(mu, --sigma), plan
+seed 0, as `train/downstream.py` plans them; pooling at --tolerance, label rule on) to the pool and
+prints, per mu, the matched set's accepted and faithful shares, its mean committee s, and how many
+of its images the first mu's set also holds: whether the difficulty plan still changes the set.
 
 Reads only; no model runs. Writes summary.md to --out when given.
 """
@@ -23,15 +29,20 @@ import pandas as pd
 
 from dacd.defaults import MEDIUM_BAND
 from dacd.evaluation import markdown_table
-from dacd.generation import load_manifest
+from dacd.generation import DifficultySpec, Pooling, load_manifest, make_plan, match_pool
 
 
-def pool_table(pool_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def scored_pool(pool_dir: Path) -> pd.DataFrame:
+    """The pool's manifest with its committee's `selection_s` and `faithful`."""
     scores = sorted(pool_dir.glob("committee-*.parquet"))
     if not scores:
         raise SystemExit(f"{pool_dir} has no committee-*.parquet: it is not a scored pool (train/generate.py --pool "
                          "scores its pool when the pool is complete)")
-    pool = load_manifest(pool_dir).drop(columns=["selection_s"]).merge(pd.read_parquet(scores[-1]), on="id")
+    return load_manifest(pool_dir).drop(columns=["selection_s"]).merge(pd.read_parquet(scores[-1]), on="id")
+
+
+def pool_table(pool_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    pool = scored_pool(pool_dir)
     lo, hi = MEDIUM_BAND
     pool["faithful_medium"] = pool.faithful & pool.selection_s.between(lo, hi)
     pool["faithful_s"] = pool.selection_s.where(pool.faithful)
@@ -45,12 +56,35 @@ def pool_table(pool_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     return overall, summarise(pool.groupby("conditioning bin")), summarise(pool.groupby("class"))
 
 
+def plan_overlap(pool_dir: Path, mus, per_class: int, sigma: float, tolerance: float) -> pd.DataFrame:
+    """Per mu, the set `match_pool` gives a plan at N(mu, sigma): acceptance, faithfulness, mean
+    committee s, and the images it shares with the first mu's set."""
+    pool = scored_pool(pool_dir)
+    names = list(pool.drop_duplicates("label").sort_values("label")["class"])
+    rows, first = [], None
+    for mu in mus:
+        plan = make_plan(names, per_class, DifficultySpec(mu=mu, sigma=sigma), seed=0)
+        m = match_pool(pool, plan, Pooling(factor=1, tolerance=tolerance))
+        first = set(m.pool_id) if first is None else first
+        rows.append({"mu": mu, "images": len(m), "accepted": round(float(m.accepted.mean()), 4),
+                     "faithful": round(float(m.faithful.mean()), 4),
+                     "committee_s_mean": round(float(m.selection_s.mean()), 4),
+                     f"shared with mu {mus[0]:g}": len(first & set(m.pool_id))})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pool", type=Path, help="a pool folder (manifest.parquet + committee-*.parquet)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--mus", type=float, nargs="*", default=[], help="plans to match (the first is the reference)")
+    p.add_argument("--per-class", type=int, default=150, help="--mus: rows per class (150 = r 0.25 of a 10%% subset)")
+    p.add_argument("--sigma", type=float, default=0.1)
+    p.add_argument("--tolerance", type=float, default=0.1)
     args = p.parse_args(argv)
     parts = pool_table(args.pool)
+    if args.mus:
+        parts = (*parts, plan_overlap(args.pool, args.mus, args.per_class, args.sigma, args.tolerance).set_index("mu"))
     lo, hi = MEDIUM_BAND
     text = (f"pool {args.pool}: faithful = every committee member ranks the label first; faithful_medium = "
             f"faithful and committee-mean s in [{lo}, {hi}]\n\n"

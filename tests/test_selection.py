@@ -12,6 +12,7 @@ from test_pipeline import CLASSES, dummy_pipeline
 from dacd.classifier import build_classifier
 from dacd.generation import (
     Anchoring,
+    DifficultySpec,
     GenerationError,
     Pooling,
     Selection,
@@ -322,3 +323,26 @@ def test_match_pool_prefers_faithful_then_the_least_confidently_wrong():
     assert list(loose.pool_id[:3]) == ["p1", "p2", "p4"] and loose.accepted.iloc[1]  # nearest, faithful or not
     with pytest.raises(GenerationError, match="pool factor"):
         match_pool(pool.iloc[:3], plan, Pooling(factor=1))
+
+
+def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committee, tmp_path):
+    """bench/pool.py --mus: per mu, the set match_pool gives its plan, and how many images it shares
+    with the first mu's set (the same plan twice: all of them)."""
+    import importlib.util
+    from pathlib import Path
+
+    pooled(pipe, committee, tmp_path, "set", Pooling(factor=4, tolerance=0.1))
+    spec = importlib.util.spec_from_file_location("bench_pool", Path(__file__).parents[1] / "bench" / "pool.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = bench.plan_overlap(tmp_path / "pool", [0.5, 0.5, 0.9], per_class=3, sigma=0.1, tolerance=0.1)
+    assert list(table["images"]) == [12, 12, 12] and list(table["shared with mu 0.5"][:2]) == [12, 12]
+    plan = make_plan(CLASSES, 3, DifficultySpec(mu=0.9, sigma=0.1), seed=0)
+    scored = load_manifest(tmp_path / "pool").drop(columns=["selection_s"]).merge(
+        pd.read_parquet(tmp_path / "pool" / "committee-test.parquet"), on="id")
+    ref = match_pool(scored, make_plan(CLASSES, 3, DifficultySpec(mu=0.5, sigma=0.1), seed=0), Pooling(factor=1))
+    hard = match_pool(scored, plan, Pooling(factor=1))
+    assert table["shared with mu 0.5"].iloc[2] == len(set(ref.pool_id) & set(hard.pool_id))
+    assert table["accepted"].iloc[2] == round(float(hard.accepted.mean()), 4)
+    with pytest.raises(SystemExit, match="not a scored pool"):
+        bench.pool_table(tmp_path / "set")
