@@ -12,8 +12,9 @@ s and per class: the share of images every committee member classifies as their 
     python bench/pool.py runs/downstream/synthetic/pool-dacd-ebb760fc --out bench/results/pool
     python bench/pool.py <pool> --mus 0.5 0.3 0.7 0.9 --per-class 150   # what each mu's plan would take
 
-With --mus, it also matches a plan per mu (`--per-class` rows per class at s ~ N(mu, --sigma), plan
-seed 0, as `train/downstream.py` plans them; pooling at --tolerance, label rule on) to the pool and
+With --mus, it also matches a plan per mu (`--per-class` rows per class of the classes the pool
+holds, at s ~ N(mu, --sigma), plan seed --seed: `train/downstream.py --gen-seed`, 0 by default;
+pooling at --tolerance, label rule on) to the pool and
 prints, per mu, the matched set's accepted and faithful shares, its mean committee s, and how many
 of its images the first mu's set also holds: whether the difficulty plan still changes the set.
 
@@ -29,7 +30,7 @@ import pandas as pd
 
 from dacd.defaults import MEDIUM_BAND
 from dacd.evaluation import markdown_table
-from dacd.generation import DifficultySpec, Pooling, load_manifest, make_plan, match_pool
+from dacd.generation import DifficultySpec, GenerationError, Pooling, load_manifest, make_plan, match_pool
 
 
 def scored_pool(pool_dir: Path) -> pd.DataFrame:
@@ -56,15 +57,19 @@ def pool_table(pool_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     return overall, summarise(pool.groupby("conditioning bin")), summarise(pool.groupby("class"))
 
 
-def plan_overlap(pool_dir: Path, mus, per_class: int, sigma: float, tolerance: float) -> pd.DataFrame:
+def plan_overlap(pool_dir: Path, mus, per_class: int, sigma: float, tolerance: float, seed: int = 0) -> pd.DataFrame:
     """Per mu, the set `match_pool` gives a plan at N(mu, sigma): acceptance, faithfulness, mean
     committee s, and the images it shares with the first mu's set."""
     pool = scored_pool(pool_dir)
-    names = list(pool.drop_duplicates("label").sort_values("label")["class"])
+    name_of = dict(zip(pool.label, pool["class"]))  # labels index the model's classes; a pool may hold some
+    names = [name_of.get(i, f"class {i}") for i in range(max(name_of) + 1)]
     rows, first = [], None
     for mu in mus:
-        plan = make_plan(names, per_class, DifficultySpec(mu=mu, sigma=sigma), seed=0)
-        m = match_pool(pool, plan, Pooling(factor=1, tolerance=tolerance))
+        plan = make_plan(names, {c: per_class for c in name_of}, DifficultySpec(mu=mu, sigma=sigma), seed=seed)
+        try:
+            m = match_pool(pool, plan, Pooling(factor=1, tolerance=tolerance))
+        except GenerationError as e:
+            raise SystemExit(f"{pool_dir}: {e} (ask for fewer --per-class)") from None
         first = set(m.pool_id) if first is None else first
         rows.append({"mu": mu, "images": len(m), "accepted": round(float(m.accepted.mean()), 4),
                      "faithful": round(float(m.faithful.mean()), 4),
@@ -81,10 +86,12 @@ def main(argv=None):
     p.add_argument("--per-class", type=int, default=150, help="--mus: rows per class (150 = r 0.25 of a 10%% subset)")
     p.add_argument("--sigma", type=float, default=0.1)
     p.add_argument("--tolerance", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="--mus: plan seed (train/downstream.py --gen-seed)")
     args = p.parse_args(argv)
     parts = pool_table(args.pool)
     if args.mus:
-        parts = (*parts, plan_overlap(args.pool, args.mus, args.per_class, args.sigma, args.tolerance).set_index("mu"))
+        parts = (*parts, plan_overlap(args.pool, args.mus, args.per_class, args.sigma, args.tolerance,
+                                      args.seed).set_index("mu"))
     lo, hi = MEDIUM_BAND
     text = (f"pool {args.pool}: faithful = every committee member ranks the label first; faithful_medium = "
             f"faithful and committee-mean s in [{lo}, {hi}]\n\n"

@@ -700,9 +700,11 @@ class Pooling:
     manifest's `tries` is the factor: images generated per kept image.
 
     With anchoring (sampling "anchored-pooled"), the pool plan carries anchors (`assign_anchors` on
-    the pool plan) and every pool image is an img2img edit of a real image of its class: the set
-    keeps the edits whose committee s matches the plan and whose label every member still ranks
-    first; the manifest's `anchor_id` names each kept image's source.
+    the pool plan) and every pool image is an img2img edit of a real image of its class instead of
+    a sample from noise; matching is the same, and the manifest's `anchor_id` names each kept
+    image's source. A class's anchors cycle when its pool is bigger than its real images (at r =
+    0.25 of a subset and factor 6, each real image is edited 1.5 times on average), so a set can
+    hold two edits of one real image, with different noise.
 
     Unlike per-row selection no try is wasted on the row it was drawn for: an image too easy for
     one row serves another, and one pool serves plans of any mu over the same counts. A row's image
@@ -774,10 +776,10 @@ def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling) -> pd.D
     if pooling.label_rule:
         ok &= took.faithful.to_numpy(bool)
     out = plan.reset_index(drop=True).copy()
-    for col in ("prompt", "measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful",
-                "anchor_id"):
-        if col in took:
-            out[col] = took[col].to_numpy()
+    for col in ("prompt", "measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful"):
+        out[col] = took[col].to_numpy()
+    if "anchor_id" in took:  # a pool manifest has it ("" unless anchored); hand-made frames may not
+        out["anchor_id"] = took.anchor_id.to_numpy()
     out["seed"] = took.seed.to_numpy()  # the pool image's noise seed
     return out.assign(pool_id=took.id.to_numpy(), accepted=ok)
 
@@ -859,7 +861,8 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     if pool_summary["complete"] and process_index == 0:
         pool = score_pool(pool_dir, committee, committee_key)
         config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
-                  "sampling_mode": "pooled" if anchoring is None else "anchored-pooled", "pool": pool_id, "pool_folder": str(pool_dir),  # the folder may move: not compared
+                  "sampling_mode": "pooled" if anchoring is None else "anchored-pooled", "pool": pool_id,
+                  "pool_folder": str(pool_dir),  # the folder may move: not compared
                   **(extra_config or {})}
         summary = write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id, config=config,
                                    real_subset=real_subset)

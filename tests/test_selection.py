@@ -128,7 +128,6 @@ def test_an_unset_tolerance_is_the_sampling_default_and_a_bad_one_is_refused():
 
 
 def test_the_pilot_fits_per_class_conditioning_and_is_stored(pipe, committee, tmp_path):
-
     from dacd.calibration import Calibration
     from dacd.generation import CONFIG_NAME, fit_pilot
 
@@ -166,7 +165,6 @@ def test_a_faithful_pilot_averages_only_what_selection_could_accept(pipe, commit
 def test_feedback_steers_every_try_and_is_recorded(pipe, committee, tmp_path):
     """Selection with feedback-guided tries: the kept image of each row is the feedback-guided image
     of its try's seed; generation.json records the feedback; edits refuse it."""
-
     from dacd.feedback import FeedbackGuidance
     from dacd.generation import Anchoring, assign_anchors
 
@@ -287,7 +285,7 @@ def test_anchored_pool_keeps_faithful_edits_and_names_their_anchors(pipe, commit
            anchoring=Anchoring(0.6), anchors=other)
     first = pool.path.iloc[0]
     assert (tmp_path / "pool" / first).read_bytes() != (tmp_path / "pool-other" / first).read_bytes()
-    with pytest.raises(GenerationError, match="pool"):  # another strength into the same set folder: refused
+    with pytest.raises(GenerationError, match=r"pool\.anchoring\.strength: 0\.6 in the folder, 0\.4 now"):
         pooled(pipe, committee, tmp_path, "set", pooling, plan=plan, pool_plan=pool_plan, pool="pool-0.4",
                anchoring=Anchoring(0.4), anchors=anchors)
     with pytest.raises(GenerationError, match="not among the real images"):
@@ -346,3 +344,5 @@ def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committ
     assert table["accepted"].iloc[2] == round(float(hard.accepted.mean()), 4)
     with pytest.raises(SystemExit, match="not a scored pool"):
         bench.pool_table(tmp_path / "set")
+    with pytest.raises(SystemExit, match="fewer --per-class"):
+        bench.plan_overlap(tmp_path / "pool", [0.5], per_class=100, sigma=0.1, tolerance=0.1)

@@ -133,22 +133,26 @@ def parse_args(argv=None):
                         "--select), anchored on real subset images (train/generate.py --anchor real), pooled: "
                         "matched from one committee-measured pool (train/generate.py --pool), anchored-pooled: "
                         "a pool of edits of real subset images (--pool with --anchor real)")
-    p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="anchored: img2img strength")
-    p.add_argument("--anchor-seed", type=int, default=0, help="anchored: order of a class's real images")
+    p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="anchored / anchored-pooled: img2img "
+                   "strength")
+    p.add_argument("--anchor-seed", type=int, default=0, help="anchored / anchored-pooled: order of a class's real "
+                   "images")
     p.add_argument("--max-tries", type=int, default=Selection.max_tries, help="selected: tries per image")
     p.add_argument("--tolerance", type=float, default=None,
-                   help=f"selected / pooled: |committee s - plan| (default {Selection.tolerance:g} selected, "
-                        f"{Pooling.tolerance:g} pooled, where it only marks `accepted`)")
-    p.add_argument("--no-label-rule", action="store_true", help="selected / pooled: accept images that a member misclassifies")
+                   help=f"selected / (anchored-)pooled: |committee s - plan| (default {Selection.tolerance:g} "
+                        f"selected, {Pooling.tolerance:g} pooled, where it only marks `accepted`)")
+    p.add_argument("--no-label-rule", action="store_true",
+                   help="selected / (anchored-)pooled: accept images that a member misclassifies")
     p.add_argument("--pilot", type=int, default=Selection.pilot,
                    help="selected: pilot images per class and grid value fitting per-class conditioning (0: none)")
     p.add_argument("--pilot-faithful", action="store_true",
                    help="selected: fit the pilot on label-faithful images only")
     p.add_argument("--pool-factor", type=int, default=Pooling.factor,
-                   help="pooled: pool images per planned image (one pool, at the largest ratio, serves every mu)")
+                   help="(anchored-)pooled: pool images per planned image (one pool, at the largest ratio, serves "
+                        "every mu)")
     p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
                                                       str(EMBEDDED / LAYOUT.classifier_2)],
-                   help="selected / pooled: scoring classifiers that select (never the evaluator)")
+                   help="selected / (anchored-)pooled: scoring classifiers that select (never the evaluator)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
                    help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
@@ -341,7 +345,8 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
               f"into {st['folder']}", flush=True)
         anchors = None
         if st["anchoring"] is not None:  # the pool's anchors, or the set's own
-            anchors = anchor_images(st["pool"]["plan"] if st["pooling"] else st["plan"], real.ids, real.images)
+            anchors = anchor_images(st["pool"]["plan"] if st["pooling"] is not None else st["plan"], real.ids,
+                                    real.images)
         if st["pooling"] is not None:
             with torch.inference_mode():
                 generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
@@ -420,6 +425,7 @@ def cell_specs(args, sets) -> list[dict]:
     cells = [{"cell": "real-only", "model": "", "sampling": "", "mode": "real", "mu": float("nan"), "ratio": 0.0,
               "set": None, "headline": True}]
     nan = float("nan")
+
     def generated_arms(arm, mode, mu=None):  # (cell label, set name) per guidance scale
         tags = [guidance_tag(gs, args.difficulty_guidance if arm == "dacd" else None) for gs in args.guidance_scales]
         return [(" ".join(x for x in (arm, "" if mode == "plain" else mode, g) if x),

@@ -10,6 +10,9 @@
                                                     # each image an edit of a real image of the subset
     python train/generate.py --out runs/synth/pooled --per-class 150 --pool 6 --tolerance 0.1
                                                     # a pool of 6x at s ~ U(0, 1), matched to the plan
+    python train/generate.py --out runs/synth/unguided --ratio 0.25 --real-fraction 0.1 --pool 6 --tolerance 0.1 \
+        --guidance 1 --difficulty-guidance 1        # unguided pool: the sets that taught most (README Results)
+    python train/generate.py --out runs/synth/ap --ratio 0.25 --real-fraction 0.1 --pool 6 --anchor real  # a pool of edits
     accelerate launch --num_processes 4 train/generate.py --out ... --per-class 5000  # GPUs / machines
     accelerate launch --cpu --num_processes 2 train/generate.py ...                   # CPU processes
 
@@ -112,7 +115,8 @@ def parse_args(argv=None):
     po.add_argument("--pool", type=int, default=0, metavar="FACTOR",
                     help="generate FACTOR x the plan per class at s ~ U(0, 1) into --pool-dir, measure it with the "
                          "committee and give each row the unused pool image nearest its request, label-faithful "
-                         "ones first (--tolerance and --no-label-rule apply; 0: off)")
+                         "ones first (--tolerance and --no-label-rule apply; 0: off). With --anchor real the pool "
+                         "is made of edits of real images (sampling 'anchored-pooled')")
     po.add_argument("--pool-dir", default=None, help="where the pool goes (default: <out>-pool). It is kept: a "
                     "set with another --out, --tolerance or --committee and this --pool-dir is matched from it "
                     "without generating")
@@ -121,7 +125,8 @@ def parse_args(argv=None):
     fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
     fb.add_argument("--feedback-scorer", default=None, help="classifier folder (default: the checkpoint's classifier/); "
                     "never the evaluator")
-    an = p.add_argument_group("anchoring (sampling 'anchored': edit real images of the class instead of noise)")
+    an = p.add_argument_group("anchoring (sampling 'anchored', or 'anchored-pooled' with --pool: edit real images "
+                              "of the class instead of sampling from noise)")
     an.add_argument("--anchor", choices=["none", "real"], default="none",
                     help="real: each image starts from a real training image of its class, drawn deterministically "
                          "from the real subset (--real-fraction, --real-seed); recorded as anchor_id")
