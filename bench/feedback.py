@@ -123,7 +123,11 @@ def main(argv=None):
         sel, pool = gen.get("selection"), gen.get("pooling")
         detail = ("" if not sel else f" (tries {sel.get('max_tries')}, tol {sel.get('tolerance')}, "
                   f"faithful pilot {sel.get('pilot_faithful', False)})")
-        detail += "" if not pool else f" (pool {pool.get('factor')}x at s ~ U(0, 1), label rule {pool.get('label_rule')})"
+        if pool:
+            pool_cfg = Path(gen.get("pool_folder", "")) / "generation.json"  # its conditioning, as recorded
+            drawn = (json.loads(pool_cfg.read_text()).get("difficulty", {}).get("description", "s ~ U(0, 1)")
+                     if pool_cfg.is_file() else "conditioning unknown: its pool folder is gone")
+            detail += f" (pool {pool.get('factor')}x at {drawn}, label rule {pool.get('label_rule')})"
         rows.append(judge(f"{gen.get('sampling_mode', 'selected')}: {folder.name}{detail}", evaluator, imgs, plan))
 
     table = pd.DataFrame(rows)

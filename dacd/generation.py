@@ -689,7 +689,8 @@ POOL_SCORES = "committee-{key}.parquet"
 @dataclass(frozen=True)
 class Pooling:
     """Sampling "pooled": over-generate once, then match. A pool of `factor` x the planned images
-    per class is generated at `s ~ U(0, 1)` (plain sampling, resumable like any set), the committee
+    per class is generated at `s ~ U(0, 1)` (plain sampling, resumable like any set; or conditioned on
+    the plan's own difficulty spec, a pool per mu: `make_pool_plan(difficulty=...)`), the committee
     measures every pool image once, and each planned row, in plan order, takes the unused pool
     image of its class whose committee-mean s is nearest its request (`match_to_plan`, as the
     real-matched arm does with real images) among the images every member classifies as their
@@ -707,7 +708,7 @@ class Pooling:
     hold two edits of one real image, with different noise.
 
     Unlike per-row selection no try is wasted on the row it was drawn for: an image too easy for
-    one row serves another, and one pool serves plans of any mu over the same counts. A row's image
+    one row serves another, and one uniform pool serves plans of any mu over the same counts. A row's image
     depends only on the pool and the rows of its class before it, so a smaller ratio's set is the
     first ids of a larger one."""
 
@@ -727,12 +728,23 @@ def committee_key(folders) -> str:
     return "-".join(model_fingerprint(f)[:8] for f in folders)
 
 
+def _pool_difficulty_record(spec: DifficultySpec | None) -> dict:
+    """How a pool's generation.json records its conditioning (the uniform pool's record as before)."""
+    if spec is None or spec.kind == "uniform":
+        return {"kind": "uniform", "description": "s ~ U(0, 1)"}
+    return {**asdict(spec), "description": spec.describe()}
+
+
 def make_pool_plan(plan: pd.DataFrame, class_names, factor: int, *, prompts=None,
-                   prompt_template: str = PROMPT_TEMPLATE, seed: int = 0) -> pd.DataFrame:
-    """The pool for `plan`: `factor` x its count per class at s ~ U(0, 1), same prompts and seed."""
+                   prompt_template: str = PROMPT_TEMPLATE, seed: int = 0,
+                   difficulty: DifficultySpec | None = None) -> pd.DataFrame:
+    """The pool for `plan`: `factor` x its count per class, same prompts and seed, conditioned at
+    s ~ U(0, 1) (one pool for plans of any mu), or with `difficulty` (e.g. the plan's own spec: a
+    pool per mu, so the dial reaches the pool through the conditioning, not only through matching).
+    Pool row k of a class has the noise seed of plan row k whatever the difficulty."""
     class_names = list(class_names)
     counts = {int(c): int(n) * int(factor) for c, n in plan.label.value_counts(sort=False).items()}
-    return make_plan(class_names, counts, DifficultySpec(kind="uniform"), prompts=prompts,
+    return make_plan(class_names, counts, difficulty or DifficultySpec(kind="uniform"), prompts=prompts,
                      prompt_template=prompt_template, seed=seed)
 
 
@@ -817,6 +829,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                         pool_dir: str | Path, committee, committee_key: str, pooling: Pooling, model_id: str,
                         evaluator=None, sampling: SamplingSettings | None = None, batch_size: int = 32,
                         anchoring: Anchoring | None = None, anchors=None,
+                        pool_difficulty: DifficultySpec | None = None,
                         extra_config: dict | None = None, real_subset: str = "", process_index: int = 0,
                         num_processes: int = 1,
                         barrier=lambda: None, progress: bool = True,
@@ -827,7 +840,8 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     cover scoring the pool, about a minute per 10,000 32x32 images on a CPU core). `pool_plan` is
     `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans. With `anchoring`, the pool
     plan has anchor ids (`assign_anchors`) and `anchors` their images (`anchor_images`): the pool
-    is made of edits and the set's sampling is "anchored-pooled"."""
+    is made of edits and the set's sampling is "anchored-pooled". `pool_difficulty` is the spec the
+    pool plan was drawn with (recorded in the pool's generation.json; default s ~ U(0, 1))."""
     model_id = recorded_model(model_id)
     if not committee:
         raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
@@ -853,7 +867,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                                     sampling=sampling, batch_size=batch_size, progress=progress,
                                     anchoring=anchoring, anchors=anchors,
                                     extra_config={"role": "pool of a pooled set",
-                                                  "difficulty": {"kind": "uniform", "description": "s ~ U(0, 1)"}},
+                                                  "difficulty": _pool_difficulty_record(pool_difficulty)},
                                     process_index=process_index, num_processes=num_processes, barrier=barrier,
                                     stop_after_chunks=stop_after_chunks)
     summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "complete": False,

@@ -321,6 +321,19 @@ def test_pooled_sets_of_every_mu_share_one_pool(tmp_path):
     stronger, _ = planned("--samplings", "anchored-pooled", "--pool-factor", "3", "--strength", "0.6")
     assert stronger["dacd-anchored-pooled-mu0.5"]["identity"] != e["identity"]
     assert stronger["dacd-anchored-pooled-mu0.5"]["pool"]["folder"] != e["pool"]["folder"]
+    # --pool-difficulty plan: a pool per mu, conditioned on that mu's plan; named mu-pooled
+    per_mu, cells = planned("--samplings", "pooled", "--pool-factor", "3", "--pool-difficulty", "plan")
+    c, d = per_mu["dacd-mu-pooled-mu0.5"], per_mu["dacd-mu-pooled-mu0.9"]
+    assert "dacd mu-pooled mu=0.9 r=0.25" in cells and c["sampling"] == "mu-pooled"
+    assert c["pool"]["folder"] != d["pool"]["folder"] and c["pool"]["folder"].name.startswith("pool-dacd-mu-")
+    assert c["pool"]["folder"] != a["pool"]["folder"] and c["identity"] != a["identity"]
+    for st, mu in ((c, 0.5), (d, 0.9)):
+        drawn = st["pool"]["plan"].requested_s
+        assert abs(drawn.mean() - mu) < 0.1 and drawn.std() < 0.2 and st["pool"]["difficulty"].mu == mu
+    # the plan's rows are the pool's first rows of each class (same noise seed and request)
+    first = c["pool"]["plan"].groupby("label").head(2).reset_index(drop=True)
+    pd.testing.assert_frame_equal(first[["id", "seed", "requested_s"]], c["plan"][["id", "seed", "requested_s"]])
+    assert a["pool"]["difficulty"] is None
 
 
 def test_settings_json_records_repository_folders_relative():

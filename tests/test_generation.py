@@ -301,6 +301,23 @@ def test_an_anchored_pool_from_the_script_keeps_edits_of_subset_images(tiny_dacd
 
 
 @pytest.mark.slow
+def test_a_pool_drawn_at_the_plans_difficulty_from_the_script(tiny_dacd, tiny_evaluator, tiny_scores, tmp_path):
+    """generate.py --pool-difficulty plan: the pool is conditioned on the plan's spec and says so;
+    without --pool the flag is refused."""
+    out = tmp_path / "mupool"
+    run_script(*gen_args(out, tiny_dacd, tiny_evaluator, "--mu", "0.8", "--sigma", "0.05", "--pool", "2",
+                         "--pool-difficulty", "plan", "--committee", tiny_scores / "classifier"))
+    m, pool = read_manifest(out), read_manifest(tmp_path / "mupool-pool")
+    drawn = json.loads((tmp_path / "mupool-pool" / "generation.json").read_text())["difficulty"]
+    assert drawn["kind"] == "normal" and drawn["mu"] == 0.8 and "N(0.8, 0.05)" in drawn["description"]
+    assert len(pool) == 2 * len(m) and pool.requested_s.between(0.6, 1.0).all()
+    assert set(m.pool_id) <= set(pool.id)
+    proc = run_script(*gen_args(tmp_path / "nopool", tiny_dacd, tiny_evaluator, "--pool-difficulty", "plan"),
+                      check=False)
+    assert proc.returncode != 0 and "--pool-difficulty applies to a pool" in proc.stderr
+
+
+@pytest.mark.slow
 def test_anchored_set_edits_real_images_of_the_subset(tiny_dacd, tiny_evaluator, fake_fmnist, tmp_path):
     out = tmp_path / "anchored"
 

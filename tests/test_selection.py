@@ -292,6 +292,24 @@ def test_anchored_pool_keeps_faithful_edits_and_names_their_anchors(pipe, commit
         anchor_images(pool_plan, ids[:4], images[:4])
 
 
+def test_a_pool_at_the_plans_difficulty_serves_its_plan_and_records_its_draw(pipe, committee, tmp_path):
+    spec = DifficultySpec(mu=0.8, sigma=0.05)
+    plan = make_plan(CLASSES, 3, spec, seed=4)
+    pool_plan = make_pool_plan(plan, CLASSES, 2, seed=4, difficulty=spec)
+    # the plan's rows are each class's first pool rows: same ids, noise seeds and requests
+    first = pool_plan.groupby("label").head(3).reset_index(drop=True)
+    pd.testing.assert_frame_equal(first[["id", "seed", "requested_s"]], plan[["id", "seed", "requested_s"]])
+    assert not np.allclose(make_pool_plan(plan, CLASSES, 2, seed=4).requested_s, pool_plan.requested_s)
+    _, summary = pooled(pipe, committee, tmp_path, "set", Pooling(factor=2), plan=plan, pool_plan=pool_plan,
+                        pool_difficulty=spec)
+    assert summary["complete"]
+    drawn = json.loads((tmp_path / "pool" / "generation.json").read_text())["difficulty"]
+    assert drawn["mu"] == 0.8 and drawn["description"] == spec.describe()
+    pooled(pipe, committee, tmp_path / "u", "set", Pooling(factor=2), plan=plan)
+    assert json.loads((tmp_path / "u" / "pool" / "generation.json").read_text())["difficulty"] == {
+        "kind": "uniform", "description": "s ~ U(0, 1)"}
+
+
 def test_pooled_refusals(pipe, committee, tmp_path):
     with pytest.raises(GenerationError, match="committee"):
         pooled(pipe, [], tmp_path, "x", Pooling(factor=2))

@@ -17,7 +17,8 @@ test split. The added sets (per class: ratio x the real subset's count):
                   set at s ~ U(0, 1) measured by the committee once and matched to each mu's plan,
                   label-faithful images first; `anchored`, each image an img2img edit of a
                   real subset image of its class at --strength; and `anchored-pooled`, a pool of
-                  such edits matched like `pooled`)
+                  such edits matched like `pooled`; with --pool-difficulty plan each mu gets its own
+                  pool conditioned on its plan, named `mu-pooled`)
   baseline        the no-difficulty LoRA's images
   real-matched    real images from the unused part of the training split, matched per class
                   to the same s plan as the dacd set (nearest out-of-fold s, without replacement)
@@ -150,6 +151,10 @@ def parse_args(argv=None):
     p.add_argument("--pool-factor", type=int, default=Pooling.factor,
                    help="(anchored-)pooled: pool images per planned image (one pool, at the largest ratio, serves "
                         "every mu)")
+    p.add_argument("--pool-difficulty", choices=["uniform", "plan"], default="uniform",
+                   help="(anchored-)pooled: the pool's conditioning, s ~ U(0, 1) (one pool for every mu) or each "
+                        "mu's own plan spec (a pool per mu; its sets are named 'mu-pooled', e.g. 'dacd mu-pooled "
+                        "g1d1')")
     p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
                                                       str(EMBEDDED / LAYOUT.classifier_2)],
                    help="selected / (anchored-)pooled: scoring classifiers that select (never the evaluator)")
@@ -232,6 +237,13 @@ def guidance_tag(scale: float, difficulty: float | None = None) -> str:
     return ("" if scale == SAMPLING.guidance_scale and not d else f"g{scale:g}") + d
 
 
+def sampling_label(args, mode: str) -> str:
+    """A sampling's name in set and cell names: pooled sets with a pool per mu (--pool-difficulty
+    plan) are 'mu-pooled' / 'anchored-mu-pooled'."""
+    per_mu = mode in ("pooled", "anchored-pooled") and args.pool_difficulty == "plan"
+    return mode.replace("pooled", "mu-pooled") if per_mu else mode
+
+
 def plan_sets(args, real, counts) -> dict:
     """Every added set, by name: what it is and what identifies it (no images yet)."""
 
@@ -247,10 +259,13 @@ def plan_sets(args, real, counts) -> dict:
         ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": asdict(settings),
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = pooling = None
-        if mode in ("pooled", "anchored-pooled"):  # one pool per (model, settings), shared by every mu
-            pooling = Pooling(args.pool_factor, args.tolerance, not args.no_label_rule)
+        label = sampling_label(args, mode)
+        if mode in ("pooled", "anchored-pooled"):  # one pool per (model, settings), shared by every mu,
+            pooling = Pooling(args.pool_factor, args.tolerance, not args.no_label_rule)  # or one per mu
+            per_mu = label != mode
             pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompts=prompts,
-                                       prompt_template=prompt_template(model), seed=args.gen_seed)
+                                       prompt_template=prompt_template(model), seed=args.gen_seed,
+                                       difficulty=spec if per_mu else None)
             pool_ident = {"model": ident["model"], "settings": ident["settings"]}
             if mode == "anchored-pooled":  # a pool of edits of the subset's images
                 anchoring = Anchoring(args.strength, args.anchor_seed)
@@ -260,9 +275,10 @@ def plan_sets(args, real, counts) -> dict:
             pool_ident["plan"] = plan_fingerprint(pool_plan)
             ident.update(pooling=asdict(pooling), committee=[model_fingerprint(c) for c in args.committee],
                          pool=_hash(pool_ident))
-            tag = "".join(f"-{x}" for x in ("anchored" if anchoring else "", guidance_tag(guidance, dg)) if x)
+            tag = "".join(f"-{x}" for x in ("anchored" if anchoring is not None else "", "mu" if per_mu else "",
+                                            guidance_tag(guidance, dg)) if x)
             pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
-                    f"pool-{arm}{tag}-{_hash(pool_ident)[:8]}"}
+                    f"pool-{arm}{tag}-{_hash(pool_ident)[:8]}", "difficulty": spec if per_mu else None}
         if mode == "selected":
             selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot,
                                   args.pilot_faithful)
@@ -272,8 +288,8 @@ def plan_sets(args, real, counts) -> dict:
             plan = assign_anchors(plan, real.ids, real.labels, anchoring.seed)
             ident.update(anchoring=asdict(anchoring), plan=plan_fingerprint(plan))
         g = guidance_tag(guidance, dg)
-        name = f"{arm}-{mode}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")
-        sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": f"{mode} {g}".strip(), "kind": "generated",
+        name = f"{arm}-{label}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")
+        sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": f"{label} {g}".strip(), "kind": "generated",
                       "plan": plan, "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
                       "anchoring": anchoring, "pooling": pooling, "pool": pool if pooling else None,
                       "settings": settings,
@@ -354,6 +370,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                     committee_key=committee_key(args.committee),
                                     pooling=st["pooling"], model_id=model, evaluator=evaluator,
                                     anchoring=st["anchoring"], anchors=anchors,
+                                    pool_difficulty=st["pool"]["difficulty"],
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
@@ -428,6 +445,7 @@ def cell_specs(args, sets) -> list[dict]:
 
     def generated_arms(arm, mode, mu=None):  # (cell label, set name) per guidance scale
         tags = [guidance_tag(gs, args.difficulty_guidance if arm == "dacd" else None) for gs in args.guidance_scales]
+        mode = sampling_label(args, mode) if arm == "dacd" else mode
         return [(" ".join(x for x in (arm, "" if mode == "plain" else mode, g) if x),
                  f"{arm}-{mode}" + (f"-{g}" if g else "") + (f"-mu{mu:g}" if mu is not None else "")) for g in tags]
 

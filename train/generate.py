@@ -117,6 +117,10 @@ def parse_args(argv=None):
                          "committee and give each row the unused pool image nearest its request, label-faithful "
                          "ones first (--tolerance and --no-label-rule apply; 0: off). With --anchor real the pool "
                          "is made of edits of real images (sampling 'anchored-pooled')")
+    po.add_argument("--pool-difficulty", choices=["uniform", "plan"], default="uniform",
+                    help="the pool's conditioning: s ~ U(0, 1) (one pool serves plans of any --mu) or the plan's "
+                         "own difficulty (--mu/--sigma/--s/--s-table: a pool per plan, so the dial moves the pool "
+                         "itself, not only which of its images are taken)")
     po.add_argument("--pool-dir", default=None, help="where the pool goes (default: <out>-pool). It is kept: a "
                     "set with another --out, --tolerance or --committee and this --pool-dir is matched from it "
                     "without generating")
@@ -212,6 +216,8 @@ def main(argv=None):
     dtype = torch.float16 if state.device.type == "cuda" else torch.float32
     if args.pool and (args.select or args.feedback_scale):
         raise SystemExit("error: --pool is its own sampling: leave out --select and --feedback-scale")
+    if args.pool_difficulty != "uniform" and not args.pool:
+        raise SystemExit("error: --pool-difficulty applies to a pool: add --pool FACTOR")
     if args.pool < 0:
         raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
@@ -261,17 +267,21 @@ def main(argv=None):
                      if args.select else None)
         if args.pool:
             pooling = Pooling(args.pool, args.tolerance, not args.no_label_rule)
-            pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor,
+            pool_spec = None
+            if args.pool_difficulty == "plan":  # the plan's own spec, as build_plan recorded it
+                pool_spec = DifficultySpec(**{k: v for k, v in extra["difficulty"].items() if k != "description"})
+            pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor, difficulty=pool_spec,
                                        prompts=prompts, prompt_template=pipe.prompt_template, seed=args.seed)
             anchors = None
             if anchoring is not None:  # a pool of edits
                 pool_plan, anchors = anchored(pool_plan, subset, anchoring.seed)
             pool_dir = Path(args.pool_dir or f"{Path(args.out).as_posix().rstrip('/')}-pool")
             if state.is_main_process:
-                print(f"pool: {len(pool_plan)} images (s ~ U(0, 1){', edits' if anchors else ''}) into {pool_dir}")
+                drawn = pool_spec.describe() if pool_spec else "s ~ U(0, 1)"
+                print(f"pool: {len(pool_plan)} images ({drawn}{', edits' if anchors else ''}) into {pool_dir}")
             summary = generate_pooled_set(pipe, plan, args.out, pool_plan=pool_plan, pool_dir=pool_dir,
                                           committee=committee, committee_key=members, pooling=pooling,
-                                          anchoring=anchoring, anchors=anchors,
+                                          anchoring=anchoring, anchors=anchors, pool_difficulty=pool_spec,
                                           model_id=str(args.model), evaluator=evaluator, sampling=sampling,
                                           batch_size=args.batch_size, extra_config=extra,
                                           real_subset=extra.get("real_subset", {}).get("name", ""),
