@@ -123,10 +123,12 @@ def main(argv=None):
         sel, pool = gen.get("selection"), gen.get("pooling")
         detail = ("" if not sel else f" (tries {sel.get('max_tries')}, tol {sel.get('tolerance')}, "
                   f"faithful pilot {sel.get('pilot_faithful', False)})")
-        if pool:
-            pool_cfg = Path(gen.get("pool_folder", "")) / "generation.json"  # its conditioning, as recorded
-            drawn = (json.loads(pool_cfg.read_text()).get("difficulty", {}).get("description", "s ~ U(0, 1)")
-                     if pool_cfg.is_file() else "conditioning unknown: its pool folder is gone")
+        if pool:  # its conditioning, from the pool's record: where the set says, else train/generate.py's default
+            found = [d / "generation.json" for d in (Path(gen["pool_folder"]) if gen.get("pool_folder") else None,
+                                                     folder.with_name(folder.name + "-pool")) if d is not None]
+            found = [c for c in found if c.is_file()]
+            drawn = (json.loads(found[0].read_text()).get("difficulty", {}).get("description", "s ~ U(0, 1)")
+                     if found else "conditioning unknown: its pool folder is gone")
             detail += f" (pool {pool.get('factor')}x at {drawn}, label rule {pool.get('label_rule')})"
         rows.append(judge(f"{gen.get('sampling_mode', 'selected')}: {folder.name}{detail}", evaluator, imgs, plan))
 

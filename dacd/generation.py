@@ -68,8 +68,8 @@ class DifficultySpec:
     kind="normal": `s ~ N(mu, sigma)` clipped to [0, 1] (the paper's sampling; default
     mu=0.5, sigma=0.1). kind="fixed": every image gets `value`. kind="table": a per-class
     entry, either a number (fixed) or `[mu, sigma]`; classes missing from the table fall
-    back to (mu, sigma). kind="uniform": `s ~ U(0, 1)` (the pool of sampling "pooled", which
-    serves plans of any mu).
+    back to (mu, sigma). kind="uniform": `s ~ U(0, 1)` (the default pool of sampling "pooled",
+    which serves plans of any mu).
     """
 
     kind: str = "normal"

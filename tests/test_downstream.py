@@ -217,6 +217,32 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
 
 
+@pytest.mark.slow
+def test_downstream_mu_pooled_sets_come_from_a_pool_drawn_at_their_mu(tiny_dacd, tiny_evaluator, tiny_scores,
+                                                                      fake_fmnist, tmp_path):
+    """--pool-difficulty plan end to end: each mu's pool is conditioned on its plan, says so in its
+    generation.json, and serves only its own set."""
+    run_script("train/downstream.py", "--data-dir", fake_fmnist, "--model", tiny_dacd, "--baseline", "",
+               "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--real-fraction", "0.2",
+               "--arms", "dacd", "--mus", "0.3", "0.9", "--ratios", "0.25", "--seeds", "0", "--headline-seeds", "0",
+               "--steps", "2", "--batch-size", "16", "--gen-steps", "2", "--gen-batch-size", "8",
+               "--samplings", "pooled", "--pool-factor", "2", "--pool-difficulty", "plan",
+               "--committee", tiny_scores / "classifier", "--work-dir", tmp_path / "work", "--out", tmp_path / "out",
+               "--no-progress")
+    t = pd.read_csv(tmp_path / "out" / "results.csv").set_index("cell")
+    assert t.loc["dacd mu-pooled mu=0.9 r=0.25", "sampling"] == "mu-pooled"
+    synthetic = tmp_path / "work" / "synthetic"
+    pools = sorted(synthetic.glob("pool-dacd-mu-*"))
+    assert len(pools) == 2
+    by_mu = {json.loads((p / "generation.json").read_text())["difficulty"]["mu"]: p for p in pools}
+    assert sorted(by_mu) == [0.3, 0.9]
+    for mu, pool_dir in by_mu.items():
+        pool = pd.read_parquet(pool_dir / "manifest.parquet")
+        assert abs(pool.requested_s.mean() - mu) < 0.1
+        st = pd.read_parquet(next(synthetic.glob(f"dacd-mu-pooled-mu{mu:g}-*")) / "manifest.parquet")
+        assert set(st.pool_id) <= set(pool.id) and len(pool) == 2 * len(st)
+
+
 def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
     """A text guidance other than the project's is a set of its own, named in its cells; the
     project's keeps today's names and identities (so cached cells stay valid)."""
@@ -267,9 +293,10 @@ def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
     assert {k: v["identity"] for k, v in same.items()} == {k: v["identity"] for k, v in default.items()}
 
 
-def test_pooled_sets_of_every_mu_share_one_pool(tmp_path):
-    """Sampling "pooled": one pool per model and settings serves every mu; the pool factor and the
-    committee are part of each set's identity, and adding the sampling leaves the others' alone."""
+def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
+    """Sampling "pooled": one pool per model and settings serves every mu (or, with
+    --pool-difficulty plan, one per mu); the pool factor and the committee are part of each set's
+    identity, and adding the sampling leaves the others' alone."""
     import importlib.util
     from pathlib import Path
 
@@ -334,6 +361,13 @@ def test_pooled_sets_of_every_mu_share_one_pool(tmp_path):
     first = c["pool"]["plan"].groupby("label").head(2).reset_index(drop=True)
     pd.testing.assert_frame_equal(first[["id", "seed", "requested_s"]], c["plan"][["id", "seed", "requested_s"]])
     assert a["pool"]["difficulty"] is None
+    assert "alone: dacd mu-pooled mu=0.5 r=0.25" in cells
+    edits, cells = planned("--samplings", "anchored-pooled", "--pool-factor", "3", "--pool-difficulty", "plan")
+    f = edits["dacd-anchored-mu-pooled-mu0.9"]
+    assert f["pool"]["folder"].name.startswith("pool-dacd-anchored-mu-") and f["sampling"] == "anchored-mu-pooled"
+    assert "dacd anchored-mu-pooled mu=0.5 r=0.25" in cells
+    with pytest.raises(SystemExit):  # nothing pooled to draw
+        ds.parse_args(["--samplings", "plain", "--pool-difficulty", "plan"])
 
 
 def test_settings_json_records_repository_folders_relative():

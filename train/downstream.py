@@ -132,7 +132,8 @@ def parse_args(argv=None):
     p.add_argument("--samplings", nargs="+", default=["plain"], choices=list(SAMPLINGS),
                    help="how dacd sets are made: plain sampling, selected by a committee (train/generate.py "
                         "--select), anchored on real subset images (train/generate.py --anchor real), pooled: "
-                        "matched from one committee-measured pool (train/generate.py --pool), anchored-pooled: "
+                        "matched from a committee-measured pool (train/generate.py --pool; one for every mu unless "
+                        "--pool-difficulty plan), anchored-pooled: "
                         "a pool of edits of real subset images (--pool with --anchor real)")
     p.add_argument("--strength", type=float, default=DEFAULT_STRENGTH, help="anchored / anchored-pooled: img2img "
                    "strength")
@@ -150,7 +151,7 @@ def parse_args(argv=None):
                    help="selected: fit the pilot on label-faithful images only")
     p.add_argument("--pool-factor", type=int, default=Pooling.factor,
                    help="(anchored-)pooled: pool images per planned image (one pool, at the largest ratio, serves "
-                        "every mu)")
+                        "every mu, unless --pool-difficulty plan)")
     p.add_argument("--pool-difficulty", choices=["uniform", "plan"], default="uniform",
                    help="(anchored-)pooled: the pool's conditioning, s ~ U(0, 1) (one pool for every mu) or each "
                         "mu's own plan spec (a pool per mu; its sets are named 'mu-pooled', e.g. 'dacd mu-pooled "
@@ -197,6 +198,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.arms) - {"dacd", "baseline", *REAL_ARMS, "alone"})
     if unknown:
         p.error(f"unknown arms {unknown}; choose from dacd, baseline, {', '.join(REAL_ARMS)}, alone")
+    if args.pool_difficulty != "uniform" and not {"pooled", "anchored-pooled"} & set(args.samplings):
+        p.error("--pool-difficulty applies to pooled sets: add --samplings pooled (or anchored-pooled)")
     if not args.baseline and "baseline" in args.arms:
         args.arms = [a for a in args.arms if a != "baseline"]
     args.out = Path(args.out or ROOT / "bench" / "results" / ("downstream-quick" if args.quick else "downstream"))

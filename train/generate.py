@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -113,7 +114,8 @@ def parse_args(argv=None):
                           "never the evaluator, which judges")
     po = p.add_argument_group("pooled selection (sampling 'pooled': generate a pool once, match it to the plan)")
     po.add_argument("--pool", type=int, default=0, metavar="FACTOR",
-                    help="generate FACTOR x the plan per class at s ~ U(0, 1) into --pool-dir, measure it with the "
+                    help="generate FACTOR x the plan per class at s ~ U(0, 1) (or, with --pool-difficulty plan, at "
+                         "the plan's difficulty) into --pool-dir, measure it with the "
                          "committee and give each row the unused pool image nearest its request, label-faithful "
                          "ones first (--tolerance and --no-label-rule apply; 0: off). With --anchor real the pool "
                          "is made of edits of real images (sampling 'anchored-pooled')")
@@ -269,7 +271,7 @@ def main(argv=None):
             pooling = Pooling(args.pool, args.tolerance, not args.no_label_rule)
             pool_spec = None
             if args.pool_difficulty == "plan":  # the plan's own spec, as build_plan recorded it
-                pool_spec = DifficultySpec(**{k: v for k, v in extra["difficulty"].items() if k != "description"})
+                pool_spec = DifficultySpec(**{f.name: extra["difficulty"][f.name] for f in fields(DifficultySpec)})
             pool_plan = make_pool_plan(plan, pipe.class_names, pooling.factor, difficulty=pool_spec,
                                        prompts=prompts, prompt_template=pipe.prompt_template, seed=args.seed)
             anchors = None
