@@ -2,7 +2,8 @@
 """What a pool of sampling "pooled" holds: how many of its images a plan at medium difficulty can use.
 
 A pool (`train/generate.py --pool F` writes `<out>-pool`; `train/downstream.py --samplings pooled`
-writes `runs/downstream/synthetic/pool-*`) is generated at s ~ U(0, 1) and measured once by the
+writes `runs/downstream/synthetic/pool-*`) is generated at s ~ U(0, 1) (or at its plan's difficulty,
+`--pool-difficulty plan`) and measured once by the
 committee (`committee-*.parquet` in the folder). This prints, overall, per bin of the conditioning
 s and per class: the share of images every committee member classifies as their label
 ("faithful"), the share that are faithful *and* whose committee-mean s lies in the medium band
