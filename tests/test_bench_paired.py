@@ -1,0 +1,58 @@
+"""bench/paired.py: the paired difference between two downstream cells."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+SCRIPT = Path(__file__).parents[1] / "bench" / "paired.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("bench_paired", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def runs_csv(path, cells: dict) -> str:
+    rows = [{"cell": c, "seed": s, "accuracy": a, "other": 1} for c, accs in cells.items() for s, a in accs.items()]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def test_paired_difference_over_shared_seeds(tmp_path, capsys):
+    bp = load()
+    a = {0: 0.880, 1: 0.875, 2: 0.884, 3: 0.879, 4: 0.870}
+    b = {0: 0.878, 1: 0.876, 2: 0.880, 3: 0.877}  # seed 4 only in A: left out
+    path = runs_csv(tmp_path / "runs.csv", {"A": a, "B": b, "real-only": {0: 0.87, 1: 0.87}})
+    r = bp.compare(bp.load_runs([path]), "A", "B")
+    d = np.array([a[s] - b[s] for s in range(4)]) * 100
+    assert r["paired_seeds"] == 4 and r["diff"] == pytest.approx(d.mean())
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert (r["low"], r["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert r["p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    assert bp.main([path, "A", "B"]) == 0
+    assert f"{d.mean():+.2f} points" in capsys.readouterr().out
+    swapped = bp.compare(bp.load_runs([path]), "B", "A")
+    assert swapped["diff"] == pytest.approx(-r["diff"])
+
+
+def test_cells_from_two_tables_and_refusals(tmp_path):
+    bp = load()
+    one = runs_csv(tmp_path / "one.csv", {"A": {0: 0.88, 1: 0.87}, "real-only": {0: 0.86, 1: 0.86}})
+    two = runs_csv(tmp_path / "two.csv", {"B": {0: 0.87, 1: 0.88}, "real-only": {0: 0.86, 1: 0.86}})
+    assert bp.compare(bp.load_runs([one, two]), "A", "B")["paired_seeds"] == 2
+    bad = runs_csv(tmp_path / "bad.csv", {"A": {0: 0.80, 1: 0.87}})
+    with pytest.raises(SystemExit, match="different accuracies"):
+        bp.load_runs([one, bad])
+    with pytest.raises(SystemExit, match="no cell 'C'"):
+        bp.compare(bp.load_runs([one]), "A", "C")
+    lone = runs_csv(tmp_path / "lone.csv", {"A": {0: 0.88}, "B": {1: 0.87}})
+    with pytest.raises(SystemExit, match="share 0 seed"):
+        bp.compare(bp.load_runs([lone]), "A", "B")
