@@ -29,22 +29,34 @@ from pathlib import Path
 
 import pandas as pd
 
-from dacd.defaults import MEDIUM_BAND
+from dacd.defaults import EMBEDDED_CHECKPOINT as CK
+from dacd.defaults import LAYOUT, MEDIUM_BAND
 from dacd.evaluation import markdown_table
-from dacd.generation import DifficultySpec, GenerationError, Pooling, load_manifest, make_plan, match_pool
+from dacd.generation import (POOL_SCORES, DifficultySpec, GenerationError, Pooling, committee_key, load_manifest,
+                             make_plan, match_pool)
 
 
-def scored_pool(pool_dir: Path) -> pd.DataFrame:
-    """The pool's manifest with its committee's `selection_s` and `faithful`."""
-    scores = sorted(pool_dir.glob("committee-*.parquet"))
+def scored_pool(pool_dir: Path, committee=None) -> pd.DataFrame:
+    """The pool's manifest with a committee's `selection_s` and `faithful`: the cache of `committee`
+    (member folders) when given; else the pool's only cache, or the shipped committee's when a pool
+    was scored by several."""
+    scores = sorted(pool_dir.glob(POOL_SCORES.format(key="*")))
     if not scores:
         raise SystemExit(f"{pool_dir} has no committee-*.parquet: it is not a scored pool (train/generate.py --pool "
                          "scores its pool when the pool is complete)")
+    if committee or len(scores) > 1:
+        folders = committee or [CK / LAYOUT.classifier, CK / LAYOUT.classifier_2]
+        path = pool_dir / POOL_SCORES.format(key=committee_key(folders))
+        if not path.is_file():
+            raise SystemExit(f"{pool_dir} holds no scores of the committee {[str(f) for f in folders]} (it holds "
+                             f"{[f.name for f in scores]}): pass --committee with the folders that scored it, or "
+                             "match a set with that committee first (train/generate.py --pool-dir ... --committee)")
+        scores = [path]
     return load_manifest(pool_dir).drop(columns=["selection_s"]).merge(pd.read_parquet(scores[-1]), on="id")
 
 
-def pool_table(pool_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    pool = scored_pool(pool_dir)
+def pool_table(pool_dir: Path, committee=None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    pool = scored_pool(pool_dir, committee)
     lo, hi = MEDIUM_BAND
     pool["faithful_medium"] = pool.faithful & pool.selection_s.between(lo, hi)
     pool["faithful_s"] = pool.selection_s.where(pool.faithful)
@@ -58,10 +70,11 @@ def pool_table(pool_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     return overall, summarise(pool.groupby("conditioning bin")), summarise(pool.groupby("class"))
 
 
-def plan_overlap(pool_dir: Path, mus, per_class: int, sigma: float, tolerance: float, seed: int = 0) -> pd.DataFrame:
+def plan_overlap(pool_dir: Path, mus, per_class: int, sigma: float, tolerance: float, seed: int = 0,
+                 committee=None) -> pd.DataFrame:
     """Per mu, the set `match_pool` gives a plan at N(mu, sigma): acceptance, faithfulness, mean
     committee s, and the images it shares with the first mu's set."""
-    pool = scored_pool(pool_dir)
+    pool = scored_pool(pool_dir, committee)
     name_of = dict(zip(pool.label, pool["class"]))  # labels index the model's classes; a pool may hold some
     names = [name_of.get(i, f"class {i}") for i in range(max(name_of) + 1)]
     rows, first = [], None
@@ -88,13 +101,17 @@ def main(argv=None):
     p.add_argument("--sigma", type=float, default=0.1)
     p.add_argument("--tolerance", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="--mus: plan seed (train/downstream.py --gen-seed)")
+    p.add_argument("--committee", nargs="+", default=None,
+                   help="the folders of the committee whose scores to read (default: the pool's only score cache, "
+                        "or the shipped committee's when it holds several)")
     args = p.parse_args(argv)
-    parts = pool_table(args.pool)
+    parts = pool_table(args.pool, args.committee)
     if args.mus:
         parts = (*parts, plan_overlap(args.pool, args.mus, args.per_class, args.sigma, args.tolerance,
-                                      args.seed).set_index("mu"))
+                                      args.seed, args.committee).set_index("mu"))
     lo, hi = MEDIUM_BAND
-    text = (f"pool {args.pool}: faithful = every committee member ranks the label first; faithful_medium = "
+    who = f" (committee {' '.join(args.committee)})" if args.committee else ""
+    text = (f"pool {args.pool}{who}: faithful = every committee member ranks the label first; faithful_medium = "
             f"faithful and committee-mean s in [{lo}, {hi}]\n\n"
             + "\n\n".join(markdown_table(t.reset_index()) for t in parts) + "\n")
     print(text)

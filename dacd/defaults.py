@@ -56,6 +56,7 @@ class CheckpointLayout:
     baseline: str = "baseline"  # dacd_config.json + LoRA, no encoder
     classifier: str = "classifier"  # the scoring classifier (defines s)
     classifier_2: str = "classifier-2"  # a second scoring classifier (other architecture and seed): selects
+    classifier_3: str = "classifier-3"  # an optional third committee member (convnext_atto, seed 3; issue #12)
     evaluator: str = "evaluator"  # the evaluation classifier (judges; never selects)
     scores: str = "scores.parquet"
     distribution_view: str = "distribution_view.json"  # the app's default Distributions view (precomputed)

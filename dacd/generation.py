@@ -474,7 +474,7 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                      extra_config: dict | None = None, selection: Selection | None = None, committee=(),
                      anchoring: Anchoring | None = None, anchors=None, feedback=None, feedback_scorer: str = "",
                      process_index: int = 0, num_processes: int = 1, barrier=lambda: None,
-                     progress: bool = True, stop_after_chunks: int | None = None) -> dict:
+                     progress: bool = True, stop_after_chunks: int | None = None, donors=()) -> dict:
     """Generate the plan's images into `out_dir` (resumable), then merge the manifest.
 
     Each process calls this with its `process_index`; `barrier` synchronises them (e.g.
@@ -488,8 +488,14 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     image, and every try of a selected row, is steered by the classifier's gradient; "+feedback" is
     added to the sampling mode.
     `stop_after_chunks` ends this process
-    after that many new chunks without merging (tests: a simulated kill). Returns a summary;
-    `summary["complete"]` says whether the manifest was written.
+    after that many new chunks without merging (tests: a simulated kill). `donors`: finished folders
+    whose rows this plan shares (same id, seed, request, prompt and anchor, made with the same model,
+    settings and mode; e.g. a smaller pool of the same plan spec: row k of a class is the same row
+    whatever the size) give their images and manifest rows instead of being sampled again, chunk by
+    chunk (a chunk any of whose rows no donor holds is sampled whole); other folders are ignored.
+    The images are the donor's (within float noise of sampling them in this folder's batches).
+    Returns a summary; `summary["complete"]` says whether the manifest was written and
+    `summary["reused"]` how many images this call took from donors.
     """
     model_id = recorded_model(model_id)
     out_dir = Path(out_dir)
@@ -569,6 +575,10 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     n_chunks = -(-len(plan) // batch_size)
     mine = [c for c in range(process_index, n_chunks, num_processes)]
     todo = [c for c in mine if not chunk_path(out_dir, c).is_file()]
+    reused = 0
+    if donors and todo:
+        todo, reused = _reuse_donor_chunks(plan, out_dir, todo, batch_size, donors, config, evaluator is not None,
+                                           real_subset)
     label_of = {n: i for i, n in enumerate(pipe.class_names)}
     bar = tqdm(total=len(mine) * batch_size, initial=(len(mine) - len(todo)) * batch_size, unit="img",
                desc=f"generate [{process_index + 1}/{num_processes}]", position=process_index,
@@ -620,7 +630,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     seconds = time.time() - t0
     stopped = stop_after_chunks is not None and done_now < len(todo)
     barrier()
-    summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "seconds": seconds, "complete": False}
+    summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "seconds": seconds, "complete": False,
+               "reused": reused}
     if process_index == 0 and not stopped:
         manifest = merge_manifest(out_dir, plan, n_chunks)
         if manifest is not None:
@@ -631,6 +642,47 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
                 _atomic_write_bytes(out_dir / CONFIG_NAME, json.dumps(cfg, indent=2).encode())
     barrier()
     return summary
+
+
+_DONOR_KEYS = ("model", "sampling", "sampling_mode", "selection", "pilot", "anchoring")
+_ROW_KEYS = ("seed", "requested_s", "prompt", "label")
+
+
+def _reuse_donor_chunks(plan: pd.DataFrame, out_dir: Path, todo: list[int], batch_size: int, donors,
+                        config: dict, measured: bool, real_subset: str) -> tuple[list[int], int]:
+    """Write the chunks of `todo` whose every row a compatible donor holds (see `generate_dataset`);
+    returns the chunks still to sample and how many images were reused. `measured`: whether this run
+    measures its images (an evaluator); a donor must agree."""
+    config = _with_model_recorded(dict(config))
+    keys = list(_ROW_KEYS) + (["anchor_id"] if "anchor_id" in plan else [])
+    found = []
+    for donor in map(Path, donors):
+        if donor.resolve() == out_dir.resolve() or not (donor / MANIFEST_NAME).is_file():
+            continue
+        old = _read_config(donor)
+        if old is None or any(old.get(k) != config.get(k) for k in _DONOR_KEYS):
+            continue
+        m = pd.read_parquet(donor / MANIFEST_NAME)
+        if m.measured_s.notna().any() != measured:
+            continue
+        both = m.merge(plan[["id", *keys]], on="id", suffixes=("", "_plan"))
+        same = np.all([both[k].to_numpy() == both[f"{k}_plan"].to_numpy() for k in keys], axis=0)
+        found.append(both.loc[same, MANIFEST_COLUMNS].assign(_donor=str(donor)))
+    if not found:
+        return todo, 0
+    held = pd.concat(found, ignore_index=True).drop_duplicates("id").set_index("id")
+    left, reused = [], 0
+    for c in todo:
+        ids = plan.id.iloc[c * batch_size:(c + 1) * batch_size]
+        if not ids.isin(held.index).all():
+            left.append(c)
+            continue
+        part = held.loc[ids].reset_index().assign(real_subset=real_subset)
+        for src, donor in zip(part.path, part._donor):
+            _atomic_write_bytes(out_dir / src, (Path(donor) / src).read_bytes())
+        _atomic_parquet(part[MANIFEST_COLUMNS], chunk_path(out_dir, c))
+        reused += len(part)
+    return left, reused
 
 
 def merge_manifest(out_dir: str | Path, plan: pd.DataFrame, n_chunks: int) -> pd.DataFrame | None:
@@ -829,7 +881,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                         pool_dir: str | Path, committee, committee_key: str, pooling: Pooling, model_id: str,
                         evaluator=None, sampling: SamplingSettings | None = None, batch_size: int = 32,
                         anchoring: Anchoring | None = None, anchors=None,
-                        pool_difficulty: DifficultySpec | None = None,
+                        pool_difficulty: DifficultySpec | None = None, pool_donors=(),
                         extra_config: dict | None = None, real_subset: str = "", process_index: int = 0,
                         num_processes: int = 1,
                         barrier=lambda: None, progress: bool = True,
@@ -841,7 +893,9 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     `make_pool_plan(plan, ...)`, or a bigger pool shared by several plans. With `anchoring`, the pool
     plan has anchor ids (`assign_anchors`) and `anchors` their images (`anchor_images`): the pool
     is made of edits and the set's sampling is "anchored-pooled". `pool_difficulty` is the spec the
-    pool plan was drawn with (recorded in the pool's generation.json; default s ~ U(0, 1))."""
+    pool plan was drawn with (recorded in the pool's generation.json; default s ~ U(0, 1)). `pool_donors`:
+    finished pools whose rows the pool shares give their images (`generate_dataset`'s `donors`; e.g.
+    a 12x pool of the same plan spec gives a 24x one its first half)."""
     model_id = recorded_model(model_id)
     if not committee:
         raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
@@ -869,16 +923,17 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                                     extra_config={"role": "pool of a pooled set",
                                                   "difficulty": _pool_difficulty_record(pool_difficulty)},
                                     process_index=process_index, num_processes=num_processes, barrier=barrier,
-                                    stop_after_chunks=stop_after_chunks)
+                                    stop_after_chunks=stop_after_chunks, donors=pool_donors)
     summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "complete": False,
-               "pool": pool_summary.get("out_dir")}
+               "pool": pool_summary.get("out_dir"), "pool_reused": pool_summary.get("reused", 0)}
     if pool_summary["complete"] and process_index == 0:
         pool = score_pool(pool_dir, committee, committee_key)
         config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
                   "sampling_mode": "pooled" if anchoring is None else "anchored-pooled", "pool": pool_id,
                   "pool_folder": str(pool_dir),  # the folder may move: not compared
                   **(extra_config or {})}
-        summary = write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id, config=config,
-                                   real_subset=real_subset)
+        summary = {**write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id,
+                                      config=config, real_subset=real_subset),
+                   "pool_reused": summary["pool_reused"]}
     barrier()
     return summary

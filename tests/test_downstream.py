@@ -144,13 +144,14 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     added = [f"{arm} mu={mu} r={r}" for r in ("0.1", "0.25") for mu in ("0.5", "0.9") for arm in ("dacd", "real-matched")]
     assert set(added) | {"baseline r=0.1", "real-random r=0.25", "real-duplicate r=0.1"} <= set(table.cell)
     assert [c for c in table.cell if c.startswith("alone")] == [
-        "alone: dacd mu=0.5 r=0.25", "alone: dacd selected mu=0.5 r=0.25", "alone: dacd anchored mu=0.5 r=0.25",
-        "alone: dacd pooled mu=0.5 r=0.25", "alone: baseline r=0.25",
+        "alone: dacd mu=0.5 r=0.25", "alone: dacd selected-c1 mu=0.5 r=0.25", "alone: dacd anchored mu=0.5 r=0.25",
+        "alone: dacd pooled-c1 mu=0.5 r=0.25", "alone: baseline r=0.25",
         "alone: real-matched mu=0.5 r=0.25", "alone: real-random r=0.25"]
-    assert {"dacd selected mu=0.9 r=0.1", "dacd selected mu=0.5 r=0.25"} <= set(table.cell)
-    assert table.set_index("cell").loc["dacd selected mu=0.5 r=0.25", "sampling"] == "selected"
+    # a committee other than the shipped pair (here one tiny classifier) is named by its size
+    assert {"dacd selected-c1 mu=0.9 r=0.1", "dacd selected-c1 mu=0.5 r=0.25"} <= set(table.cell)
+    assert table.set_index("cell").loc["dacd selected-c1 mu=0.5 r=0.25", "sampling"] == "selected-c1"
     assert table.set_index("cell").loc["dacd anchored mu=0.9 r=0.1", "sampling"] == "anchored"
-    assert table.set_index("cell").loc["dacd pooled mu=0.9 r=0.25", "sampling"] == "pooled"
+    assert table.set_index("cell").loc["dacd pooled-c1 mu=0.9 r=0.25", "sampling"] == "pooled-c1"
     t = table.set_index("cell")
     assert t.loc["real-only", "n_real"] == 60 and t.loc["real-only", "n_synthetic"] == 0
     for arm in ("dacd mu=0.5", "real-matched mu=0.9", "real-random", "real-duplicate", "baseline"):
@@ -181,12 +182,12 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     folders = sorted(p.name for p in (tmp_path / "work" / "synthetic").iterdir())
     assert [f.rsplit("-", 1)[0] for f in folders] == ["baseline-plain", "dacd-anchored-mu0.5", "dacd-anchored-mu0.9",
                                                       "dacd-plain-mu0.5", "dacd-plain-mu0.9",
-                                                      "dacd-pooled-mu0.5", "dacd-pooled-mu0.9",
-                                                      "dacd-selected-mu0.5", "dacd-selected-mu0.9", "pool-dacd"]
+                                                      "dacd-pooled-c1-mu0.5", "dacd-pooled-c1-mu0.9",
+                                                      "dacd-selected-c1-mu0.5", "dacd-selected-c1-mu0.9", "pool-dacd"]
     # both mus' pooled sets are matched from the one pool (2 x the set per class), without repeats
     pool = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("pool-dacd-*")) / "manifest.parquet")
     for mu in ("0.5", "0.9"):
-        pm = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob(f"dacd-pooled-mu{mu}-*")) / "manifest.parquet")
+        pm = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob(f"dacd-pooled-c1-mu{mu}-*")) / "manifest.parquet")
         assert len(pool) == 2 * len(pm) and set(pm.pool_id) <= set(pool.id) and not pm.pool_id.duplicated().any()
         assert pm.selection_s.notna().all()
     anc = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-anchored-mu0.5-*")) / "manifest.parquet")
@@ -198,7 +199,7 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
     cfg = json.loads(next((tmp_path / "work" / "synthetic").glob("dacd-anchored-mu0.5-*"))
                      .joinpath("generation.json").read_text())
     assert cfg["sampling_mode"] == "anchored" and cfg["anchoring"]["strength"] == 0.6
-    sel = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-selected-mu0.5-*")) / "manifest.parquet")
+    sel = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-selected-c1-mu0.5-*")) / "manifest.parquet")
     assert sel.selection_s.notna().all() and sel.tries.between(1, 2).all()
     m = pd.read_parquet(next((tmp_path / "work" / "synthetic").glob("dacd-plain-mu0.9-*")) / "manifest.parquet")
     assert abs(m.requested_s.mean() - 0.9) < 0.1
@@ -221,8 +222,9 @@ def test_downstream_quick_end_to_end(tiny_dacd, tiny_baseline, tiny_evaluator, t
 def test_downstream_mu_pooled_sets_come_from_a_pool_drawn_at_their_mu(tiny_dacd, tiny_evaluator, tiny_scores,
                                                                       fake_fmnist, tmp_path):
     """--pool-difficulty plan end to end: each mu's pool is conditioned on its plan, says so in its
-    generation.json, and serves only its own set."""
-    run_script("train/downstream.py", "--data-dir", fake_fmnist, "--model", tiny_dacd, "--baseline", "",
+    generation.json, and serves only its own set (the other mu's pool, of the same kind, gives it no
+    image: its requests differ row by row). A one-member committee names the sets 'mu-pooled-c1'."""
+    done = run_script("train/downstream.py", "--data-dir", fake_fmnist, "--model", tiny_dacd, "--baseline", "",
                "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--real-fraction", "0.2",
                "--arms", "dacd", "--mus", "0.3", "0.9", "--ratios", "0.25", "--seeds", "0", "--headline-seeds", "0",
                "--steps", "2", "--batch-size", "16", "--gen-steps", "2", "--gen-batch-size", "8",
@@ -230,7 +232,8 @@ def test_downstream_mu_pooled_sets_come_from_a_pool_drawn_at_their_mu(tiny_dacd,
                "--committee", tiny_scores / "classifier", "--work-dir", tmp_path / "work", "--out", tmp_path / "out",
                "--no-progress")
     t = pd.read_csv(tmp_path / "out" / "results.csv").set_index("cell")
-    assert t.loc["dacd mu-pooled mu=0.9 r=0.25", "sampling"] == "mu-pooled"
+    assert t.loc["dacd mu-pooled-c1 mu=0.9 r=0.25", "sampling"] == "mu-pooled-c1"
+    assert "pool images taken from smaller pools" not in done.stdout
     synthetic = tmp_path / "work" / "synthetic"
     pools = sorted(synthetic.glob("pool-dacd-mu-*"))
     assert len(pools) == 2
@@ -239,7 +242,7 @@ def test_downstream_mu_pooled_sets_come_from_a_pool_drawn_at_their_mu(tiny_dacd,
     for mu, pool_dir in by_mu.items():
         pool = pd.read_parquet(pool_dir / "manifest.parquet")
         assert abs(pool.requested_s.mean() - mu) < 0.1
-        st = pd.read_parquet(next(synthetic.glob(f"dacd-mu-pooled-mu{mu:g}-*")) / "manifest.parquet")
+        st = pd.read_parquet(next(synthetic.glob(f"dacd-mu-pooled-c1-mu{mu:g}-*")) / "manifest.parquet")
         assert set(st.pool_id) <= set(pool.id) and len(pool) == 2 * len(st)
 
 
@@ -316,7 +319,7 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
 
     def planned(*extra):
         args = ds.parse_args(["--model", str(tmp_path / "dacd"), "--baseline", "", "--arms", "dacd", "alone",
-                              "--mus", "0.5", "0.9", "--ratios", "0.25", "--committee", str(tmp_path / "c1"),
+                              "--mus", "0.5", "0.9", "--ratios", "0.25", "--committee", *ds.default_committee(),
                               "--work-dir", str(tmp_path / "w"), *extra])
         sets = ds.plan_sets(args, real, counts)
         return sets, [c["cell"] for c in ds.cell_specs(args, sets)]
@@ -333,9 +336,12 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
     bigger, _ = planned("--samplings", "pooled", "--pool-factor", "4")
     assert bigger["dacd-pooled-mu0.5"]["identity"] != a["identity"]
     assert bigger["dacd-pooled-mu0.5"]["pool"]["folder"] != a["pool"]["folder"]
-    other, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--committee", str(tmp_path / "c2"))
-    assert other["dacd-pooled-mu0.5"]["identity"] != a["identity"]
-    assert other["dacd-pooled-mu0.5"]["pool"]["folder"] == a["pool"]["folder"]  # the same pool, rematched
+    other, cells = planned("--samplings", "pooled", "--pool-factor", "3", "--committee", str(tmp_path / "c2"))
+    assert "dacd-pooled-mu0.5" not in other  # another committee is named by its size beside the default's
+    assert other["dacd-pooled-c1-mu0.5"]["identity"] != a["identity"] and "dacd pooled-c1 mu=0.5 r=0.25" in cells
+    assert other["dacd-pooled-c1-mu0.5"]["pool"]["folder"] == a["pool"]["folder"]  # the same pool, rematched
+    same, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--committee", *ds.default_committee())
+    assert same["dacd-pooled-mu0.5"]["identity"] == a["identity"]  # the default, spelled out: no tag
     # anchored-pooled: its own pool of edits, anchored on subset images of each row's class
     both, cells = planned("--samplings", "pooled", "anchored-pooled", "--pool-factor", "3", "--strength", "0.4")
     e = both["dacd-anchored-pooled-mu0.5"]
@@ -362,6 +368,11 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
     pd.testing.assert_frame_equal(first[["id", "seed", "requested_s"]], c["plan"][["id", "seed", "requested_s"]])
     assert a["pool"]["difficulty"] is None
     assert "alone: dacd mu-pooled mu=0.5 r=0.25" in cells
+    three, cells = planned("--samplings", "pooled", "--pool-factor", "3", "--pool-difficulty", "plan",
+                           "--committee", *ds.default_committee(), str(tmp_path / "c3"))
+    t = three["dacd-mu-pooled-c3-mu0.5"]
+    assert t["pool"]["folder"] == c["pool"]["folder"] and t["identity"] != c["identity"]  # same pool, rematched
+    assert t["sampling"] == "mu-pooled-c3" and "dacd mu-pooled-c3 mu=0.9 r=0.25" in cells
     edits, cells = planned("--samplings", "anchored-pooled", "--pool-factor", "3", "--pool-difficulty", "plan")
     f = edits["dacd-anchored-mu-pooled-mu0.9"]
     assert f["pool"]["folder"].name.startswith("pool-dacd-anchored-mu-") and f["sampling"] == "anchored-mu-pooled"

@@ -18,6 +18,7 @@ from dacd.generation import (
     Selection,
     anchor_images,
     assign_anchors,
+    committee_key,
     committee_scores,
     generate_dataset,
     generate_pooled_set,
@@ -199,7 +200,7 @@ def pooled(pipe, committee, tmp_path, name, pooling, plan=None, pool_plan=None, 
     pool_plan = make_pool_plan(plan, CLASSES, pooling.factor, seed=4) if pool_plan is None else pool_plan
     return plan, generate_pooled_set(pipe, plan, tmp_path / name, pool_plan=pool_plan, pool_dir=tmp_path / pool,
                                      committee=committee, committee_key="test", pooling=pooling, model_id="tiny",
-                                     sampling=FAST, batch_size=4, progress=False, **kw)
+                                     sampling=kw.pop("sampling", FAST), batch_size=4, progress=False, **kw)
 
 
 def test_pooled_rows_take_the_nearest_faithful_pool_images(pipe, committee, tmp_path):
@@ -255,6 +256,38 @@ def test_pooled_sets_resume_share_a_pool_and_keep_a_prefix(pipe, committee, tmp_
     assert (m_small.pool_id == again.set_index("id").loc[m_small.index, "pool_id"]).all()
     with pytest.raises(GenerationError, match="pooling"):  # other settings into the same folder: refused
         pooled(pipe, committee, tmp_path, "again", Pooling(factor=2, tolerance=0.2), plan=big, pool_plan=pool_plan)
+
+
+def test_a_bigger_pool_takes_the_rows_it_shares_from_a_smaller_one(pipe, committee, tmp_path):
+    """Donors: a 4x pool of a plan takes whole chunks of the rows its 2x pool holds (row k of a class
+    is the same row at any pool size) as byte copies with their manifest rows, samples the rest, and
+    equals a 4x pool sampled from scratch; a pool of other settings gives nothing."""
+    plan = make_plan(CLASSES, 3, seed=4)
+    pooled(pipe, committee, tmp_path, "small", Pooling(factor=2, tolerance=0.1), pool="pool2")
+    _, grown = pooled(pipe, committee, tmp_path, "grown", Pooling(factor=4, tolerance=0.1), plan=plan,
+                      pool="pool4", pool_donors=[tmp_path / "pool2", tmp_path / "nothing-here"])
+    # 12 rows per class in chunks of 4: the first chunk of each class (rows 0-3) is all in the 2x
+    # pool (rows 0-5); the next one (rows 4-7) only in part, so it is sampled
+    assert grown["complete"] and grown["pool_reused"] == 4 * len(CLASSES)
+    donor, pool4 = load_manifest(tmp_path / "pool2").set_index("id"), load_manifest(tmp_path / "pool4").set_index("id")
+    first = [f"{i.rsplit('-', 1)[0]}-{k:06d}" for i in donor.index[::6] for k in range(4)]
+    pd.testing.assert_frame_equal(pool4.loc[first], donor.loc[first])
+    for i in first:
+        assert (tmp_path / "pool4" / pool4.loc[i, "path"]).read_bytes() == (tmp_path / "pool2" / donor.loc[i, "path"]).read_bytes()
+    _, fresh = pooled(pipe, committee, tmp_path, "fresh", Pooling(factor=4, tolerance=0.1), plan=plan, pool="pool4b")
+    assert fresh["pool_reused"] == 0
+    scratch = load_manifest(tmp_path / "pool4b").set_index("id")
+    pd.testing.assert_index_equal(scratch.index, pool4.index)
+    for col in ("seed", "requested_s", "prompt", "label"):
+        assert (scratch[col] == pool4[col]).all()
+    for i in pool4.index:  # the same images, up to the float noise of other batches
+        a = read_png(tmp_path / "pool4" / pool4.loc[i, "path"]).astype(int)
+        b = read_png(tmp_path / "pool4b" / scratch.loc[i, "path"]).astype(int)
+        assert np.abs(a - b).max() <= 2
+    other = SamplingSettings(num_inference_steps=2, scheduler="ddim", guidance_scale=1.0, difficulty_guidance_scale=3.0)
+    _, none = pooled(pipe, committee, tmp_path, "other", Pooling(factor=4, tolerance=0.1), plan=plan, pool="pool4c",
+                     pool_donors=[tmp_path / "pool2"], sampling=other)
+    assert none["complete"] and none["pool_reused"] == 0
 
 
 def test_anchored_pool_keeps_faithful_edits_and_names_their_anchors(pipe, committee, tmp_path):
@@ -364,3 +397,17 @@ def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committ
         bench.pool_table(tmp_path / "set")
     with pytest.raises(SystemExit, match="fewer --per-class"):
         bench.plan_overlap(tmp_path / "pool", [0.5], per_class=100, sigma=0.1, tolerance=0.1)
+    # a pool scored by two committees: read the named one's cache, refuse to guess between them
+    cache = tmp_path / "pool" / "committee-test.parquet"
+    (tmp_path / "pool" / "committee-other.parquet").write_bytes(cache.read_bytes())
+    with pytest.raises(SystemExit, match="holds no scores of the committee"):
+        bench.pool_table(tmp_path / "pool")
+    folders = [tmp_path / f"member{i}" for i in range(len(committee))]
+    for clf, folder in zip(committee, folders):
+        clf.save_pretrained(folder)
+    unfaithful = pd.read_parquet(cache).assign(faithful=False)
+    unfaithful.to_parquet(tmp_path / "pool" / f"committee-{committee_key(folders)}.parquet")
+    overall, _, _ = bench.pool_table(tmp_path / "pool", folders)
+    assert overall.faithful.iloc[0] == 0  # the named committee's cache, not the other two
+    with pytest.raises(SystemExit, match="holds no scores of the committee"):
+        bench.pool_table(tmp_path / "pool", folders[:1])

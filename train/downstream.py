@@ -156,9 +156,10 @@ def parse_args(argv=None):
                    help="(anchored-)pooled: the pool's conditioning, s ~ U(0, 1) (one pool for every mu) or each "
                         "mu's own plan spec (a pool per mu; its sets are named 'mu-pooled', e.g. 'dacd mu-pooled "
                         "g1d1')")
-    p.add_argument("--committee", nargs="+", default=[str(EMBEDDED / LAYOUT.classifier),
-                                                      str(EMBEDDED / LAYOUT.classifier_2)],
-                   help="selected / (anchored-)pooled: scoring classifiers that select (never the evaluator)")
+    p.add_argument("--committee", nargs="+", default=default_committee(),
+                   help="selected / (anchored-)pooled: scoring classifiers that select (never the evaluator); "
+                        "another committee than the default tags its sets' names with its size, e.g. "
+                        "'mu-pooled-c3'")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
                    help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
@@ -240,11 +241,26 @@ def guidance_tag(scale: float, difficulty: float | None = None) -> str:
     return ("" if scale == SAMPLING.guidance_scale and not d else f"g{scale:g}") + d
 
 
+def default_committee() -> list[str]:
+    """The shipped selection committee: the scoring classifier and classifier-2/."""
+    return [str(EMBEDDED / LAYOUT.classifier), str(EMBEDDED / LAYOUT.classifier_2)]
+
+
 def sampling_label(args, mode: str) -> str:
     """A sampling's name in set and cell names: pooled sets with a pool per mu (--pool-difficulty
-    plan) are 'mu-pooled' / 'anchored-mu-pooled'."""
+    plan) are 'mu-pooled' / 'anchored-mu-pooled'; a committee-measured sampling (selected, pooled)
+    with another --committee than the shipped two gets '-c<members>', e.g. 'mu-pooled-c3', so its
+    cells stand beside the default committee's in one table (folders and cells differ anyway: the
+    committee is part of their identity)."""
     per_mu = mode in ("pooled", "anchored-pooled") and args.pool_difficulty == "plan"
-    return mode.replace("pooled", "mu-pooled") if per_mu else mode
+    label = mode.replace("pooled", "mu-pooled") if per_mu else mode
+    if mode in ("selected", "pooled", "anchored-pooled") and not _same_folders(args.committee, default_committee()):
+        label += f"-c{len(args.committee)}"
+    return label
+
+
+def _same_folders(a, b) -> bool:
+    return [Path(x).resolve() for x in a] == [Path(x).resolve() for x in b]
 
 
 def plan_sets(args, real, counts) -> dict:
@@ -265,7 +281,7 @@ def plan_sets(args, real, counts) -> dict:
         label = sampling_label(args, mode)
         if mode in ("pooled", "anchored-pooled"):  # one pool per (model, settings), shared by every mu,
             pooling = Pooling(args.pool_factor, args.tolerance, not args.no_label_rule)  # or one per mu
-            per_mu = label != mode
+            per_mu = args.pool_difficulty == "plan"
             pool_plan = make_pool_plan(plan, real.class_names, pooling.factor, prompts=prompts,
                                        prompt_template=prompt_template(model), seed=args.gen_seed,
                                        difficulty=spec if per_mu else None)
@@ -368,18 +384,21 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                     real.images)
         if st["pooling"] is not None:
             with torch.inference_mode():
-                generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
+                done = generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
                                     pool_dir=st["pool"]["folder"], committee=committee,
                                     committee_key=committee_key(args.committee),
                                     pooling=st["pooling"], model_id=model, evaluator=evaluator,
                                     anchoring=st["anchoring"], anchors=anchors,
                                     pool_difficulty=st["pool"]["difficulty"],
+                                    pool_donors=pool_donors(st["pool"]["folder"]),
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
                                                                  "description": st["spec"].describe()},
                                                   "real_subset": real.name, "ratio": max(args.ratios),
                                                   "sampling_mode": st["sampling"]})
+            if done.get("pool_reused"):
+                print(f"  {done['pool_reused']} pool images taken from smaller pools of its kind", flush=True)
             load_manifest(st["folder"])
             continue
         with torch.inference_mode():
@@ -392,6 +411,14 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                            "real_subset": real.name, "ratio": max(args.ratios),
                                            "sampling_mode": st["sampling"]})
         load_manifest(st["folder"])
+
+
+def pool_donors(folder: Path) -> list[Path]:
+    """The finished pools beside `folder` of its kind (arm, anchoring, pool per mu, guidance: its name
+    without the hash): a bigger pool takes the rows it shares with them instead of sampling them again
+    (e.g. --pool-factor 24 after 12 at the same mu: its first 12 per planned image)."""
+    kind = folder.name.rsplit("-", 1)[0]
+    return sorted(f for f in folder.parent.glob(f"{kind}-*") if f != folder and f.name.rsplit("-", 1)[0] == kind)
 
 
 def set_images(st, counts, real):

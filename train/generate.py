@@ -126,6 +126,9 @@ def parse_args(argv=None):
     po.add_argument("--pool-dir", default=None, help="where the pool goes (default: <out>-pool). It is kept: a "
                     "set with another --out, --tolerance or --committee and this --pool-dir is matched from it "
                     "without generating")
+    po.add_argument("--pool-donors", nargs="+", default=[], metavar="FOLDER",
+                    help="finished pools of the same model and settings whose rows this pool shares (e.g. a 12x "
+                         "pool of the same plan, for --pool 24): their images are copied, not sampled again")
     fb = p.add_argument_group("feedback guidance (the scoring classifier's gradient steers the first steps, dacd.feedback)")
     fb.add_argument("--feedback-scale", type=float, default=0.0, help="step size (0: off); bench/feedback.py measures it")
     fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
@@ -220,6 +223,11 @@ def main(argv=None):
         raise SystemExit("error: --pool is its own sampling: leave out --select and --feedback-scale")
     if args.pool_difficulty != "uniform" and not args.pool:
         raise SystemExit("error: --pool-difficulty applies to a pool: add --pool FACTOR")
+    if args.pool_donors and not args.pool:
+        raise SystemExit("error: --pool-donors give a pool their images: add --pool FACTOR")
+    gone = [f for f in args.pool_donors if not (Path(f) / "manifest.parquet").is_file()]
+    if gone:
+        raise SystemExit(f"error: --pool-donors {gone} are not finished pools (no manifest.parquet)")
     if args.pool < 0:
         raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
@@ -284,6 +292,7 @@ def main(argv=None):
             summary = generate_pooled_set(pipe, plan, args.out, pool_plan=pool_plan, pool_dir=pool_dir,
                                           committee=committee, committee_key=members, pooling=pooling,
                                           anchoring=anchoring, anchors=anchors, pool_difficulty=pool_spec,
+                                          pool_donors=args.pool_donors,
                                           model_id=str(args.model), evaluator=evaluator, sampling=sampling,
                                           batch_size=args.batch_size, extra_config=extra,
                                           real_subset=extra.get("real_subset", {}).get("name", ""),

@@ -14,6 +14,12 @@ from its own state under runs/ when interrupted:
   distribution-view  train/distribution_view.py  the app's default Distributions view (with its fingerprint;
                                            always checked, recomputed when the models changed)
 
+Opt-in (not in the default chain, which keeps its 2-hour budget; `--stages classifier-3` builds it):
+
+  classifier-3  train/train_classifier.py  a third committee member (convnext_atto, seed 3, 4 epochs): a
+                                           stricter label rule for selection and pools (`--committee`
+                                           classifier classifier-2 classifier-3); never the default committee
+
 The difficulty scores (scores.parquet, classifier/) are shipped and are not rebuilt here:
 `make scores` does that. Wall-clock seconds per stage go to checkpoints/fashion-mnist/stage_seconds.json.
 """
@@ -48,16 +54,22 @@ STAGES = {
     # no marker: always run; the script itself returns at once when the stored view matches the models
     "distribution-view": (None, ["train/distribution_view.py", "--checkpoint", str(CK)]),
 }
+OPT_IN = {
+    "classifier-3": (CK / LAYOUT.classifier_3 / "config.json",
+                     ["train/train_classifier.py", "--arch", "convnext_atto", "--seed", "3", "--epochs", "4",
+                      "--output-dir", str(CK / LAYOUT.classifier_3)]),
+}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", nargs="*", default=list(STAGES), choices=list(STAGES))
+    p.add_argument("--stages", nargs="*", default=list(STAGES), choices=[*STAGES, *OPT_IN],
+                   help="stages to run, in this order (default: the chain, without the opt-in ones)")
     args = p.parse_args(argv)
     times_path = CK / "stage_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     for name in args.stages:
-        done_marker, cmd = STAGES[name]
+        done_marker, cmd = {**STAGES, **OPT_IN}[name]
         if done_marker is not None and done_marker.exists():
             print(f"[{name}] done ({done_marker.relative_to(ROOT)} exists)")
             continue
