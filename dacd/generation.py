@@ -493,9 +493,9 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     settings and mode; e.g. a smaller pool of the same plan spec: row k of a class is the same row
     whatever the size) give their images and manifest rows instead of being sampled again, chunk by
     chunk (a chunk any of whose rows no donor holds is sampled whole); other folders are ignored.
-    The images are the donor's (within float noise of sampling them in this folder's batches).
-    Returns a summary; `summary["complete"]` says whether the manifest was written and
-    `summary["reused"]` how many images this call took from donors.
+    The images are the donor's (within float noise of sampling them in this folder's batches),
+    measured again by `evaluator`. Returns a summary; `summary["complete"]` says whether the
+    manifest was written and `summary["reused"]` how many images this process took from donors.
     """
     model_id = recorded_model(model_id)
     out_dir = Path(out_dir)
@@ -577,8 +577,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     todo = [c for c in mine if not chunk_path(out_dir, c).is_file()]
     reused = 0
     if donors and todo:
-        todo, reused = _reuse_donor_chunks(plan, out_dir, todo, batch_size, donors, config, evaluator is not None,
-                                           real_subset)
+        todo, reused = _reuse_donor_chunks(plan, out_dir, todo, batch_size, donors, config, evaluator,
+                                           list(pipe.class_names), real_subset)
     label_of = {n: i for i, n in enumerate(pipe.class_names)}
     bar = tqdm(total=len(mine) * batch_size, initial=(len(mine) - len(todo)) * batch_size, unit="img",
                desc=f"generate [{process_index + 1}/{num_processes}]", position=process_index,
@@ -644,27 +644,35 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     return summary
 
 
-_DONOR_KEYS = ("model", "sampling", "sampling_mode", "selection", "pilot", "anchoring")
+_DONOR_KEYS = ("model", "sampling", "sampling_mode", "selection", "pilot", "anchoring", "feedback")
 _ROW_KEYS = ("seed", "requested_s", "prompt", "label")
 
 
 def _reuse_donor_chunks(plan: pd.DataFrame, out_dir: Path, todo: list[int], batch_size: int, donors,
-                        config: dict, measured: bool, real_subset: str) -> tuple[list[int], int]:
+                        config: dict, evaluator, class_names, real_subset: str) -> tuple[list[int], int]:
     """Write the chunks of `todo` whose every row a compatible donor holds (see `generate_dataset`);
-    returns the chunks still to sample and how many images were reused. `measured`: whether this run
-    measures its images (an evaluator); a donor must agree."""
+    returns the chunks still to sample and how many images were reused. The copied images are
+    measured again by this run's `evaluator` (or not at all without one), so a grown folder never
+    mixes two judges. A donor skipped whole is said with its reason (a warning): the model is
+    compared as recorded (its folder), so giving a donor of the same weights is the caller's part
+    (`train/downstream.py` checks it through the pool's identity)."""
+    import warnings  # noqa: PLC0415
+
     config = _with_model_recorded(dict(config))
     keys = list(_ROW_KEYS) + (["anchor_id"] if "anchor_id" in plan else [])
     found = []
     for donor in map(Path, donors):
-        if donor.resolve() == out_dir.resolve() or not (donor / MANIFEST_NAME).is_file():
+        if donor.resolve() == out_dir.resolve():
             continue
         old = _read_config(donor)
-        if old is None or any(old.get(k) != config.get(k) for k in _DONOR_KEYS):
+        other = [k for k in _DONOR_KEYS if old.get(k) != config.get(k)] if old is not None else []
+        why = ("it is not finished (no manifest.parquet)" if not (donor / MANIFEST_NAME).is_file() else
+               "it has no generation.json" if old is None else
+               f"it was made with other settings ({', '.join(other)})" if other else "")
+        if why:
+            warnings.warn(f"donor {donor} gives no image: {why}", stacklevel=3)
             continue
         m = pd.read_parquet(donor / MANIFEST_NAME)
-        if m.measured_s.notna().any() != measured:
-            continue
         both = m.merge(plan[["id", *keys]], on="id", suffixes=("", "_plan"))
         same = np.all([both[k].to_numpy() == both[f"{k}_plan"].to_numpy() for k in keys], axis=0)
         found.append(both.loc[same, MANIFEST_COLUMNS].assign(_donor=str(donor)))
@@ -680,6 +688,12 @@ def _reuse_donor_chunks(plan: pd.DataFrame, out_dir: Path, todo: list[int], batc
         part = held.loc[ids].reset_index().assign(real_subset=real_subset)
         for src, donor in zip(part.path, part._donor):
             _atomic_write_bytes(out_dir / src, (Path(donor) / src).read_bytes())
+        if evaluator is not None:
+            m, _ = measure(evaluator, load_generated_images(out_dir, part), part.label.to_numpy())
+            part["measured_s"] = m.measured_s.to_numpy(float)
+            part["predicted_class"] = [class_names[int(i)] for i in m.pred]
+        else:
+            part["measured_s"], part["predicted_class"] = np.nan, None
         _atomic_parquet(part[MANIFEST_COLUMNS], chunk_path(out_dir, c))
         reused += len(part)
     return left, reused

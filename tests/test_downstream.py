@@ -319,7 +319,7 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
 
     def planned(*extra):
         args = ds.parse_args(["--model", str(tmp_path / "dacd"), "--baseline", "", "--arms", "dacd", "alone",
-                              "--mus", "0.5", "0.9", "--ratios", "0.25", "--committee", *ds.default_committee(),
+                              "--mus", "0.5", "0.9", "--ratios", "0.25",  # the default --committee
                               "--work-dir", str(tmp_path / "w"), *extra])
         sets = ds.plan_sets(args, real, counts)
         return sets, [c["cell"] for c in ds.cell_specs(args, sets)]
@@ -373,6 +373,23 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
     t = three["dacd-mu-pooled-c3-mu0.5"]
     assert t["pool"]["folder"] == c["pool"]["folder"] and t["identity"] != c["identity"]  # same pool, rematched
     assert t["sampling"] == "mu-pooled-c3" and "dacd mu-pooled-c3 mu=0.9 r=0.25" in cells
+    # donors: a finished pool of the kind beside it, made by the same weights (its folder hash is
+    # recomputed from its generation.json), not one of another model, kind or unfinished
+    from dataclasses import asdict
+
+    from dacd.generation import plan_fingerprint
+    from dacd.weights import model_fingerprint
+
+    folder = d["pool"]["folder"]
+    folder.mkdir(parents=True)
+    (folder / "generation.json").write_text(json.dumps({"sampling": asdict(d["settings"]),
+                                                        "plan_fingerprint": plan_fingerprint(d["pool"]["plan"])}))
+    fp = model_fingerprint(tmp_path / "dacd")
+    assert ds.pool_donors(c["pool"]["folder"], fp) == []  # not finished yet
+    (folder / "manifest.parquet").write_bytes(b"")
+    assert ds.pool_donors(c["pool"]["folder"], fp) == [folder]
+    assert ds.pool_donors(c["pool"]["folder"], "another-model") == []
+    assert ds.pool_donors(a["pool"]["folder"], fp) == []  # a uniform pool is another kind
     edits, cells = planned("--samplings", "anchored-pooled", "--pool-factor", "3", "--pool-difficulty", "plan")
     f = edits["dacd-anchored-mu-pooled-mu0.9"]
     assert f["pool"]["folder"].name.startswith("pool-dacd-anchored-mu-") and f["sampling"] == "anchored-mu-pooled"

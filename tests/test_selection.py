@@ -10,6 +10,7 @@ import torch
 from test_pipeline import CLASSES, dummy_pipeline
 
 from dacd.classifier import build_classifier
+from dacd.evaluation import measure
 from dacd.generation import (
     Anchoring,
     DifficultySpec,
@@ -264,8 +265,9 @@ def test_a_bigger_pool_takes_the_rows_it_shares_from_a_smaller_one(pipe, committ
     equals a 4x pool sampled from scratch; a pool of other settings gives nothing."""
     plan = make_plan(CLASSES, 3, seed=4)
     pooled(pipe, committee, tmp_path, "small", Pooling(factor=2, tolerance=0.1), pool="pool2")
-    _, grown = pooled(pipe, committee, tmp_path, "grown", Pooling(factor=4, tolerance=0.1), plan=plan,
-                      pool="pool4", pool_donors=[tmp_path / "pool2", tmp_path / "nothing-here"])
+    with pytest.warns(UserWarning, match="nothing-here gives no image: it is not finished"):
+        _, grown = pooled(pipe, committee, tmp_path, "grown", Pooling(factor=4, tolerance=0.1), plan=plan,
+                          pool="pool4", pool_donors=[tmp_path / "pool2", tmp_path / "nothing-here"])
     # 12 rows per class in chunks of 4: the first chunk of each class (rows 0-3) is all in the 2x
     # pool (rows 0-5); the next one (rows 4-7) only in part, so it is sampled
     assert grown["complete"] and grown["pool_reused"] == 4 * len(CLASSES)
@@ -285,9 +287,19 @@ def test_a_bigger_pool_takes_the_rows_it_shares_from_a_smaller_one(pipe, committ
         b = read_png(tmp_path / "pool4b" / scratch.loc[i, "path"]).astype(int)
         assert np.abs(a - b).max() <= 2
     other = SamplingSettings(num_inference_steps=2, scheduler="ddim", guidance_scale=1.0, difficulty_guidance_scale=3.0)
-    _, none = pooled(pipe, committee, tmp_path, "other", Pooling(factor=4, tolerance=0.1), plan=plan, pool="pool4c",
-                     pool_donors=[tmp_path / "pool2"], sampling=other)
+    with pytest.warns(UserWarning, match=r"pool2 gives no image: it was made with other settings \(sampling\)"):
+        _, none = pooled(pipe, committee, tmp_path, "other", Pooling(factor=4, tolerance=0.1), plan=plan,
+                         pool="pool4c", pool_donors=[tmp_path / "pool2"], sampling=other)
     assert none["complete"] and none["pool_reused"] == 0
+    # the donor had no evaluator; a grown pool with one measures the copied images too
+    judge = committee[1]
+    _, judged = pooled(pipe, committee, tmp_path, "judged", Pooling(factor=4, tolerance=0.1), plan=plan,
+                       pool="pool4d", pool_donors=[tmp_path / "pool2"], evaluator=judge)
+    assert judged["pool_reused"] == 4 * len(CLASSES) and donor.measured_s.isna().all()
+    pool4d = load_manifest(tmp_path / "pool4d")
+    assert pool4d.measured_s.notna().all()
+    m = measure(judge, np.stack([read_png(tmp_path / "pool4d" / p) for p in pool4d.path]), pool4d.label.to_numpy())[0]
+    np.testing.assert_allclose(pool4d.measured_s, m.measured_s, atol=1e-6)
 
 
 def test_anchored_pool_keeps_faithful_edits_and_names_their_anchors(pipe, committee, tmp_path):

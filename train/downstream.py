@@ -254,13 +254,16 @@ def sampling_label(args, mode: str) -> str:
     committee is part of their identity)."""
     per_mu = mode in ("pooled", "anchored-pooled") and args.pool_difficulty == "plan"
     label = mode.replace("pooled", "mu-pooled") if per_mu else mode
-    if mode in ("selected", "pooled", "anchored-pooled") and not _same_folders(args.committee, default_committee()):
+    if mode in ("selected", "pooled", "anchored-pooled") and not _same_committee(args.committee):
         label += f"-c{len(args.committee)}"
     return label
 
 
-def _same_folders(a, b) -> bool:
-    return [Path(x).resolve() for x in a] == [Path(x).resolve() for x in b]
+def _same_committee(folders) -> bool:
+    """Whether `folders` hold the shipped committee (by content, in its order: a copy is the same)."""
+    if [Path(x).resolve() for x in folders] == [Path(x).resolve() for x in default_committee()]:
+        return True
+    return [model_fingerprint(x) for x in folders] == [model_fingerprint(x) for x in default_committee()]
 
 
 def plan_sets(args, real, counts) -> dict:
@@ -390,7 +393,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                     pooling=st["pooling"], model_id=model, evaluator=evaluator,
                                     anchoring=st["anchoring"], anchors=anchors,
                                     pool_difficulty=st["pool"]["difficulty"],
-                                    pool_donors=pool_donors(st["pool"]["folder"]),
+                                    pool_donors=pool_donors(st["pool"]["folder"], model_fingerprint(model)),
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
@@ -413,12 +416,26 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
         load_manifest(st["folder"])
 
 
-def pool_donors(folder: Path) -> list[Path]:
+def pool_donors(folder: Path, model_fp: str) -> list[Path]:
     """The finished pools beside `folder` of its kind (arm, anchoring, pool per mu, guidance: its name
-    without the hash): a bigger pool takes the rows it shares with them instead of sampling them again
-    (e.g. --pool-factor 24 after 12 at the same mu: its first 12 per planned image)."""
-    kind = folder.name.rsplit("-", 1)[0]
-    return sorted(f for f in folder.parent.glob(f"{kind}-*") if f != folder and f.name.rsplit("-", 1)[0] == kind)
+    without the hash) made by the same model weights (`model_fp`; checked by recomputing the donor's
+    folder hash from its generation.json, as `plan_sets` names pools): a bigger pool takes the rows it
+    shares with them instead of sampling them again (e.g. --pool-factor 24 after 12 at the same mu:
+    its first 12 per planned image). A checkpoint rebuilt in place leaves its old pools beside the
+    new ones; they are not donors."""
+    kind, out = folder.name.rsplit("-", 1)[0], []
+    for f in sorted(folder.parent.glob(f"{kind}-*")):
+        name, _, tag = f.name.rpartition("-")
+        cfg = f / "generation.json"
+        if f == folder or name != kind or not (f / "manifest.parquet").is_file() or not cfg.is_file():
+            continue
+        cfg = json.loads(cfg.read_text())
+        ident = {"model": model_fp, "settings": cfg.get("sampling"), "plan": cfg.get("plan_fingerprint")}
+        if cfg.get("anchoring"):
+            ident["anchoring"] = cfg["anchoring"]
+        if _hash(ident)[:8] == tag:
+            out.append(f)
+    return out
 
 
 def set_images(st, counts, real):

@@ -127,8 +127,11 @@ def parse_args(argv=None):
                     "set with another --out, --tolerance or --committee and this --pool-dir is matched from it "
                     "without generating")
     po.add_argument("--pool-donors", nargs="+", default=[], metavar="FOLDER",
-                    help="finished pools of the same model and settings whose rows this pool shares (e.g. a 12x "
-                         "pool of the same plan, for --pool 24): their images are copied, not sampled again")
+                    help="finished pools of the same model weights and settings whose rows this pool shares (e.g. "
+                         "a 12x pool of the same plan, for --pool 24): their images are copied (and measured again "
+                         "by the evaluator), not sampled again. The model is compared by its folder, so a pool of "
+                         "weights since rebuilt there is yours to leave out; one of other settings is skipped, "
+                         "with a warning")
     fb = p.add_argument_group("feedback guidance (the scoring classifier's gradient steers the first steps, dacd.feedback)")
     fb.add_argument("--feedback-scale", type=float, default=0.0, help="step size (0: off); bench/feedback.py measures it")
     fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
