@@ -29,8 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dacd.defaults import EMBEDDED_CHECKPOINT as CK
-from dacd.defaults import LAYOUT, MEDIUM_BAND
+from dacd.defaults import MEDIUM_BAND, default_committee
 from dacd.evaluation import markdown_table
 from dacd.generation import (POOL_SCORES, DifficultySpec, GenerationError, Pooling, committee_key, load_manifest,
                              make_plan, match_pool)
@@ -45,7 +44,7 @@ def scored_pool(pool_dir: Path, committee=None) -> pd.DataFrame:
         raise SystemExit(f"{pool_dir} has no committee-*.parquet: it is not a scored pool (train/generate.py --pool "
                          "scores its pool when the pool is complete)")
     if committee or len(scores) > 1:
-        folders = committee or [CK / LAYOUT.classifier, CK / LAYOUT.classifier_2]
+        folders = committee or default_committee()
         path = pool_dir / POOL_SCORES.format(key=committee_key(folders))
         if not path.is_file():
             raise SystemExit(f"{pool_dir} holds no scores of the committee {[str(f) for f in folders]} (it holds "

@@ -75,6 +75,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_CHECKPOINT = REPO_ROOT / "checkpoints" / "fashion-mnist"
 
 
+COMMITTEE = (LAYOUT.classifier, LAYOUT.classifier_2)  # the shipped selection committee, by folder name
+
+
+def default_committee(checkpoint: str | Path = EMBEDDED_CHECKPOINT) -> list[str]:
+    """The shipped selection committee's folders in `checkpoint`: the scoring classifier (it
+    defines s) and classifier-2/. The evaluation classifier is never a member: it judges."""
+    return [str(Path(checkpoint) / name) for name in COMMITTEE]
+
+
 def default_checkpoint() -> Path:
     """The checkpoint folder to use when none is given: $DACD_CHECKPOINT, else the embedded
     default shipped in the repository (found through an editable install or a checkout). The

@@ -20,7 +20,8 @@ import torch
 from . import __version__, evaluation
 from .classifier import Classifier
 from .data import DatasetError, ImageDataset, load_dataset, resolve_class
-from .defaults import APP_LIMITS, CHECKPOINT_ENV, DIFFICULTY, EDIT_STRENGTH, LAYOUT, MEDIUM_BAND, default_checkpoint
+from .defaults import (APP_LIMITS, CHECKPOINT_ENV, COMMITTEE, DIFFICULTY, EDIT_STRENGTH, LAYOUT, MEDIUM_BAND,
+                       default_checkpoint)
 from .difficulty import load_scores
 from .generation import Selection, committee_accept
 from .sampling import SamplingSettings, sample
@@ -312,8 +313,7 @@ class Workbench(Explorer):
             raise ValueError(f"Exact difficulty needs the checkpoint's scoring classifier ({LAYOUT.classifier}/), "
                              f"which {self.name} lacks: switch 'exact difficulty' off, or use a checkpoint that has "
                              f"one (train/score_difficulty.py writes it)")
-        names = [LAYOUT.classifier] + ([LAYOUT.classifier_2] if (self.checkpoint / LAYOUT.classifier_2 /
-                                                                  "config.json").is_file() else [])
+        names = [n for n in COMMITTEE if n == LAYOUT.classifier or (self.checkpoint / n / "config.json").is_file()]
         return self._get(("committee", tuple(names)),
                          lambda: [Classifier.from_pretrained(self.checkpoint / name) for name in names])
 

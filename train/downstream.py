@@ -48,6 +48,7 @@ a finished folder where this script would write it (it prints the path).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -64,7 +65,8 @@ from plotly.subplots import make_subplots
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, stratified_subset, subset_name
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, SAMPLING, repo_relative
+from dacd.defaults import (DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, SAMPLING, default_committee,
+                           repo_relative)
 from dacd.difficulty import load_scores
 from dacd.evaluation import (
     draw_per_class,
@@ -241,11 +243,6 @@ def guidance_tag(scale: float, difficulty: float | None = None) -> str:
     return ("" if scale == SAMPLING.guidance_scale and not d else f"g{scale:g}") + d
 
 
-def default_committee() -> list[str]:
-    """The shipped selection committee: the scoring classifier and classifier-2/."""
-    return [str(EMBEDDED / LAYOUT.classifier), str(EMBEDDED / LAYOUT.classifier_2)]
-
-
 def sampling_label(args, mode: str) -> str:
     """A sampling's name in set and cell names: pooled sets with a pool per mu (--pool-difficulty
     plan) are 'mu-pooled' / 'anchored-mu-pooled'; a committee-measured sampling (selected, pooled)
@@ -263,7 +260,13 @@ def _same_committee(folders) -> bool:
     """Whether `folders` hold the shipped committee (by content, in its order: a copy is the same)."""
     if [Path(x).resolve() for x in folders] == [Path(x).resolve() for x in default_committee()]:
         return True
-    return [model_fingerprint(x) for x in folders] == [model_fingerprint(x) for x in default_committee()]
+    return _fingerprints(tuple(map(str, folders))) == _fingerprints(tuple(default_committee()))
+
+
+@functools.lru_cache(maxsize=None)
+def _fingerprints(folders: tuple[str, ...]) -> list[str]:
+    """The members' content fingerprints, read once per run (set and cell names ask often)."""
+    return [model_fingerprint(x) for x in folders]
 
 
 def plan_sets(args, real, counts) -> dict:

@@ -36,7 +36,7 @@ from accelerate import PartialState
 
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
-from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, model_folder
+from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, default_committee, model_folder
 from dacd.feedback import FeedbackError, FeedbackGuidance
 from dacd.generation import (
     Anchoring,
@@ -130,8 +130,8 @@ def parse_args(argv=None):
                     help="finished pools of the same model weights and settings whose rows this pool shares (e.g. "
                          "a 12x pool of the same plan, for --pool 24): their images are copied (and measured again "
                          "by the evaluator), not sampled again. The model is compared by its folder, so a pool of "
-                         "weights since rebuilt there is yours to leave out; one of other settings is skipped, "
-                         "with a warning")
+                         "weights since rebuilt there is yours to leave out; an unfinished one, or one of other "
+                         "settings, is skipped with a warning")
     fb = p.add_argument_group("feedback guidance (the scoring classifier's gradient steers the first steps, dacd.feedback)")
     fb.add_argument("--feedback-scale", type=float, default=0.0, help="step size (0: off); bench/feedback.py measures it")
     fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
@@ -228,16 +228,13 @@ def main(argv=None):
         raise SystemExit("error: --pool-difficulty applies to a pool: add --pool FACTOR")
     if args.pool_donors and not args.pool:
         raise SystemExit("error: --pool-donors give a pool their images: add --pool FACTOR")
-    gone = [f for f in args.pool_donors if not (Path(f) / "manifest.parquet").is_file()]
-    if gone:
-        raise SystemExit(f"error: --pool-donors {gone} are not finished pools (no manifest.parquet)")
     if args.pool < 0:
         raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
     pipe.set_progress_bar_config(disable=True)
     committee, folders = [], []
     if args.select or args.pool:
-        folders = args.committee or [str(EMBEDDED / LAYOUT.classifier), str(EMBEDDED / LAYOUT.classifier_2)]
+        folders = args.committee or default_committee()
         if args.evaluator.lower() != "none" and any(Path(f).resolve() == Path(args.evaluator).resolve()
                                                      for f in folders):
             raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
