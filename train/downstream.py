@@ -264,9 +264,9 @@ def _same_committee(folders) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _fingerprints(folders: tuple[str, ...]) -> list[str]:
-    """The members' content fingerprints, read once per run (set and cell names ask often)."""
-    return [model_fingerprint(x) for x in folders]
+def _fingerprints(folders: tuple[str, ...]) -> tuple[str, ...]:
+    """The members' content fingerprints, read once per run (set names and identities ask often)."""
+    return tuple(model_fingerprint(x) for x in folders)
 
 
 def plan_sets(args, real, counts) -> dict:
@@ -298,7 +298,7 @@ def plan_sets(args, real, counts) -> dict:
                 pool_ident["anchoring"] = asdict(anchoring)
                 ident["anchoring"] = asdict(anchoring)
             pool_ident["plan"] = plan_fingerprint(pool_plan)
-            ident.update(pooling=asdict(pooling), committee=[model_fingerprint(c) for c in args.committee],
+            ident.update(pooling=asdict(pooling), committee=list(_fingerprints(tuple(map(str, args.committee)))),
                          pool=_hash(pool_ident))
             tag = "".join(f"-{x}" for x in ("anchored" if anchoring is not None else "", "mu" if per_mu else "",
                                             guidance_tag(guidance, dg)) if x)
@@ -307,7 +307,7 @@ def plan_sets(args, real, counts) -> dict:
         if mode == "selected":
             selection = Selection(args.max_tries, args.tolerance, not args.no_label_rule, args.pilot,
                                   args.pilot_faithful)
-            ident.update(selection=asdict(selection), committee=[model_fingerprint(c) for c in args.committee])
+            ident.update(selection=asdict(selection), committee=list(_fingerprints(tuple(map(str, args.committee)))))
         if mode == "anchored":  # real subset images of the row's class, deterministic (the plan records them)
             anchoring = Anchoring(args.strength, args.anchor_seed)
             plan = assign_anchors(plan, real.ids, real.labels, anchoring.seed)
