@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dacd.data import load_dataset, stratified_subset
-from dacd.evaluation import markdown_table, nearest_distance
+from dacd.evaluation import emit_report, markdown_table, nearest_distance
 from dacd.generation import load_generated_images, load_manifest
 
 
@@ -90,10 +90,7 @@ def main(argv=None):
     rows.append(summarise("real images outside the subset (reference)", ref))
     text = (f"{train.name} train: stratified {args.real_fraction:g} subset (seed {args.real_seed}), {len(idx)} "
             "images; L2 distance over pixels in [0, 1]\n\n" + markdown_table(pd.DataFrame(rows)) + "\n")
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "novelty.md").write_text(text)
+    emit_report(text, args.out, "novelty.md")
 
 
 if __name__ == "__main__":

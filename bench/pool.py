@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from dacd.defaults import MEDIUM_BAND, default_committee
-from dacd.evaluation import markdown_table
+from dacd.evaluation import emit_report, markdown_table
 from dacd.generation import (POOL_SCORES, DifficultySpec, GenerationError, Pooling, committee_key, load_manifest,
                              make_plan, match_pool)
 
@@ -113,10 +113,7 @@ def main(argv=None):
     text = (f"pool {args.pool}{who}: faithful = every committee member ranks the label first; faithful_medium = "
             f"faithful and committee-mean s in [{lo}, {hi}]\n\n"
             + "\n\n".join(markdown_table(t.reset_index()) for t in parts) + "\n")
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.md").write_text(text)
+    emit_report(text, args.out, "summary.md")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,6 +189,14 @@ def measure(evaluator, images_uint8_or_float, class_labels, batch_size: int = 51
     y = np.asarray(class_labels, int)
     p_true = probs[np.arange(len(y)), y]
     return pd.DataFrame({"measured_s": 1.0 - p_true, "pred": probs.argmax(1)}), feats
+
+
+def emit_report(text: str, out_dir=None, filename: str = "summary.md") -> None:
+    """Print a bench script's report and, when `out_dir` is given, write it there as `filename`."""
+    print(text)
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / filename).write_text(text)
 
 
 def markdown_table(table: pd.DataFrame, index: bool = False) -> str:

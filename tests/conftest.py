@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -44,6 +45,14 @@ def write_fake_fashion_mnist(folder: Path, n_train: int = 300, n_test: int = 100
 @pytest.fixture(scope="session")
 def fake_fmnist(tmp_path_factory) -> Path:
     return write_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+def load_module(path: Path):
+    """A train/ or bench/ script as a module, so a test calls its functions and main() in-process."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:

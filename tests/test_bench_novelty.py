@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_module
 
 from dacd.data import load_dataset, stratified_subset
 from dacd.generation import MANIFEST_NAME, _png_bytes
@@ -16,10 +16,7 @@ SCRIPT = Path(__file__).parents[1] / "bench" / "novelty.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("bench_novelty", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(SCRIPT)
 
 
 def write_set(folder: Path, images: np.ndarray, labels: np.ndarray, anchors=None) -> Path:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_module
 from scipy import stats
 
 SCRIPT = Path(__file__).parents[1] / "bench" / "paired.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("bench_paired", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module(SCRIPT)
 
 
 def runs_csv(path, cells: dict) -> str:
