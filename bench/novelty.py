@@ -84,7 +84,8 @@ def main(argv=None):
 
     outside = np.setdiff1d(np.arange(len(train)), idx)
     rng = np.random.default_rng(args.seed)
-    pick = np.concatenate([rng.choice(outside[train.labels[outside] == c], n, replace=False)
+    per_class = {c: outside[train.labels[outside] == c] for c in sorted(first_counts)}
+    pick = np.concatenate([rng.choice(per_class[c], min(n, len(per_class[c])), replace=False)  # all, if fewer
                            for c, n in sorted(first_counts.items())])
     ref = distances(train.images[pick], train.labels[pick], subset, subset_labels)
     rows.append(summarise("real images outside the subset (reference)", ref))

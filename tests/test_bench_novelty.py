@@ -40,7 +40,7 @@ def test_distances_per_class():
     assert d[0] == pytest.approx(0) and d[1] == pytest.approx(2.0)  # sqrt(4 pixels x 1^2)
 
 
-def test_copies_and_edits_against_the_reference(tmp_path, fake_fmnist, capsys):
+def test_copies_and_edits_against_the_reference(tmp_path, fake_fmnist):
     nv = load()
     train = load_dataset("fashion-mnist", "train", fake_fmnist)
     idx = stratified_subset(train.labels, 0.5, 0)
