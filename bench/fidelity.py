@@ -37,8 +37,8 @@ import torch
 from dacd.classifier import Classifier
 from dacd.data import load_dataset
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT
-from dacd.evaluation import (draw_difficulties, draw_per_class, kid, manifold_metrics, markdown_table, measure,
-                             train_downstream_cell)
+from dacd.evaluation import (draw_difficulties, draw_per_class, emit_report, kid, manifold_metrics, markdown_table,
+                             measure, train_downstream_cell)
 from dacd.sampling import SamplingSettings, sample
 from dacd.weights import model_fingerprint
 
@@ -237,8 +237,7 @@ def main(argv=None):
     text = (f"N = {args.per_class} per class ({args.per_class * len(names)} images); CAS seeds {args.cas_seeds}; "
             f"KID and manifold metrics in the evaluator's feature space against real test images.\n\n"
             + markdown_table(show) + "\n\nKID per class:\n\n" + markdown_table(kid_wide, index=True) + "\n")
-    (out / "fidelity.md").write_text(text)
-    print(text)
+    emit_report(text, out, "fidelity.md")
     return table
 
 
