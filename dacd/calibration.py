@@ -21,6 +21,20 @@ from .defaults import LAYOUT
 
 CALIBRATION_NAME = LAYOUT.calibration
 IMG2IMG_PATTERN = "calibration-img2img-strength{strength:g}.json"  # curves for edits, one per strength
+MONOTONE_RULES = ("running-max", "isotonic")  # how a noisy curve is made non-decreasing (meta "monotone")
+
+
+def isotonic(y, weights=None) -> np.ndarray:
+    """The non-decreasing sequence nearest to `y` in weighted least squares (pool adjacent violators)."""
+    y = np.asarray(y, float)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, float)
+    blocks: list[list[float]] = []  # [weighted mean, weight, length]
+    for v, wt in zip(y, w):
+        blocks.append([v, wt, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2, n2), (m1, w1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(int(n), m) for m, _, n in blocks])
 
 
 def img2img_calibration_name(strength: float) -> str:
@@ -50,14 +64,54 @@ class Calibration:
             measured[str(int(c))] = [float(v) for v in sub.sort_index(level=1).to_numpy()]
         return cls([float(v) for v in grid], measured, dict(meta or {}))
 
+    @property
+    def monotone(self) -> str:
+        """How the measured means are made non-decreasing: "running-max" (curves fitted before
+        2026-11-28 name none) or "isotonic" (least squares; each pooled run is one knot at its
+        centre, so both the curve and its inverse interpolate between run centres)."""
+        rule = self.meta.get("monotone", "running-max")
+        if rule not in MONOTONE_RULES:
+            raise ValueError(f"calibration meta names monotone rule {rule!r}; known: {', '.join(MONOTONE_RULES)}")
+        return rule
+
+    @classmethod
+    def pool(cls, curves: list["Calibration"], monotone: str = "running-max") -> "Calibration":
+        """One curve from several fitted on the same grid and settings (other seeds): per class
+        and grid value, the mean weighted by each curve's images per cell."""
+        if not curves:
+            raise ValueError("no curves to pool")
+        first = curves[0]
+        same = ("measured_by", "steps", "scheduler", "guidance_scale", "difficulty_guidance_scale",
+                "img2img_strength")
+        for c in curves[1:]:
+            if c.requested != first.requested or sorted(c.measured) != sorted(first.measured):
+                raise ValueError("curves differ in their grid of requested s or their classes")
+            diff = [k for k in same if c.meta.get(k) != first.meta.get(k)]
+            if diff:
+                raise ValueError(f"curves were fitted with different {', '.join(diff)}")
+        n = [float(c.meta.get("n_per_cell", 1)) for c in curves]
+        measured = {k: [float(v) for v in np.average([c.measured[k] for c in curves], axis=0, weights=n)]
+                    for k in first.measured}
+        meta = {**first.meta, "n_per_cell": int(sum(n)), "seed": [c.meta.get("seed") for c in curves],
+                "monotone": monotone}
+        out = cls(list(first.requested), measured, meta)
+        out.monotone  # noqa: B018 -- validates the rule
+        return out
+
     def curve(self, class_label: int) -> tuple[np.ndarray, np.ndarray]:
+        """The non-decreasing curve (requested, measured) the pipeline interpolates."""
         key = str(int(class_label))
         if key not in self.measured:
             raise ValueError(f"calibration has no curve for class {class_label}")
         x = np.asarray(self.requested, float)
-        # Enforce a non-decreasing curve (running max), so the inverse is a function.
-        y = np.maximum.accumulate(np.asarray(self.measured[key], float))
-        return x, y
+        raw = np.asarray(self.measured[key], float)
+        if self.monotone == "running-max":  # so the inverse is a function
+            return x, np.maximum.accumulate(raw)
+        y = isotonic(raw)
+        starts = np.concatenate([[True], np.diff(y) > 1e-12])  # each pooled run of equal values -> one knot
+        run = np.cumsum(starts) - 1
+        centres = np.bincount(run, weights=x) / np.bincount(run)
+        return centres, y[starts]
 
     def invert(self, class_label: int, target: float) -> float:
         """The requested s whose images measure `target` on average (clipped to the grid)."""

@@ -12,6 +12,16 @@ classifier that did not fit it. A stage of `make checkpoints`.
 
     python train/calibrate.py --img2img-strength 0.5            # the curve for edits of real images
 
+Curves are noisy at 20 images a cell; two ways to steady them, neither generating anew:
+
+    python train/calibrate.py --seed 2 --out runs/cal-seed2           # a second grid (other noise)
+    python train/calibrate.py --merge checkpoints/fashion-mnist/dacd/calibration.json \
+        runs/cal-seed2/calibration.json --monotone isotonic            # pool them, least-squares monotone
+
+--merge pools saved curves of the same grid and settings (a mean weighted by their images per cell)
+and writes the result to --out (default: the model folder); --monotone isotonic replaces the
+running max that makes a curve invertible with the least-squares non-decreasing fit.
+
 With --img2img-strength the grid's images are edits (DifficultyControlledImg2ImgPipeline) of
 real *training* images (item k of a class is the same image at every requested s), and the curve
 goes to calibration-img2img-strength<S>.json: edits at that strength and the same --steps with
@@ -26,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dacd.calibration import Calibration, img2img_calibration_name
+from dacd.calibration import MONOTONE_RULES, Calibration, img2img_calibration_name
 from dacd.classifier import Classifier
 from dacd.data import load_dataset
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, SAMPLING
@@ -53,12 +63,37 @@ def parse_args(argv=None):
     p.add_argument("--data", default="fashion-mnist", help="edits: the real images ('fashion-mnist' or an ImageFolder)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for calibration.json (default: the model folder)")
+    p.add_argument("--monotone", choices=MONOTONE_RULES, default="running-max",
+                   help="how the curve is made non-decreasing (stored in its meta)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="CALIBRATION_JSON",
+                   help="generate nothing: pool these saved curves (same grid and settings) into one")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
+def merge(args) -> int:
+    try:
+        curves = [Calibration.load(Path(f).parent, name=Path(f).name) for f in args.merge]
+    except ValueError as e:
+        raise SystemExit(str(e))
+    missing = [f for f, c in zip(args.merge, curves) if c is None]
+    if missing:
+        raise SystemExit(f"no calibration file at {', '.join(missing)}")
+    try:
+        calib = Calibration.pool(curves, monotone=args.monotone)
+    except ValueError as e:
+        raise SystemExit(f"cannot merge {', '.join(args.merge)}: {e}")
+    name = Path(args.merge[0]).name
+    path = calib.save(args.out or args.model, name=name)
+    print(f"wrote {path} ({calib.meta['n_per_cell']} images per cell from {len(curves)} curves, "
+          f"monotone {calib.monotone})")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     edits = args.img2img_strength is not None
     if edits and not 0 < args.img2img_strength <= 1:
         raise SystemExit(f"--img2img-strength must be in (0, 1], got {args.img2img_strength}")
@@ -72,7 +107,7 @@ def main(argv=None):
     rows = grid_rows(list(range(pipe.num_classes)), args.n, args.seed)
     meta = {"measured_by": Path(args.scorer).name, "n_per_cell": args.n, "steps": args.steps,
             "scheduler": args.scheduler, "guidance_scale": args.guidance,
-            "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed}
+            "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed, "monotone": args.monotone}
     extra, name = {}, None
     if edits:
         train = load_dataset(args.data, "train", args.data_dir)
