@@ -16,30 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import isotonic_regression
 
 from .defaults import LAYOUT
 
 CALIBRATION_NAME = LAYOUT.calibration
 IMG2IMG_PATTERN = "calibration-img2img-strength{strength:g}.json"  # curves for edits, one per strength
 MONOTONE_RULES = ("running-max", "isotonic")  # how a noisy curve is made non-decreasing (meta "monotone")
-
-
-def isotonic(y, weights=None) -> np.ndarray:
-    """The non-decreasing sequence nearest to `y` in weighted least squares (pool adjacent violators)."""
-    y = np.asarray(y, float)
-    w = np.ones_like(y) if weights is None else np.asarray(weights, float)
-    blocks: list[list[float]] = []  # [weighted mean, weight, length]
-    for v, wt in zip(y, w):
-        blocks.append([v, wt, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            (m2, w2, n2), (m1, w1, n1) = blocks.pop(), blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
-    return np.concatenate([np.full(int(n), m) for m, _, n in blocks])
-
-
-def img2img_calibration_name(strength: float) -> str:
-    """The file name of the curve fitted for img2img edits at `strength`."""
-    return IMG2IMG_PATTERN.format(strength=float(strength))
 
 
 @dataclass
@@ -107,11 +90,10 @@ class Calibration:
         raw = np.asarray(self.measured[key], float)
         if self.monotone == "running-max":  # so the inverse is a function
             return x, np.maximum.accumulate(raw)
-        y = isotonic(raw)
-        starts = np.concatenate([[True], np.diff(y) > 1e-12])  # each pooled run of equal values -> one knot
-        run = np.cumsum(starts) - 1
-        centres = np.bincount(run, weights=x) / np.bincount(run)
-        return centres, y[starts]
+        fit = isotonic_regression(raw)  # pool adjacent violators; `blocks` bound each pooled run
+        edges = fit.blocks
+        centres = np.array([x[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
+        return centres, fit.x[edges[:-1]]
 
     def invert(self, class_label: int, target: float) -> float:
         """The requested s whose images measure `target` on average (clipped to the grid)."""
