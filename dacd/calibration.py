@@ -22,7 +22,13 @@ from .defaults import LAYOUT
 
 CALIBRATION_NAME = LAYOUT.calibration
 IMG2IMG_PATTERN = "calibration-img2img-strength{strength:g}.json"  # curves for edits, one per strength
+CURVE_FILES = (CALIBRATION_NAME, IMG2IMG_PATTERN.replace("{strength:g}", "*"))  # every curve a folder may hold
 MONOTONE_RULES = ("running-max", "isotonic")  # how a noisy curve is made non-decreasing (meta "monotone")
+
+
+def img2img_calibration_name(strength: float) -> str:
+    """The file name of the curve fitted for img2img edits at `strength`."""
+    return IMG2IMG_PATTERN.format(strength=float(strength))
 
 
 @dataclass

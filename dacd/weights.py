@@ -4,6 +4,7 @@ as a loader's "Unable to load weights" from deep inside diffusers or peft."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import struct
@@ -53,9 +54,10 @@ def check_folder(folder: str | Path) -> None:
         check_safetensors(path)
 
 
-def model_fingerprint(model: str | Path) -> str:
+def model_fingerprint(model: str | Path, skip: tuple[str, ...] = ()) -> str:
     """A model folder's content (and its base's, when dacd_config.json names a relative base that
-    exists): 16 hex digits that change when any weight or config file changes."""
+    exists): 16 hex digits that change when any weight or config file changes. Files whose name
+    matches a pattern of `skip` (fnmatch; e.g. calibration curves) are left out."""
     h, folder = hashlib.sha256(), Path(model)
     folders = [folder]
     cfg = folder / LAYOUT.dacd_config
@@ -64,7 +66,8 @@ def model_fingerprint(model: str | Path) -> str:
         if base and (folder / base).is_dir():
             folders.append(folder / base)
     for f in folders:
-        for file in sorted(p for p in f.rglob("*") if p.is_file() and p.suffix != ".md" and p.suffix != ".png"):
+        for file in sorted(p for p in f.rglob("*") if p.is_file() and p.suffix not in (".md", ".png")
+                           and not any(fnmatch.fnmatchcase(p.name, pat) for pat in skip)):
             h.update(str(file.relative_to(f)).encode())
             h.update(file.read_bytes())
     return h.hexdigest()[:16]

@@ -378,13 +378,12 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
     from dataclasses import asdict
 
     from dacd.generation import plan_fingerprint
-    from dacd.weights import model_fingerprint
 
     folder = d["pool"]["folder"]
     folder.mkdir(parents=True)
     (folder / "generation.json").write_text(json.dumps({"sampling": asdict(d["settings"]),
                                                         "plan_fingerprint": plan_fingerprint(d["pool"]["plan"])}))
-    fp = model_fingerprint(tmp_path / "dacd")
+    fp = ds.model_identity(tmp_path / "dacd")
     assert ds.pool_donors(c["pool"]["folder"], fp) == []  # not finished yet
     (folder / "manifest.parquet").write_bytes(b"")
     assert ds.pool_donors(c["pool"]["folder"], fp) == [folder]
@@ -417,3 +416,21 @@ def test_settings_json_records_repository_folders_relative():
     assert recorded["data"] == "fashion-mnist" and recorded["arch"] == "resnet10t" and recorded["mus"] == args["mus"]
     assert ds.recorded_setting("") == "" and ds.recorded_setting(None) is None
     assert not any(str(root) in str(v) for v in recorded.values())
+
+
+def test_set_identities_name_the_weights_not_the_calibration_curve(tmp_path):
+    """A refitted calibration curve leaves a model's sets (and their cached cells) where they were;
+    any other file of the folder moves them."""
+    from pathlib import Path
+
+    from conftest import load_module
+
+    ds = load_module(Path(__file__).parents[1] / "train" / "downstream.py")
+    (tmp_path / "dacd").mkdir()
+    (tmp_path / "dacd" / "weights.bin").write_bytes(b"w")
+    first = ds.model_identity(tmp_path / "dacd")
+    (tmp_path / "dacd" / "calibration.json").write_text("{}")
+    (tmp_path / "dacd" / "calibration-img2img-strength0.5.json").write_text("{}")
+    assert ds.model_identity(tmp_path / "dacd") == first
+    (tmp_path / "dacd" / "difficulty.json").write_text("{}")
+    assert ds.model_identity(tmp_path / "dacd") != first

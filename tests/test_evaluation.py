@@ -85,6 +85,40 @@ def test_calibration_inverts_a_monotone_curve(tmp_path):
         Calibration.load(tmp_path)
 
 
+
+def test_isotonic_calibration_fits_least_squares_and_inverts_between_run_centres():
+    raw = [0.1, 0.5, 0.3, 0.6, 0.9]  # one violator: 0.5 then 0.3
+    cal = Calibration([0.0, 0.25, 0.5, 0.75, 1.0], {"0": raw}, meta={"monotone": "isotonic"})
+    x, y = cal.curve(0)
+    assert list(x) == pytest.approx([0.0, 0.375, 0.75, 1.0])  # the pooled run (0.25, 0.5) is one knot at its centre
+    assert list(y) == pytest.approx([0.1, 0.4, 0.6, 0.9])
+    assert cal.invert(0, 0.4) == pytest.approx(0.375) and cal.forward(0, 0.375) == pytest.approx(0.4)
+    # the running max flattens the dip to 0.5 and interpolates from the grid's first two points instead
+    assert Calibration(cal.requested, cal.measured).invert(0, 0.4) == pytest.approx(0.1875)
+    assert Calibration(cal.requested, cal.measured).monotone == "running-max"  # curves that name no rule
+    with pytest.raises(ValueError, match="monotone rule"):
+        Calibration(cal.requested, cal.measured, meta={"monotone": "spline"}).curve(0)
+
+
+def test_pooled_calibration_weights_curves_by_images_per_cell(tmp_path):
+    meta = {"measured_by": "classifier", "steps": 15, "guidance_scale": 5.0}
+    a = Calibration([0.0, 1.0], {"0": [0.0, 0.6]}, {**meta, "n_per_cell": 20, "seed": 0})
+    b = Calibration([0.0, 1.0], {"0": [0.3, 0.9]}, {**meta, "n_per_cell": 10, "seed": 2})
+    pooled = Calibration.pool([a, b], monotone="isotonic")
+    assert pooled.measured["0"] == pytest.approx([0.1, 0.7])
+    assert pooled.meta["n_per_cell"] == 30 and pooled.meta["seed"] == [0, 2] and pooled.monotone == "isotonic"
+    with pytest.raises(ValueError, match="guidance_scale"):
+        Calibration.pool([a, Calibration([0.0, 1.0], {"0": [0.0, 0.6]}, {**meta, "guidance_scale": 2.0})])
+    with pytest.raises(ValueError, match="grid"):
+        Calibration.pool([a, Calibration([0.0, 0.5], {"0": [0.0, 0.6]}, meta)])
+    (tmp_path / "a").mkdir()
+    a.save(tmp_path / "a")
+    b.save(tmp_path)
+    run_script("train/calibrate.py", "--merge", tmp_path / "a" / "calibration.json", tmp_path / "calibration.json",
+               "--monotone", "isotonic", "--out", tmp_path / "a")
+    merged = Calibration.load(tmp_path / "a")
+    assert merged.measured["0"] == pytest.approx([0.1, 0.7]) and merged.monotone == "isotonic"
+
 @pytest.mark.slow
 def test_controllability_quick_on_tiny_models(tiny_dacd, tiny_baseline, tiny_evaluator, tiny_scores, fake_fmnist,
                                               tmp_path):

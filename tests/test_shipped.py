@@ -78,3 +78,27 @@ def test_reference_images_are_reproduced_exactly():
             assert diff.max() == 0, f"{name}: {int((diff > 0).sum())} pixels differ (max {diff.max()})"
         else:
             assert diff.max() <= 2 and (diff > 0).mean() <= 0.01, name
+
+
+def test_committed_downstream_cells_stay_found_whatever_the_calibration_curve(tmp_path):
+    """The results in bench/results/downstream/ are reprinted from their committed cells: the shipped
+    dacd's set identities must not move when its calibration curve is refitted (no downstream set
+    samples calibrated), so a copy of the folder with another curve finds the same cells."""
+    import shutil
+
+    from conftest import run_script
+
+    model = tmp_path / "ck" / "dacd"
+    shutil.copytree(CK / "dacd", model)
+    (tmp_path / "ck" / "base").symlink_to(CK / "base")
+    cal = json.loads((model / "calibration.json").read_text())
+    cal["measured"] = {k: sorted(v) for k, v in cal["measured"].items()}
+    cal["meta"]["monotone"] = "isotonic"
+    (model / "calibration.json").write_text(json.dumps(cal))
+    out = run_script("train/downstream.py", "--cached-only", "--model", model, "--arms", "dacd", "--samplings",
+                     "pooled", "--pool-factor", "6", "--tolerance", "0.1", "--mus", "0.5", "--ratios", "0.25",
+                     "--seeds", "0", "1", "--headline-seeds", "0", "1", "--cells-dir",
+                     ROOT / "bench" / "results" / "downstream" / "cells", "--out", tmp_path / "out", "--no-progress")
+    assert "4 of 4 cell runs done" in out.stdout  # real-only and dacd, 2 seeds each: none missing
+    runs = (tmp_path / "out" / "runs.csv").read_text()
+    assert runs.count("dacd pooled mu=0.5 r=0.25,") == 2

@@ -99,12 +99,22 @@ from dacd.generation import (
     plan_fingerprint,
     take_first,
 )
+from dacd.calibration import CURVE_FILES
 from dacd.img2img import DEFAULT_STRENGTH
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
 from dacd.weights import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
+# A set's model is named by its weights and configs, not by its calibration curves: no set made
+# here samples calibrated, so refitting a curve leaves every set, pool and cached cell where it was.
+# Cells cached before 2026-11-28 name a dacd folder by a fingerprint that also hashed its curve;
+# each shipped dacd's weights-only fingerprint maps to that name, so those cells stay found.
+LEGACY_MODEL_IDS = {
+    "cbbe1498cf97a4f2": "18c01b7cd5caf904",  # first base, 1,500 steps (the curve of 827091c)
+    "73480f72ca2d78be": "77b85f772744194f",  # rebuilt base, 1,500 steps (8a447d5)
+    "f751b56269ef1f41": "bda93c8d685d617d",  # rebuilt base, 4,500 steps (e0a68ee, shipped)
+}
 EMBEDDED = EMBEDDED_CHECKPOINT
 CACHE_VERSION = 2  # v1 caches (before the reference arms) are not read: their keys differ
 RESULT_COLUMNS = ["cell", "model", "sampling", "mode", "mu", "ratio", "seeds", "accuracy_mean", "accuracy_std",
@@ -263,6 +273,13 @@ def _same_committee(folders) -> bool:
     return _fingerprints(tuple(map(str, folders))) == _fingerprints(tuple(default_committee()))
 
 
+def model_identity(model) -> str:
+    """What names a model in set and pool identities: its fingerprint without calibration curves
+    (LEGACY_MODEL_IDS for the shipped dacd folders whose cells were cached before)."""
+    fp = model_fingerprint(model, skip=CURVE_FILES)
+    return LEGACY_MODEL_IDS.get(fp, fp)
+
+
 @functools.lru_cache(maxsize=None)
 def _fingerprints(folders: tuple[str, ...]) -> tuple[str, ...]:
     """The members' content fingerprints, read once per run (set names and identities ask often)."""
@@ -281,7 +298,7 @@ def plan_sets(args, real, counts) -> dict:
         dg = args.difficulty_guidance if arm == "dacd" else None  # the baseline has no difficulty branch
         settings = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=guidance,
                                     difficulty_guidance_scale=dg)
-        ident = {"arm": arm, "model": model_fingerprint(model), "sampling": mode, "settings": asdict(settings),
+        ident = {"arm": arm, "model": model_identity(model), "sampling": mode, "settings": asdict(settings),
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = pooling = None
         label = sampling_label(args, mode)
@@ -396,7 +413,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                     pooling=st["pooling"], model_id=model, evaluator=evaluator,
                                     anchoring=st["anchoring"], anchors=anchors,
                                     pool_difficulty=st["pool"]["difficulty"],
-                                    pool_donors=pool_donors(st["pool"]["folder"], model_fingerprint(model)),
+                                    pool_donors=pool_donors(st["pool"]["folder"], model_identity(model)),
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
