@@ -9,13 +9,24 @@ Prints cell A minus cell B in points with its 95% t-interval and two-sided paire
 (dacd.evaluation.paired_comparison, the downstream table's own statistics, with B as the
 reference). Several runs.csv files may be given (comma-separated) when the cells sit in different
 tables; a (cell, seed) found in two of them must agree. Reads only.
+
+    python bench/paired.py bench/results/downstream-anchmupool12-s0.8/runs.csv,bench/results/downstream/runs.csv \
+        "dacd anchored-mu-pooled g1d3 mu=0.5 r=0.25" real-only --confusion 8
+
+--confusion K also prints the K largest changes of the test confusion matrix, A minus B, in
+points of each true class's test images (from the confusion.json beside each runs.csv: the
+mean matrix over a cell's seeds, so the change is paired when both ran the same seeds): which
+mistakes an added set makes more often, and which less.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dacd.evaluation import paired_comparison
@@ -41,15 +52,52 @@ def compare(runs: pd.DataFrame, a: str, b: str) -> dict:
             "low": 100 * row.diff_ci_low, "high": 100 * row.diff_ci_high, "p": float(row.p_value)}
 
 
+def load_confusions(paths: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Each cell's mean test confusion matrix (rows true, columns predicted) from the confusion.json
+    files beside `paths`; the first file that has a cell gives it."""
+    names, mats = None, {}
+    for path in paths:
+        f = Path(path).parent / "confusion.json"
+        if not f.is_file():
+            raise SystemExit(f"error: no confusion.json beside {path} (train/downstream.py writes it with runs.csv)")
+        d = json.loads(f.read_text())
+        if names is not None and d["class_names"] != names:
+            raise SystemExit(f"error: {f} has other classes than {paths[0]}'s table")
+        names = d["class_names"]
+        for cell, m in d["rows_true_columns_predicted"].items():
+            mats.setdefault(cell, np.asarray(m, float))
+    return names, mats
+
+
+def confusion_changes(names, mats, a: str, b: str, k: int) -> pd.DataFrame:
+    """The k largest changes (by size) of A's confusion matrix from B's, in points of each true class."""
+    for cell in (a, b):
+        if cell not in mats:
+            raise SystemExit(f"error: no confusion matrix for {cell!r}")
+    diff = 100 * (mats[a] - mats[b]) / mats[b].sum(1, keepdims=True)
+    t, q = np.unravel_index(np.argsort(-np.abs(diff), axis=None, kind="stable")[:k], diff.shape)
+    return pd.DataFrame({"true": [names[i] for i in t], "predicted": [names[j] for j in q],
+                         "points": diff[t, q].round(2), "kind": np.where(t == q, "correct", "mistake")})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", help="runs.csv of train/downstream.py (several: comma-separated)")
     p.add_argument("a", help="cell A (as in the table's cell column)")
     p.add_argument("b", help="cell B, the reference")
+    p.add_argument("--confusion", type=int, default=0, metavar="K",
+                   help="also print the K largest changes of the test confusion matrix, A minus B")
     args = p.parse_args(argv)
-    r = compare(load_runs(args.runs.split(",")), args.a, args.b)
+    paths = args.runs.split(",")
+    runs = load_runs(paths)
+    r = compare(runs, args.a, args.b)
     print(f"{r['a']} minus {r['b']} ({r['paired_seeds']} paired seeds): {r['diff']:+.2f} points "
           f"[{r['low']:+.2f}, {r['high']:+.2f}], paired-t p {r['p']:.3g}")
+    if args.confusion > 0:
+        seeds = [set(runs.seed[runs.cell == c]) for c in (args.a, args.b)]
+        note = "" if seeds[0] == seeds[1] else " (the cells ran different seeds: means, not paired)"
+        print(f"largest changes of the test confusion matrix, points of the true class's images{note}:")
+        print(confusion_changes(*load_confusions(paths), args.a, args.b, args.confusion).to_string(index=False))
     return 0
 
 

@@ -53,3 +53,31 @@ def test_cells_from_two_tables_and_refusals(tmp_path):
     lone = runs_csv(tmp_path / "lone.csv", {"A": {0: 0.88}, "B": {1: 0.87}})
     with pytest.raises(SystemExit, match="share 0 seed"):
         bp.compare(bp.load_runs([lone]), "A", "B")
+
+
+def test_confusion_changes_in_points_of_the_true_class(tmp_path, capsys):
+    import json
+
+    bp = load()
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    names = ["a", "b", "c"]
+    ref = [[90, 10, 0], [5, 45, 0], [0, 0, 200]]  # rows true (100, 50 and 200 test images), columns predicted
+    new = [[80, 20, 0], [5, 44, 1], [0, 0, 200]]
+    (one / "confusion.json").write_text(json.dumps({"class_names": names, "rows_true_columns_predicted": {"A": new}}))
+    (two / "confusion.json").write_text(json.dumps({"class_names": names,
+                                                    "rows_true_columns_predicted": {"B": ref, "A": ref}}))
+    p1 = runs_csv(one / "runs.csv", {"A": {0: 0.8, 1: 0.81}})
+    p2 = runs_csv(two / "runs.csv", {"B": {0: 0.8, 1: 0.8}})
+    got = bp.confusion_changes(*bp.load_confusions([p1, p2]), "A", "B", 3)  # A from the first file that has it
+    assert list(got.points) == pytest.approx([-10.0, 10.0, -2.0])
+    assert list(zip(got.true, got.predicted, got.kind)) == [("a", "a", "correct"), ("a", "b", "mistake"),
+                                                            ("b", "b", "correct")]
+    assert bp.main([f"{p1},{p2}", "A", "B", "--confusion", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "largest changes" in out and "paired" not in out.split("largest changes")[1].split("\n")[0]
+    (two / "confusion.json").write_text(json.dumps({"class_names": ["x", "y", "z"], "rows_true_columns_predicted": {}}))
+    with pytest.raises(SystemExit, match="other classes"):
+        bp.load_confusions([p1, p2])
+    with pytest.raises(SystemExit, match="no confusion.json"):
+        bp.load_confusions([str(tmp_path / "runs.csv")])
