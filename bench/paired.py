@@ -52,10 +52,11 @@ def compare(runs: pd.DataFrame, a: str, b: str) -> dict:
             "low": 100 * row.diff_ci_low, "high": 100 * row.diff_ci_high, "p": float(row.p_value)}
 
 
-def load_confusions(paths: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+def load_confusions(paths: list[str]) -> tuple[list[str], dict[str, np.ndarray], dict[str, set]]:
     """Each cell's mean test confusion matrix (rows true, columns predicted) from the confusion.json
-    files beside `paths`; the first file that has a cell gives it."""
-    names, mats = None, {}
+    files beside `paths`, and the seeds it is the mean over (that table's runs.csv); the first file
+    that has a cell gives it."""
+    names, mats, seeds = None, {}, {}
     for path in paths:
         f = Path(path).parent / "confusion.json"
         if not f.is_file():
@@ -64,9 +65,11 @@ def load_confusions(paths: list[str]) -> tuple[list[str], dict[str, np.ndarray]]
         if names is not None and d["class_names"] != names:
             raise SystemExit(f"error: {f} has other classes than {paths[0]}'s table")
         names = d["class_names"]
+        runs = pd.read_csv(path)
         for cell, m in d["rows_true_columns_predicted"].items():
-            mats.setdefault(cell, np.asarray(m, float))
-    return names, mats
+            if cell not in mats:
+                mats[cell], seeds[cell] = np.asarray(m, float), set(runs.seed[runs.cell == cell])
+    return names, mats, seeds
 
 
 def confusion_changes(names, mats, a: str, b: str, k: int) -> pd.DataFrame:
@@ -94,10 +97,11 @@ def main(argv=None) -> int:
     print(f"{r['a']} minus {r['b']} ({r['paired_seeds']} paired seeds): {r['diff']:+.2f} points "
           f"[{r['low']:+.2f}, {r['high']:+.2f}], paired-t p {r['p']:.3g}")
     if args.confusion > 0:
-        seeds = [set(runs.seed[runs.cell == c]) for c in (args.a, args.b)]
-        note = "" if seeds[0] == seeds[1] else " (the cells ran different seeds: means, not paired)"
+        names, mats, seeds = load_confusions(paths)
+        table = confusion_changes(names, mats, args.a, args.b, args.confusion)
+        note = "" if seeds[args.a] == seeds[args.b] else " (the matrices are means over different seeds: not paired)"
         print(f"largest changes of the test confusion matrix, points of the true class's images{note}:")
-        print(confusion_changes(*load_confusions(paths), args.a, args.b, args.confusion).to_string(index=False))
+        print(table.to_string(index=False))
     return 0
 
 

@@ -55,21 +55,23 @@ class Calibration:
 
     @property
     def monotone(self) -> str:
-        """How the measured means are made non-decreasing: "running-max" (curves fitted before
-        2026-11-28 name none) or "isotonic" (least squares; each pooled run is one knot at its
-        centre, so both the curve and its inverse interpolate between run centres)."""
+        """How the measured means are made non-decreasing: "running-max" (the default, for curves
+        that name no rule) or "isotonic" (least squares; each pooled run is one knot at its centre,
+        so both the curve and its inverse interpolate between run centres)."""
         rule = self.meta.get("monotone", "running-max")
         if rule not in MONOTONE_RULES:
             raise ValueError(f"calibration meta names monotone rule {rule!r}; known: {', '.join(MONOTONE_RULES)}")
         return rule
 
     @classmethod
-    def pool(cls, curves: list["Calibration"], monotone: str = "running-max") -> "Calibration":
+    def pool(cls, curves: list["Calibration"], monotone: str | None = None) -> "Calibration":
         """One curve from several fitted on the same grid and settings (other seeds): per class
-        and grid value, the mean weighted by each curve's images per cell."""
+        and grid value, the mean weighted by each curve's images per cell (`n_per_cell` in every
+        curve's meta, or in none: equal weights). `monotone` None keeps the first curve's rule."""
         if not curves:
             raise ValueError("no curves to pool")
         first = curves[0]
+        monotone = first.monotone if monotone is None else monotone
         same = ("measured_by", "steps", "scheduler", "guidance_scale", "difficulty_guidance_scale",
                 "img2img_strength")
         for c in curves[1:]:
@@ -78,17 +80,28 @@ class Calibration:
             diff = [k for k in same if c.meta.get(k) != first.meta.get(k)]
             if diff:
                 raise ValueError(f"curves were fitted with different {', '.join(diff)}")
-        n = [float(c.meta.get("n_per_cell", 1)) for c in curves]
-        measured = {k: [float(v) for v in np.average([c.measured[k] for c in curves], axis=0, weights=n)]
+        n = [c.meta.get("n_per_cell") for c in curves]
+        if any(v is None for v in n) and any(v is not None for v in n):
+            raise ValueError("some curves record their images per cell (n_per_cell) and some do not: "
+                             "they cannot be weighted together")
+        if any(v is not None and not (isinstance(v, (int, float)) and v > 0) for v in n):
+            raise ValueError(f"n_per_cell must be a positive number in every curve, got {n}")
+        weights = [1.0] * len(curves) if n[0] is None else [float(v) for v in n]
+        measured = {k: [float(v) for v in np.average([c.measured[k] for c in curves], axis=0, weights=weights)]
                     for k in first.measured}
-        meta = {**first.meta, "n_per_cell": int(sum(n)), "seed": [c.meta.get("seed") for c in curves],
-                "monotone": monotone}
+        seeds = [x for c in curves for x in (c.meta.get("seed") if isinstance(c.meta.get("seed"), list)
+                                             else [c.meta.get("seed")])]
+        meta = {k: v for k, v in first.meta.items() if k not in ("n_per_cell", "sources")}
+        meta.update(seed=seeds, monotone=monotone, **({} if n[0] is None else {"n_per_cell": int(sum(weights))}))
+        if any("sources" in c.meta for c in curves):  # edits: each curve's real images
+            meta["sources"] = [c.meta.get("sources") for c in curves]
         out = cls(list(first.requested), measured, meta)
         out.monotone  # noqa: B018 -- validates the rule
         return out
 
     def curve(self, class_label: int) -> tuple[np.ndarray, np.ndarray]:
-        """The non-decreasing curve (requested, measured) the pipeline interpolates."""
+        """The non-decreasing curve the pipeline interpolates, as (requested, measured) knots: the
+        grid with the running max of the means, or for "isotonic" the centre of each pooled run."""
         key = str(int(class_label))
         if key not in self.measured:
             raise ValueError(f"calibration has no curve for class {class_label}")
@@ -102,10 +115,11 @@ class Calibration:
         return centres, fit.x[edges[:-1]]
 
     def invert(self, class_label: int, target: float) -> float:
-        """The requested s whose images measure `target` on average (clipped to the grid)."""
+        """The requested s whose images measure `target` on average (clipped to the grid; a flat
+        curve says nothing, so the request is passed on, clipped to the grid)."""
         x, y = self.curve(class_label)
         if y[-1] - y[0] < 1e-6:
-            return float(np.clip(target, x[0], x[-1]))
+            return float(np.clip(target, self.requested[0], self.requested[-1]))
         # np.interp needs strictly increasing xp: drop flat steps, keep their first point.
         keep = np.concatenate([[True], np.diff(y) > 1e-9])
         return float(np.interp(target, y[keep], x[keep]))

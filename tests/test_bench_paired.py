@@ -69,13 +69,18 @@ def test_confusion_changes_in_points_of_the_true_class(tmp_path, capsys):
                                                     "rows_true_columns_predicted": {"B": ref, "A": ref}}))
     p1 = runs_csv(one / "runs.csv", {"A": {0: 0.8, 1: 0.81}})
     p2 = runs_csv(two / "runs.csv", {"B": {0: 0.8, 1: 0.8}})
-    got = bp.confusion_changes(*bp.load_confusions([p1, p2]), "A", "B", 3)  # A from the first file that has it
+    names, mats, seeds = bp.load_confusions([p1, p2])  # A from the first file that has it
+    got = bp.confusion_changes(names, mats, "A", "B", 3)
+    assert seeds == {"A": {0, 1}, "B": {0, 1}}
     assert list(got.points) == pytest.approx([-10.0, 10.0, -2.0])
     assert list(zip(got.true, got.predicted, got.kind)) == [("a", "a", "correct"), ("a", "b", "mistake"),
                                                             ("b", "b", "correct")]
     assert bp.main([f"{p1},{p2}", "A", "B", "--confusion", "2"]) == 0
     out = capsys.readouterr().out
-    assert "largest changes" in out and "paired" not in out.split("largest changes")[1].split("\n")[0]
+    assert "largest changes" in out and "not paired" not in out
+    runs_csv(two / "runs.csv", {"B": {0: 0.8, 1: 0.8, 2: 0.8}})  # B's matrix is a mean over a third seed too
+    assert bp.main([f"{p1},{p2}", "A", "B", "--confusion", "2"]) == 0
+    assert "not paired" in capsys.readouterr().out
     (two / "confusion.json").write_text(json.dumps({"class_names": ["x", "y", "z"], "rows_true_columns_predicted": {}}))
     with pytest.raises(SystemExit, match="other classes"):
         bp.load_confusions([p1, p2])

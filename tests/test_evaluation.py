@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import ROOT, load_module, run_script
 
 from dacd.calibration import Calibration
 from dacd.evaluation import (
@@ -85,7 +85,6 @@ def test_calibration_inverts_a_monotone_curve(tmp_path):
         Calibration.load(tmp_path)
 
 
-
 def test_isotonic_calibration_fits_least_squares_and_inverts_between_run_centres():
     raw = [0.1, 0.5, 0.3, 0.6, 0.9]  # one violator: 0.5 then 0.3
     cal = Calibration([0.0, 0.25, 0.5, 0.75, 1.0], {"0": raw}, meta={"monotone": "isotonic"})
@@ -98,6 +97,9 @@ def test_isotonic_calibration_fits_least_squares_and_inverts_between_run_centres
     assert Calibration(cal.requested, cal.measured).monotone == "running-max"  # curves that name no rule
     with pytest.raises(ValueError, match="monotone rule"):
         Calibration(cal.requested, cal.measured, meta={"monotone": "spline"}).curve(0)
+    for says_nothing in ([0.3] * 5, [0.9, 0.7, 0.5, 0.3, 0.1]):  # flat, or falling: one pooled run
+        flat = Calibration(cal.requested, {"0": says_nothing}, meta={"monotone": "isotonic"})
+        assert [flat.invert(0, t) for t in (0.2, 0.8, 1.5)] == pytest.approx([0.2, 0.8, 1.0])  # the request, clipped
 
 
 def test_pooled_calibration_weights_curves_by_images_per_cell(tmp_path):
@@ -107,6 +109,13 @@ def test_pooled_calibration_weights_curves_by_images_per_cell(tmp_path):
     pooled = Calibration.pool([a, b], monotone="isotonic")
     assert pooled.measured["0"] == pytest.approx([0.1, 0.7])
     assert pooled.meta["n_per_cell"] == 30 and pooled.meta["seed"] == [0, 2] and pooled.monotone == "isotonic"
+    again = Calibration.pool([pooled, Calibration([0.0, 1.0], {"0": [0.1, 0.7]}, {**meta, "n_per_cell": 30, "seed": 3})])
+    assert again.meta["seed"] == [0, 2, 3] and again.meta["n_per_cell"] == 60 and again.monotone == "isotonic"
+    unweighted = Calibration([0.0, 1.0], {"0": [0.3, 0.9]}, meta)
+    with pytest.raises(ValueError, match="n_per_cell"):
+        Calibration.pool([a, unweighted])
+    with pytest.raises(ValueError, match="positive"):
+        Calibration.pool([a, Calibration([0.0, 1.0], {"0": [0.3, 0.9]}, {**meta, "n_per_cell": 0})])
     with pytest.raises(ValueError, match="guidance_scale"):
         Calibration.pool([a, Calibration([0.0, 1.0], {"0": [0.0, 0.6]}, {**meta, "guidance_scale": 2.0})])
     with pytest.raises(ValueError, match="grid"):
@@ -114,10 +123,18 @@ def test_pooled_calibration_weights_curves_by_images_per_cell(tmp_path):
     (tmp_path / "a").mkdir()
     a.save(tmp_path / "a")
     b.save(tmp_path)
-    run_script("train/calibrate.py", "--merge", tmp_path / "a" / "calibration.json", tmp_path / "calibration.json",
-               "--monotone", "isotonic", "--out", tmp_path / "a")
+    calibrate = load_module(ROOT / "train" / "calibrate.py")  # in-process: --merge generates nothing
+    assert calibrate.main(["--merge", str(tmp_path / "a" / "calibration.json"), str(tmp_path / "calibration.json"),
+                           "--monotone", "isotonic", "--out", str(tmp_path / "a")]) == 0
     merged = Calibration.load(tmp_path / "a")
     assert merged.measured["0"] == pytest.approx([0.1, 0.7]) and merged.monotone == "isotonic"
+    edits = tmp_path / "edits"  # curves of edits are written under the name the pipeline reads for their strength
+    edits.mkdir()
+    Calibration([0.0, 1.0], {"0": [0.0, 0.6]}, {**meta, "img2img_strength": 0.5}).save(edits, "seed0.json")
+    Calibration([0.0, 1.0], {"0": [0.2, 0.6]}, {**meta, "img2img_strength": 0.5}).save(edits, "seed1.json")
+    assert calibrate.main(["--merge", str(edits / "seed0.json"), str(edits / "seed1.json"), "--out", str(edits)]) == 0
+    assert Calibration.load(edits, "calibration-img2img-strength0.5.json").measured["0"] == pytest.approx([0.1, 0.6])
+
 
 @pytest.mark.slow
 def test_controllability_quick_on_tiny_models(tiny_dacd, tiny_baseline, tiny_evaluator, tiny_scores, fake_fmnist,

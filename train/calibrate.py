@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dacd.calibration import MONOTONE_RULES, Calibration, img2img_calibration_name
+from dacd.calibration import CALIBRATION_NAME, MONOTONE_RULES, Calibration, img2img_calibration_name
 from dacd.classifier import Classifier
 from dacd.data import load_dataset
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, SAMPLING
@@ -63,10 +63,13 @@ def parse_args(argv=None):
     p.add_argument("--data", default="fashion-mnist", help="edits: the real images ('fashion-mnist' or an ImageFolder)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for calibration.json (default: the model folder)")
-    p.add_argument("--monotone", choices=MONOTONE_RULES, default="running-max",
-                   help="how the curve is made non-decreasing (stored in its meta)")
+    p.add_argument("--monotone", choices=MONOTONE_RULES, default=None,
+                   help="how the curve is made non-decreasing, stored in its meta (default: running-max; "
+                        "with --merge, the first curve's rule)")
     p.add_argument("--merge", nargs="+", default=None, metavar="CALIBRATION_JSON",
-                   help="generate nothing: pool these saved curves (same grid and settings) into one")
+                   help="generate nothing: pool these saved curves (same grid and settings) into one, named "
+                        "as the pipeline reads it (the edits curve of their strength, else calibration.json); "
+                        "only --monotone, --out and --model apply")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -83,10 +86,11 @@ def merge(args) -> int:
         calib = Calibration.pool(curves, monotone=args.monotone)
     except ValueError as e:
         raise SystemExit(f"cannot merge {', '.join(args.merge)}: {e}")
-    name = Path(args.merge[0]).name
+    strength = calib.meta.get("img2img_strength")
+    name = CALIBRATION_NAME if strength is None else img2img_calibration_name(strength)
     path = calib.save(args.out or args.model, name=name)
-    print(f"wrote {path} ({calib.meta['n_per_cell']} images per cell from {len(curves)} curves, "
-          f"monotone {calib.monotone})")
+    print(f"wrote {path} ({calib.meta.get('n_per_cell', 'unrecorded')} images per cell from {len(curves)} "
+          f"curves, monotone {calib.monotone})")
     return 0
 
 
@@ -107,7 +111,8 @@ def main(argv=None):
     rows = grid_rows(list(range(pipe.num_classes)), args.n, args.seed)
     meta = {"measured_by": Path(args.scorer).name, "n_per_cell": args.n, "steps": args.steps,
             "scheduler": args.scheduler, "guidance_scale": args.guidance,
-            "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed, "monotone": args.monotone}
+            "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed,
+            "monotone": args.monotone or "running-max"}
     extra, name = {}, None
     if edits:
         train = load_dataset(args.data, "train", args.data_dir)

@@ -275,7 +275,9 @@ def _same_committee(folders) -> bool:
 
 def model_identity(model) -> str:
     """What names a model in set and pool identities: its fingerprint without calibration curves
-    (LEGACY_MODEL_IDS for the shipped dacd folders whose cells were cached before)."""
+    (LEGACY_MODEL_IDS for the shipped dacd folders whose cells were cached before). A copy of a
+    folder, with or without another curve, names the same sets; generation.json records the model's
+    path, so a set left unfinished by one copy is resumed only from that copy."""
     fp = model_fingerprint(model, skip=CURVE_FILES)
     return LEGACY_MODEL_IDS.get(fp, fp)
 
