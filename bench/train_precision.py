@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""What bf16 autocast buys a training step on this machine: the base U-Net step (U-Net + text
-encoder, forward, backward, AdamW, as train/train_base.py runs it) in float32 and under
-`torch.autocast("cpu", torch.bfloat16)`, and how far the bf16 loss and gradients land from float32.
+"""What bf16 autocast or the channels-last memory format buys a training step on this machine: the
+base U-Net step (U-Net + text encoder, forward, backward, AdamW, as train/train_base.py runs it) in
+float32, in float32 with channels-last tensors, and under `torch.autocast("cpu", torch.bfloat16)`,
+and how far each variant's loss and gradients land from plain float32's.
 
     python bench/train_precision.py                 # the shipped base's shapes, batch 128
     python bench/train_precision.py --batch-size 64 --steps 10 --threads 2
 
-Prints seconds per step for each precision and their ratio (the figure to compare across
+Prints seconds per step for each variant and its ratio to float32 (the figure to compare across
 machines; a CPU without bf16 instructions emulates it and is slower). Weights are the shipped
 base's; inputs are random latents and class prompts, so nothing is trained or written.
 """
@@ -24,11 +25,18 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT
 
 
-def step_fn(unet, text_encoder, ids, batch_size: int, dtype):
+VARIANTS = {"float32": (torch.float32, torch.contiguous_format),
+            "channels-last": (torch.float32, torch.channels_last),
+            "bf16 autocast": (torch.bfloat16, torch.contiguous_format)}
+
+
+def step_fn(unet, text_encoder, ids, batch_size: int, dtype, memory_format=torch.contiguous_format):
     cfg = unet.config
     gen = torch.Generator().manual_seed(0)
     lat = torch.randn(batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=gen)
     noise = torch.randn(lat.shape, generator=gen)
+    unet.to(memory_format=memory_format)
+    lat, noise = lat.contiguous(memory_format=memory_format), noise.contiguous(memory_format=memory_format)
     t = torch.randint(0, 1000, (batch_size,), generator=gen)
     rows = torch.randint(0, len(ids), (batch_size,), generator=gen)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -64,23 +72,25 @@ def main(argv=None) -> int:
     ids = tokenizer([f"a photo of a class {i}" for i in range(10)], padding="max_length",
                     max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     results = {}
-    for name, dtype in (("float32", torch.float32), ("bf16 autocast", torch.bfloat16)):
+    for name, (dtype, memory_format) in VARIANTS.items():
         unet = UNet2DConditionModel.from_pretrained(args.base, subfolder="unet").train()
         text_encoder = CLIPTextModel.from_pretrained(args.base, subfolder="text_encoder").train()
-        step = step_fn(unet, text_encoder, ids, args.batch_size, dtype)
+        step = step_fn(unet, text_encoder, ids, args.batch_size, dtype, memory_format)
         loss, grad = step(update=False)
         step()  # warm-up
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step()
         results[name] = {"seconds": (time.perf_counter() - t0) / args.steps, "loss": loss, "grad": grad}
-    f32, b16 = results["float32"], results["bf16 autocast"]
-    cos = float(F.cosine_similarity(f32["grad"].double(), b16["grad"].double(), dim=0))
+    ref = results["float32"]
     print(f"base U-Net + text encoder training step, batch {args.batch_size}, {torch.get_num_threads()} threads:")
     for name, r in results.items():
         print(f"  {name:<14} {r['seconds']:.3f} s/step  (loss at the shipped weights {r['loss']:.5f})")
-    print(f"  bf16 / float32 time: {b16['seconds'] / f32['seconds']:.2f}; loss difference "
-          f"{abs(b16['loss'] - f32['loss']):.2e}; gradient cosine {cos:.5f}")
+    for name, r in results.items():
+        if name != "float32":
+            cos = float(F.cosine_similarity(ref["grad"].double(), r["grad"].double(), dim=0))
+            print(f"  {name} / float32 time: {r['seconds'] / ref['seconds']:.2f}; loss difference "
+                  f"{abs(r['loss'] - ref['loss']):.2e}; gradient cosine {cos:.5f}")
     return 0
 
 
