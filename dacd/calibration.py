@@ -115,8 +115,9 @@ class Calibration:
         return centres, fit.x[edges[:-1]]
 
     def invert(self, class_label: int, target: float) -> float:
-        """The requested s whose images measure `target` on average (clipped to the grid; a flat
-        curve says nothing, so the request is passed on, clipped to the grid)."""
+        """The requested s whose images measure `target` on average, clipped to the curve's first and
+        last knots (the grid's ends, or for "isotonic" the centres of the first and last pooled runs);
+        a flat curve says nothing, so the request is passed on, clipped to the grid."""
         x, y = self.curve(class_label)
         if y[-1] - y[0] < 1e-6:
             return float(np.clip(target, self.requested[0], self.requested[-1]))
