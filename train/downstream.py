@@ -63,6 +63,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from dacd.calibration import CURVE_FILES
 from dacd.classifier import Classifier
 from dacd.data import load_dataset, stratified_subset, subset_name
 from dacd.defaults import (DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, SAMPLING, default_committee,
@@ -99,7 +100,6 @@ from dacd.generation import (
     plan_fingerprint,
     take_first,
 )
-from dacd.calibration import CURVE_FILES
 from dacd.img2img import DEFAULT_STRENGTH
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
