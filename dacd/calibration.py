@@ -22,7 +22,8 @@ from .defaults import LAYOUT
 
 CALIBRATION_NAME = LAYOUT.calibration
 IMG2IMG_PATTERN = "calibration-img2img-strength{strength:g}.json"  # curves for edits, one per strength
-CURVE_FILES = (CALIBRATION_NAME, IMG2IMG_PATTERN.replace("{strength:g}", "*"))  # every curve a folder may hold
+IMG2IMG_GLOB = IMG2IMG_PATTERN.replace("{strength:g}", "*")
+CURVE_FILES = (CALIBRATION_NAME, IMG2IMG_GLOB)  # every curve a folder may hold
 MONOTONE_RULES = ("running-max", "isotonic")  # how a noisy curve is made non-decreasing (meta "monotone")
 
 
@@ -152,7 +153,7 @@ class Calibration:
 def load_img2img_calibrations(folder: str | Path) -> dict[float, Calibration]:
     """Every curve fitted for img2img edits in a dacd folder, by strength (rounded to 6 digits)."""
     curves = {}
-    for path in sorted(Path(folder).glob(IMG2IMG_PATTERN.replace("{strength:g}", "*"))):
+    for path in sorted(Path(folder).glob(IMG2IMG_GLOB)):
         curve = Calibration.load(folder, name=path.name)
         strength = curve.meta.get("img2img_strength")
         if not isinstance(strength, (int, float)) or not 0 < float(strength) <= 1:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import load_module, run_script
 
 from dacd.classifier import TrainConfig, build_classifier, train_classifier
 from dacd.evaluation import paired_comparison, t_interval
@@ -249,15 +249,11 @@ def test_downstream_mu_pooled_sets_come_from_a_pool_drawn_at_their_mu(tiny_dacd,
 def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
     """A text guidance other than the project's is a set of its own, named in its cells; the
     project's keeps today's names and identities (so cached cells stay valid)."""
-    import importlib.util
     from pathlib import Path
 
     from dacd.data import ImageDataset
 
-    script = Path(__file__).parents[1] / "train" / "downstream.py"
-    spec = importlib.util.spec_from_file_location("downstream_script", script)
-    ds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ds)
+    ds = load_module(Path(__file__).parents[1] / "train" / "downstream.py")
     for name in ("dacd", "base"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "weights.bin").write_bytes(name.encode())
@@ -300,15 +296,11 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
     """Sampling "pooled": one pool per model and settings serves every mu (or, with
     --pool-difficulty plan, one per mu); the pool factor and the committee are part of each set's
     identity, and adding the sampling leaves the others' alone."""
-    import importlib.util
     from pathlib import Path
 
     from dacd.data import ImageDataset
 
-    script = Path(__file__).parents[1] / "train" / "downstream.py"
-    spec = importlib.util.spec_from_file_location("downstream_script", script)
-    ds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ds)
+    ds = load_module(Path(__file__).parents[1] / "train" / "downstream.py")
     for name in ("dacd", "c1", "c2"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "weights.bin").write_bytes(name.encode())
@@ -401,13 +393,10 @@ def test_settings_json_records_repository_folders_relative():
     """settings.json names folders inside the repository relative to it, whether a setting holds a Path
     or a string (the --model and --committee defaults are strings), so committed results carry no
     machine paths; other values stay as they are."""
-    import importlib.util
     from pathlib import Path
 
     root = Path(__file__).parents[1]
-    spec = importlib.util.spec_from_file_location("downstream_script", root / "train" / "downstream.py")
-    ds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ds)
+    ds = load_module(root / "train" / "downstream.py")
     ck = root / "checkpoints" / "fashion-mnist"
     args = vars(ds.parse_args([]))
     recorded = {k: ds.recorded_setting(v) for k, v in args.items()}
@@ -422,8 +411,6 @@ def test_set_identities_name_the_weights_not_the_calibration_curve(tmp_path):
     """A refitted calibration curve leaves a model's sets (and their cached cells) where they were;
     any other file of the folder moves them."""
     from pathlib import Path
-
-    from conftest import load_module
 
     ds = load_module(Path(__file__).parents[1] / "train" / "downstream.py")
     (tmp_path / "dacd").mkdir()

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, load_module, run_script
 
 from dacd.data import FASHION_MNIST_CLASSES, stratified_subset
 from dacd.defaults import recorded_model
@@ -118,11 +118,7 @@ def uninterrupted(tiny_dacd, tiny_evaluator, tmp_path_factory):
 
 def test_the_plan_uses_the_models_prompt_template(tmp_path):
     """train/generate.py plans with the model's own template (dacd_config.json), not a literal."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "train" / "generate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(ROOT / "train" / "generate.py")
     args = script.parse_args(["--out", str(tmp_path), "--per-class", "2", "--classes", "Bag", "Coat"])
     plan, _, _ = script.build_plan(args, NAMES, "a sketch of a {}")
     assert set(plan.prompt) == {"a sketch of a Bag", "a sketch of a Coat"}
@@ -270,11 +266,7 @@ def test_anchored_settings_that_cannot_run_are_refused_before_the_folder_is_clai
 
 
 def test_strength_without_anchor_is_refused(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "train" / "generate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(ROOT / "train" / "generate.py")
     args = script.parse_args(["--out", str(tmp_path), "--per-class", "2", "--strength", "0.5"])
     with pytest.raises(GenerationError, match="add --anchor real"):
         script.build_plan(args, NAMES)
@@ -357,13 +349,9 @@ def test_anchored_set_edits_real_images_of_the_subset(tiny_dacd, tiny_evaluator,
                  output_type="np").images
     assert not np.array_equal(to_uint8(other), to_uint8(again))  # the anchor matters
     # the same command with another strength is refused, naming the setting (in-process: the script's own plan)
-    import importlib.util
-
     from dacd.sampling import SamplingSettings
 
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "train" / "generate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(ROOT / "train" / "generate.py")
     args = script.parse_args([str(a) for a in anchored("0.5")[1:]])
     plan, extra, subset = script.build_plan(args, NAMES, edit.prompt_template)
     plan, anchors = script.anchored(plan, subset, 0)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import load_module
 from test_pipeline import CLASSES, dummy_pipeline
 
 from dacd.classifier import build_classifier
@@ -389,13 +390,10 @@ def test_match_pool_prefers_faithful_then_the_least_confidently_wrong():
 def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committee, tmp_path):
     """bench/pool.py --mus: per mu, the set match_pool gives its plan, and how many images it shares
     with the first mu's set (the same plan twice: all of them)."""
-    import importlib.util
     from pathlib import Path
 
     pooled(pipe, committee, tmp_path, "set", Pooling(factor=4, tolerance=0.1))
-    spec = importlib.util.spec_from_file_location("bench_pool", Path(__file__).parents[1] / "bench" / "pool.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_module(Path(__file__).parents[1] / "bench" / "pool.py")
     table = bench.plan_overlap(tmp_path / "pool", [0.5, 0.5, 0.9], per_class=3, sigma=0.1, tolerance=0.1)
     assert list(table["images"]) == [12, 12, 12] and list(table["shared with mu 0.5"][:2]) == [12, 12]
     plan = make_plan(CLASSES, 3, DifficultySpec(mu=0.9, sigma=0.1), seed=0)

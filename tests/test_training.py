@@ -1,7 +1,6 @@
 """Training checks: the loops' pieces in-process on tiny random models; end-to-end runs of the
 scripts in subprocesses (accelerate keeps one state per process), marked slow."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -9,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, TINY_BASE_ARGS, run_script, train_dacd_script
+from conftest import ROOT, TINY_BASE_ARGS, load_module, run_script, train_dacd_script
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import load_file
 
@@ -35,10 +34,7 @@ def train(tmp, name, base, data_dir, scores, *extra):
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "train" / f"{name}.py")
 
 
 # ---------------------------------------------------------------- in-process: the loops' pieces
