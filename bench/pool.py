@@ -12,12 +12,22 @@ s and per class: the share of images every committee member classifies as their 
     python bench/pool.py runs/probe/nb-pool6-g5-pool
     python bench/pool.py runs/downstream/synthetic/pool-dacd-ebb760fc --out bench/results/pool
     python bench/pool.py <pool> --mus 0.5 0.3 0.7 0.9 --per-class 150   # what each mu's plan would take
+    python bench/pool.py <pool> --rules A,B A,B,C --per-class 20 --ceiling 0.465   # label rules, judged
 
 With --mus, it also matches a plan per mu (`--per-class` rows per class of the classes the pool
 holds, at s ~ N(mu, --sigma), plan seed --seed: `train/downstream.py --gen-seed`, 0 by default;
 pooling at --tolerance, label rule on) to the pool and
 prints, per mu, the matched set's accepted and faithful shares, its mean committee s, and how many
 of its images the first mu's set also holds: whether the difficulty plan still changes the set.
+
+With --rules (committees, each a comma-separated list of member folders whose scores the pool
+holds, strictest last), it matches one plan (the first --mus, or 0.5) under each committee's label
+rule, and under a tiered rule that tries the committees from the strictest down (a row takes the
+strictest committee's faithful image within --tolerance of its request, else the next one's, else
+the strictest's nearest faithful image), and prints what the evaluator (the judge, whose measured
+`s` and prediction every pool image carries) says of each matched set: medium-band share (and its
+ratio to --ceiling, the real ceiling of the same plan), label accuracy, mean measured `s`. It is a
+frontier: which trade between medium share and label accuracy the pool allows.
 
 Reads only; no model runs. Writes summary.md to --out when given.
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dacd.defaults import MEDIUM_BAND, default_committee
@@ -91,6 +102,67 @@ def plan_overlap(pool_dir: Path, mus, per_class: int, sigma: float, tolerance: f
     return pd.DataFrame(rows)
 
 
+def match_tiered(pools: list[pd.DataFrame], plan: pd.DataFrame, tolerance: float) -> np.ndarray:
+    """Row positions of `pools[0]` (all frames: one pool's images in the same order, each with its
+    committee's `selection_s` and `faithful`; the strictest committee first) taken by each plan row,
+    greedy in plan order and without replacement: the nearest unused image that the first committee
+    holds faithful within `tolerance`, else the second's, ...; else the nearest faithful image of the
+    first committee, of the second, ...; else the lowest-s unused image. Ties: lower index."""
+    labels = pools[0].label.to_numpy()
+    s = [p.selection_s.to_numpy(float) for p in pools]
+    faithful = [p.faithful.to_numpy(bool) for p in pools]
+    used = np.zeros(len(labels), bool)
+    out = np.empty(len(plan), int)
+    for row, (r, c) in enumerate(zip(plan.requested_s.to_numpy(float), plan.label.to_numpy())):
+        free = (labels == c) & ~used
+        if not free.any():
+            raise SystemExit(f"the pool has too few images of class {c} for the plan (ask for fewer --per-class)")
+        gaps = [np.where(free & f, np.abs(x - r), np.inf) for x, f in zip(s, faithful)]
+        pick = next((int(np.argmin(g)) for g in gaps if g.min() <= tolerance), None)
+        if pick is None:
+            pick = next((int(np.argmin(g)) for g in gaps if np.isfinite(g.min())), None)
+        if pick is None:
+            pick = int(np.argmin(np.where(free, s[0], np.inf)))
+        used[pick] = True
+        out[row] = pick
+    return out
+
+
+def rule_frontier(pool_dir: Path, committees, mu: float, per_class: int, sigma: float, tolerance: float,
+                  seed: int = 0, ceiling: float | None = None) -> pd.DataFrame:
+    """The evaluator's view of the set each label rule matches from one pool to a plan at N(mu, sigma):
+    each committee's rule (`match_pool`), then the tiered rule (`match_tiered`, strictest first)."""
+    pools = [scored_pool(pool_dir, list(c)) for c in committees]
+    ids = pools[0].id.tolist()
+    if any(p.id.tolist() != ids for p in pools[1:]):
+        raise SystemExit(f"{pool_dir}: the committees' score caches do not list the same images")
+    name_of = dict(zip(pools[0].label, pools[0]["class"]))
+    names = [name_of.get(i, f"class {i}") for i in range(max(name_of) + 1)]
+    plan = make_plan(names, {c: per_class for c in name_of}, DifficultySpec(mu=mu, sigma=sigma), seed=seed)
+    pools = [p.reset_index(drop=True) for p in pools]
+    sets = {}
+    for members, pool in zip(committees, pools):
+        try:
+            m = match_pool(pool, plan, Pooling(factor=1, tolerance=tolerance))
+        except GenerationError as e:
+            raise SystemExit(f"{pool_dir}: {e} (ask for fewer --per-class)") from None
+        sets[f"{len(members)} member{'s' * (len(members) > 1)}"] = pool.set_index("id").loc[m.pool_id].reset_index()
+    if len(pools) > 1:
+        order = sorted(range(len(pools)), key=lambda i: -len(committees[i]))  # strictest (most members) first
+        pick = match_tiered([pools[i] for i in order], plan, tolerance)
+        tiers = " > ".join(str(len(committees[i])) for i in order)
+        sets[f"tiered {tiers} members, tolerance {tolerance:g}"] = pools[0].iloc[pick].reset_index(drop=True)
+    lo, hi = MEDIUM_BAND
+    rows = []
+    for rule, took in sets.items():
+        medium = float(took.measured_s.between(lo, hi).mean())
+        rows.append({"rule": rule, "images": len(took), "medium_band_share": round(medium, 4),
+                     **({"x_ceiling": round(medium / ceiling, 3)} if ceiling else {}),
+                     "evaluator_accuracy": round(float((took.predicted_class == took["class"]).mean()), 4),
+                     "measured_s_mean": round(float(took.measured_s.mean()), 4)})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pool", type=Path, help="a pool folder (manifest.parquet + committee-*.parquet)")
@@ -103,7 +175,20 @@ def main(argv=None):
     p.add_argument("--committee", nargs="+", default=None,
                    help="the folders of the committee whose scores to read (default: the pool's only score cache, "
                         "or the shipped committee's when it holds several)")
+    p.add_argument("--rules", nargs="+", default=None, metavar="A,B,...",
+                   help="committees (comma-separated member folders) whose label rules to compare on one plan")
+    p.add_argument("--ceiling", type=float, default=None,
+                   help="--rules: the real medium-band share of the same plan (bench/controllability.py's ceiling)")
     args = p.parse_args(argv)
+    if args.rules:
+        committees = [[f for f in c.split(",") if f] for c in args.rules]
+        mu = args.mus[0] if args.mus else 0.5
+        table = rule_frontier(args.pool, committees, mu, args.per_class, args.sigma, args.tolerance, args.seed,
+                              args.ceiling)
+        emit_report(f"pool {args.pool}: plan N({mu:g}, {args.sigma:g}), {args.per_class} rows per class, plan seed "
+                    f"{args.seed}; judged by the evaluator (each pool image's measured_s and predicted_class); "
+                    f"medium band {list(MEDIUM_BAND)}\n\n{markdown_table(table)}\n", args.out, "summary.md")
+        return
     parts = pool_table(args.pool, args.committee)
     if args.mus:
         parts = (*parts, plan_overlap(args.pool, args.mus, args.per_class, args.sigma, args.tolerance,

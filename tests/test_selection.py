@@ -421,3 +421,52 @@ def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committ
     assert overall.faithful.iloc[0] == 0  # the named committee's cache, not the other two
     with pytest.raises(SystemExit, match="holds no scores of the committee"):
         bench.pool_table(tmp_path / "pool", folders[:1])
+
+
+def test_bench_pool_tiered_rule_tries_the_strict_committee_first_within_tolerance():
+    """bench/pool.py's tiered rule: a row takes the strict committee's faithful image within the
+    tolerance, else the lenient committee's, else the strict committee's nearest faithful image, else
+    the lowest-s image left; without replacement, in plan order."""
+    from pathlib import Path
+
+    bench = load_module(Path(__file__).parents[1] / "bench" / "pool.py")
+    base = pd.DataFrame({"id": [f"p{i}" for i in range(5)], "label": 0})
+    strict = base.assign(selection_s=[0.2, 0.45, 0.6, 0.9, 0.05], faithful=[True, False, False, False, True])
+    lenient = base.assign(selection_s=[0.2, 0.5, 0.58, 0.9, 0.05], faithful=[True, True, True, False, True])
+    plan = pd.DataFrame({"requested_s": [0.5, 0.55, 0.5, 0.5, 0.5], "label": 0})
+    pick = bench.match_tiered([strict, lenient], plan, tolerance=0.1)
+    # r0: nothing strict within 0.1 of 0.5 -> lenient p1 (0.5); r1: lenient p2 (0.58); r2: strict
+    # nearest faithful p0 (0.2) before p4 (0.05); r3: strict p4; r4: none faithful left -> p3
+    assert list(pick) == [1, 2, 0, 4, 3]
+    assert list(bench.match_tiered([strict], plan.iloc[:2], tolerance=0.5)) == [0, 4]
+    with pytest.raises(SystemExit, match="too few images"):
+        bench.match_tiered([strict, lenient], pd.concat([plan, plan.iloc[:1]]), tolerance=0.1)
+
+
+def test_bench_pool_rule_frontier_judges_each_rules_set_with_the_evaluator(pipe, committee, tmp_path):
+    """bench/pool.py --rules: per label rule, the evaluator's medium share and accuracy of the set that
+    rule matches, computed from the pool images the rule takes."""
+    from pathlib import Path
+
+    pooled(pipe, committee, tmp_path, "set", Pooling(factor=4, tolerance=0.1))
+    bench = load_module(Path(__file__).parents[1] / "bench" / "pool.py")
+    folders = [tmp_path / f"member{i}" for i in range(len(committee))]
+    for clf, folder in zip(committee, folders):
+        clf.save_pretrained(folder)
+    cache = pd.read_parquet(tmp_path / "pool" / "committee-test.parquet")
+    cache.to_parquet(tmp_path / "pool" / f"committee-{committee_key(folders[:1])}.parquet")
+    strict = cache.assign(faithful=cache.faithful & (cache.index % 2 == 0))  # a stricter rule: half of them
+    strict.to_parquet(tmp_path / "pool" / f"committee-{committee_key(folders)}.parquet")
+    table = bench.rule_frontier(tmp_path / "pool", [folders[:1], folders], mu=0.5, per_class=3, sigma=0.1,
+                                tolerance=0.1, ceiling=0.5)
+    assert list(table.rule) == ["1 member", "2 members", "tiered 2 > 1 members, tolerance 0.1"]
+    pool = load_manifest(tmp_path / "pool").drop(columns=["selection_s"]).merge(strict, on="id")
+    plan = make_plan(CLASSES, 3, DifficultySpec(mu=0.5, sigma=0.1), seed=0)
+    took = pool.set_index("id").loc[match_pool(pool, plan, Pooling(factor=1)).pool_id]
+    row = table.iloc[1]
+    assert row.images == 12
+    assert row.medium_band_share == round(float(took.measured_s.between(0.3, 0.7).mean()), 4)
+    assert row.x_ceiling == round(row.medium_band_share / 0.5, 3)
+    assert row.evaluator_accuracy == round(float((took.predicted_class == took["class"]).mean()), 4)
+    with pytest.raises(SystemExit, match="holds no scores"):
+        bench.rule_frontier(tmp_path / "pool", [folders[1:]], mu=0.5, per_class=3, sigma=0.1, tolerance=0.1)
