@@ -21,7 +21,7 @@ prints, per mu, the matched set's accepted and faithful shares, its mean committ
 of its images the first mu's set also holds: whether the difficulty plan still changes the set.
 
 With --rules (committees, each a comma-separated list of member folders whose scores the pool
-holds, strictest last), it matches one plan (the first --mus, or 0.5) under each committee's label
+holds; the one with more members counts as the stricter), it matches one plan (the first --mus, or 0.5) under each committee's label
 rule, and under a tiered rule that tries the committees from the strictest down (a row takes the
 strictest committee's faithful image within --tolerance of its request, else the next one's, else
 the strictest's nearest faithful image), and prints what the evaluator (the judge, whose measured
