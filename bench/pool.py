@@ -146,7 +146,7 @@ def rule_frontier(pool_dir: Path, committees, mu: float, per_class: int, sigma: 
             m = match_pool(pool, plan, Pooling(factor=1, tolerance=tolerance))
         except GenerationError as e:
             raise SystemExit(f"{pool_dir}: {e} (ask for fewer --per-class)") from None
-        sets[f"{len(members)} member{'s' * (len(members) > 1)}"] = pool.set_index("id").loc[m.pool_id].reset_index()
+        sets[f"{len(members)} member{'s' * (len(members) > 1)}"] = m  # carries the images' measured_s, prediction
     if len(pools) > 1:
         order = sorted(range(len(pools)), key=lambda i: -len(committees[i]))  # strictest (most members) first
         pick = match_tiered([pools[i] for i in order], plan, tolerance)
