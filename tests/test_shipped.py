@@ -97,10 +97,14 @@ def test_committed_downstream_cells_stay_found_whatever_the_calibration_curve(tm
     cal["measured"] = {k: sorted(v) for k, v in cal["measured"].items()}
     cal["meta"]["monotone"] = "isotonic"
     (model / "calibration.json").write_text(json.dumps(cal))
+    committee = [CK / name for name in ("classifier", "classifier-2", "classifier-3")]
+    # the README's chosen sampling (mu-pooled-c3 g1d3), whose cells were run on the shipped dacd
     out = run_script("train/downstream.py", "--cached-only", "--model", model, "--arms", "dacd", "--samplings",
-                     "pooled", "--pool-factor", "6", "--tolerance", "0.1", "--mus", "0.5", "--ratios", "0.25",
-                     "--seeds", "0", "1", "--headline-seeds", "0", "1", "--cells-dir",
-                     ROOT / "bench" / "results" / "downstream" / "cells", "--out", tmp_path / "out", "--no-progress")
+                     "pooled", "--pool-difficulty", "plan", "--pool-factor", "12", "--tolerance", "0.1",
+                     "--guidance-scales", "1", "--difficulty-guidance", "3", "--committee", *committee,
+                     "--mus", "0.5", "--ratios", "0.25", "--seeds", "0", "1", "--headline-seeds", "0", "1",
+                     "--cells-dir", ROOT / "bench" / "results" / "downstream" / "cells", "--out", tmp_path / "out",
+                     "--no-progress")
     assert "4 of 4 cell runs done" in out.stdout  # real-only and dacd, 2 seeds each: none missing
     runs = (tmp_path / "out" / "runs.csv").read_text()
-    assert runs.count("dacd pooled mu=0.5 r=0.25,") == 2
+    assert runs.count("dacd mu-pooled-c3 g1d3 mu=0.5 r=0.25,") == 2

@@ -113,7 +113,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LEGACY_MODEL_IDS = {
     "cbbe1498cf97a4f2": "18c01b7cd5caf904",  # first base, 1,500 steps (the curve of 827091c)
     "73480f72ca2d78be": "77b85f772744194f",  # rebuilt base, 1,500 steps (8a447d5)
-    "f751b56269ef1f41": "bda93c8d685d617d",  # rebuilt base, 4,500 steps (e0a68ee, shipped)
+    "f751b56269ef1f41": "bda93c8d685d617d",  # rebuilt base, 4,500 steps (e0a68ee; shipped until the v chain)
 }
 EMBEDDED = EMBEDDED_CHECKPOINT
 CACHE_VERSION = 2  # v1 caches (before the reference arms) are not read: their keys differ

@@ -4,7 +4,9 @@
 Stages, each skipped when its output exists (delete a folder to redo it) and each resumable
 from its own state under runs/ when interrupted:
 
-  base       train/train_base.py           tiny SD (VAE, then U-Net + text encoder)
+  base       train/train_base.py --prediction-type v_prediction
+                                           tiny SD (VAE, then U-Net + text encoder; the U-Net predicts v:
+                                           sharper, more varied samples than epsilon at the same cost, model card)
   evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1): judges, never selects
   classifier-2  train/train_classifier.py  second scoring classifier (resnet14t, seed 2): with classifier/,
                                            the committee that selects images (train/generate.py --select)
@@ -41,7 +43,7 @@ DACD_STEPS = 4500  # dacd (longer training gave a better dial on the rebuilt bas
 BASELINE_STEPS = 1500  # the baseline kept its 1,500 steps (not retrained)
 
 STAGES = {
-    "base": (CK / LAYOUT.base / "model_index.json", ["train/train_base.py"]),
+    "base": (CK / LAYOUT.base / "model_index.json", ["train/train_base.py", "--prediction-type", "v_prediction"]),
     "evaluator": (CK / LAYOUT.evaluator / "config.json", ["train/train_classifier.py"]),
     "classifier-2": (CK / LAYOUT.classifier_2 / "config.json",  # the selection committee's second member
                      ["train/train_classifier.py", "--arch", "resnet14t", "--seed", "2",
