@@ -6,7 +6,7 @@ from its own state under runs/ when interrupted:
 
   base       train/train_base.py --prediction-type v_prediction
                                            tiny SD (VAE, then U-Net + text encoder; the U-Net predicts v:
-                                           sharper, more varied samples than epsilon at the same cost, model card)
+                                           samples closer to real ones than epsilon's at the same cost, model card)
   evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1): judges, never selects
   classifier-2  train/train_classifier.py  second scoring classifier (resnet14t, seed 2): with classifier/,
                                            the committee that selects images (train/generate.py --select)
