@@ -292,7 +292,7 @@ def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
     assert {k: v["identity"] for k, v in same.items()} == {k: v["identity"] for k, v in default.items()}
 
 
-def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
+def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path, capsys):
     """Sampling "pooled": one pool per model and settings serves every mu (or, with
     --pool-difficulty plan, one per mu); the pool factor and the committee are part of each set's
     identity, and adding the sampling leaves the others' alone."""
@@ -374,10 +374,12 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
     assert u["sampling"] == "mu-pooled-c3t2" and "dacd mu-pooled-c3t2 mu=0.9 r=0.25" in cells
     loose, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--looser-committee", str(tmp_path / "c2"))
     assert loose["dacd-pooled-t1-mu0.5"]["identity"] != a["identity"]
-    for bad in (["--samplings", "plain", "--looser-committee", "x"],
-                ["--samplings", "pooled", "--no-label-rule", "--looser-committee", "x"]):
+    for bad, why in ((["--samplings", "plain", "--looser-committee", "x"], "add --samplings pooled"),
+                     (["--samplings", "pooled", "--no-label-rule", "--looser-committee", "x"], "leave out"),
+                     (["--samplings", "pooled", "--evaluator", "e", "--looser-committee", "e"], "must not select")):
         with pytest.raises(SystemExit):
             ds.parse_args(bad)
+        assert why in capsys.readouterr().err
     # donors: a finished pool of the kind beside it, made by the same weights (its folder hash is
     # recomputed from its generation.json), not one of another model, kind or unfinished
     from dataclasses import asdict

@@ -488,6 +488,7 @@ def test_pooled_set_with_a_looser_committee_records_it_and_takes_its_images(pipe
     m = load_manifest(tmp_path / "tiered")
     assert list(m.pool_id) == list(want.pool_id) and list(m.tier) == list(want.tier)
     assert list(m.accepted) == list(want.accepted) and "tier" not in load_manifest(tmp_path / "plain")
+    assert (m.tier == 1).any() and (m.tier == 0).any()  # both committees' rules took images
     cfg = json.loads((tmp_path / "tiered" / "generation.json").read_text())
     assert cfg["pool"]["looser_committees"] == ["loose"]
     assert "looser_committees" not in json.loads((tmp_path / "plain" / "generation.json").read_text())["pool"]

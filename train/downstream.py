@@ -220,6 +220,10 @@ def parse_args(argv=None):
         p.error("--looser-committee is a label rule of pooled sets: add --samplings pooled (or anchored-pooled)")
     if args.looser_committee and args.no_label_rule:
         p.error("--looser-committee is a label rule: leave out --no-label-rule")
+    judge = Path(args.evaluator).resolve()
+    if any(Path(f).resolve() == judge for f in [*args.committee, *(args.looser_committee or [])]):
+        p.error("the evaluation classifier judges the sets and must not select them: pass other --committee / "
+                "--looser-committee folders")
     if args.pool_difficulty != "uniform" and not {"pooled", "anchored-pooled"} & set(args.samplings):
         p.error("--pool-difficulty applies to pooled sets: add --samplings pooled (or anchored-pooled)")
     if not args.baseline and "baseline" in args.arms:
