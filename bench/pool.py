@@ -24,7 +24,8 @@ With --rules (committees, each a comma-separated list of member folders whose sc
 holds; the one with more members counts as the stricter), it matches one plan (the first --mus, or 0.5) under each committee's label
 rule, and under a tiered rule that tries the committees from the strictest down (a row takes the
 strictest committee's faithful image within --tolerance of its request, else the next one's, else
-the strictest's nearest faithful image), and prints what the evaluator (the judge, whose measured
+the strictest's nearest faithful image: the rule of `--looser-committee` in train/generate.py and
+train/downstream.py), and prints what the evaluator (the judge, whose measured
 `s` and prediction every pool image carries) says of each matched set: medium-band share (and its
 ratio to --ceiling, the real ceiling of the same plan), label accuracy, mean measured `s`. It is a
 frontier: which trade between medium share and label accuracy the pool allows.
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from dacd.defaults import MEDIUM_BAND, default_committee
@@ -102,36 +102,11 @@ def plan_overlap(pool_dir: Path, mus, per_class: int, sigma: float, tolerance: f
     return pd.DataFrame(rows)
 
 
-def match_tiered(pools: list[pd.DataFrame], plan: pd.DataFrame, tolerance: float) -> np.ndarray:
-    """Row positions of `pools[0]` (all frames: one pool's images in the same order, each with its
-    committee's `selection_s` and `faithful`; the strictest committee first) taken by each plan row,
-    greedy in plan order and without replacement: the nearest unused image that the first committee
-    holds faithful within `tolerance`, else the second's, ...; else the nearest faithful image of the
-    first committee, of the second, ...; else the lowest-s unused image. Ties: lower index."""
-    labels = pools[0].label.to_numpy()
-    s = [p.selection_s.to_numpy(float) for p in pools]
-    faithful = [p.faithful.to_numpy(bool) for p in pools]
-    used = np.zeros(len(labels), bool)
-    out = np.empty(len(plan), int)
-    for row, (r, c) in enumerate(zip(plan.requested_s.to_numpy(float), plan.label.to_numpy())):
-        free = (labels == c) & ~used
-        if not free.any():
-            raise SystemExit(f"the pool has too few images of class {c} for the plan (ask for fewer --per-class)")
-        gaps = [np.where(free & f, np.abs(x - r), np.inf) for x, f in zip(s, faithful)]
-        pick = next((int(np.argmin(g)) for g in gaps if g.min() <= tolerance), None)
-        if pick is None:
-            pick = next((int(np.argmin(g)) for g in gaps if np.isfinite(g.min())), None)
-        if pick is None:
-            pick = int(np.argmin(np.where(free, s[0], np.inf)))
-        used[pick] = True
-        out[row] = pick
-    return out
-
-
 def rule_frontier(pool_dir: Path, committees, mu: float, per_class: int, sigma: float, tolerance: float,
                   seed: int = 0, ceiling: float | None = None) -> pd.DataFrame:
     """The evaluator's view of the set each label rule matches from one pool to a plan at N(mu, sigma):
-    each committee's rule (`match_pool`), then the tiered rule (`match_tiered`, strictest first)."""
+    each committee's rule (`match_pool`), then the tiered rule (`match_pool` with the looser committees,
+    strictest first: `dacd.generation.match_tiered`)."""
     pools = [scored_pool(pool_dir, list(c)) for c in committees]
     ids = pools[0].id.tolist()
     if any(p.id.tolist() != ids for p in pools[1:]):
@@ -149,9 +124,13 @@ def rule_frontier(pool_dir: Path, committees, mu: float, per_class: int, sigma: 
         sets[f"{len(members)} member{'s' * (len(members) > 1)}"] = m  # carries the images' measured_s, prediction
     if len(pools) > 1:
         order = sorted(range(len(pools)), key=lambda i: -len(committees[i]))  # strictest (most members) first
-        pick = match_tiered([pools[i] for i in order], plan, tolerance)
+        try:
+            m = match_pool(pools[order[0]], plan, Pooling(factor=1, tolerance=tolerance),
+                           looser=[pools[i] for i in order[1:]])
+        except GenerationError as e:
+            raise SystemExit(f"{pool_dir}: {e} (ask for fewer --per-class)") from None
         tiers = " > ".join(str(len(committees[i])) for i in order)
-        sets[f"tiered {tiers} members, tolerance {tolerance:g}"] = pools[0].iloc[pick].reset_index(drop=True)
+        sets[f"tiered {tiers} members, tolerance {tolerance:g}"] = m
     lo, hi = MEDIUM_BAND
     rows = []
     for rule, took in sets.items():

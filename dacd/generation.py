@@ -764,7 +764,10 @@ class Pooling:
     other images from the lowest committee s up (the least confidently wrong first, whatever the
     request: a row asking for s = 0.9 would otherwise get a confident other-class image). A row is
     `accepted` when its image is within `tolerance` (and, with `label_rule`, faithful). The
-    manifest's `tries` is the factor: images generated per kept image.
+    manifest's `tries` is the factor: images generated per kept image. With looser committees
+    (`generate_pooled_set(looser=...)`), the label rule is tiered (`match_tiered`): a row the
+    committee cannot serve within `tolerance` takes a looser committee's faithful image before an
+    out-of-tolerance one.
 
     With anchoring (sampling "anchored-pooled"), the pool plan carries anchors (`assign_anchors` on
     the pool plan) and every pool image is an img2img edit of a real image of its class instead of
@@ -834,26 +837,72 @@ def score_pool(pool_dir: str | Path, committee, key: str) -> pd.DataFrame:
     return manifest.drop(columns=["selection_s"]).merge(scored, on="id", how="left", validate="1:1")
 
 
-def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling) -> pd.DataFrame:
+def match_tiered(pools: list[pd.DataFrame], plan: pd.DataFrame, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The tiered label rule over committees from the strictest down. `pools`: one pool's scored
+    frames (`score_pool`), the same images in the same order, each with one committee's
+    `selection_s` and `faithful`. Greedy in plan order and without replacement, a row takes the
+    nearest unused image that the first committee holds faithful within `tolerance` of its request,
+    else the second's, ...; else the nearest faithful image of the first committee, of the second,
+    ...; else the lowest-s image left (the first committee's s). Ties: the lower position. Returns
+    the positions taken and, per row, the tier (committee index) whose rule took it."""
+    labels = pools[0].label.to_numpy()
+    s = [p.selection_s.to_numpy(float) for p in pools]
+    faithful = [p.faithful.to_numpy(bool) for p in pools]
+    if any(np.isnan(x).any() for x in s):
+        raise GenerationError("the pool has images without a committee score: score it with score_pool first")
+    used = np.zeros(len(labels), bool)
+    pick, tier = np.empty(len(plan), int), np.zeros(len(plan), int)
+    for row, (r, c) in enumerate(zip(plan.requested_s.to_numpy(float), plan.label.to_numpy())):
+        free = (labels == c) & ~used
+        if not free.any():
+            raise GenerationError(f"the pool is too small for the plan (class {c} has no image left): raise the "
+                                  "pool factor")
+        gaps = [np.where(free & f, np.abs(x - r), np.inf) for x, f in zip(s, faithful)]
+        found = next(((int(np.argmin(g)), t) for t, g in enumerate(gaps) if g.min() <= tolerance), None)
+        found = found or next(((int(np.argmin(g)), t) for t, g in enumerate(gaps) if np.isfinite(g.min())), None)
+        pick[row], tier[row] = found or (int(np.argmin(np.where(free, s[0], np.inf))), 0)
+        used[pick[row]] = True
+    return pick, tier
+
+
+def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling, looser=()) -> pd.DataFrame:
     """For each plan row, the pool row it takes (see `Pooling`): the plan's columns plus `pool_id`,
     the pool image's `selection_s`, `faithful`, `accepted`, measured_s, predicted_class, path,
-    conditioning_s and seed. `pool` is `score_pool`'s frame."""
+    conditioning_s and seed. `pool` is `score_pool`'s frame. `looser`: the same pool scored by
+    looser committees (e.g. the strict committee's members less one), tried in order when the
+    strict one holds no faithful image within the tolerance (`match_tiered`, label rule on); the
+    rows then also get `tier` (0: the strict committee's rule took the image) and `selection_s`
+    and `faithful` are those of the committee whose rule took it."""
     s = pool.selection_s.to_numpy(float)
     if np.isnan(s).any():
         raise GenerationError("the pool has images without a committee score: score it with score_pool first")
-    faithful = pool.faithful.to_numpy(bool)
-    # unfaithful images sit 2 beyond any faithful one (s is in [0, 1]), so they are taken only when
-    # a class has no faithful image left, and then nearest to 2 + request: from the lowest s up
-    key = s if not pooling.label_rule else s + np.where(faithful, 0.0, 2.0)
-    try:
-        pick = match_to_plan(key, pool.label.to_numpy(), plan.requested_s.to_numpy(), plan.label.to_numpy())
-    except ValueError as e:
-        raise GenerationError(f"the pool is too small for the plan ({e}): raise the pool factor") from None
-    took = pool.iloc[pick].reset_index(drop=True)
+    tier = None
+    if looser:
+        if not pooling.label_rule:
+            raise GenerationError("looser committees apply with the label rule: leave out --no-label-rule")
+        frames = [pool.reset_index(drop=True), *(f.reset_index(drop=True) for f in looser)]
+        if any(list(f.id) != list(frames[0].id) for f in frames[1:]):
+            raise GenerationError("the looser committees' scores do not list the pool's images in its order")
+        pick, tier = match_tiered(frames, plan, pooling.tolerance)
+        took = pool.iloc[pick].reset_index(drop=True)
+        took["selection_s"] = np.stack([f.selection_s.to_numpy(float) for f in frames])[tier, pick]
+        took["faithful"] = np.stack([f.faithful.to_numpy(bool) for f in frames])[tier, pick]
+    else:
+        faithful = pool.faithful.to_numpy(bool)
+        # unfaithful images sit 2 beyond any faithful one (s is in [0, 1]), so they are taken only when
+        # a class has no faithful image left, and then nearest to 2 + request: from the lowest s up
+        key = s if not pooling.label_rule else s + np.where(faithful, 0.0, 2.0)
+        try:
+            pick = match_to_plan(key, pool.label.to_numpy(), plan.requested_s.to_numpy(), plan.label.to_numpy())
+        except ValueError as e:
+            raise GenerationError(f"the pool is too small for the plan ({e}): raise the pool factor") from None
+        took = pool.iloc[pick].reset_index(drop=True)
     ok = np.abs(took.selection_s.to_numpy() - plan.requested_s.to_numpy()) <= pooling.tolerance
     if pooling.label_rule:
         ok &= took.faithful.to_numpy(bool)
     out = plan.reset_index(drop=True).copy()
+    if tier is not None:
+        out["tier"] = tier
     for col in ("prompt", "measured_s", "predicted_class", "path", "conditioning_s", "selection_s", "faithful"):
         out[col] = took[col].to_numpy()
     if "anchor_id" in took:  # a pool manifest has it ("" unless anchored); hand-made frames may not
@@ -863,13 +912,14 @@ def match_pool(pool: pd.DataFrame, plan: pd.DataFrame, pooling: Pooling) -> pd.D
 
 
 def write_pooled_set(pool_dir: str | Path, pool: pd.DataFrame, plan: pd.DataFrame, out_dir: str | Path, *,
-                     pooling: Pooling, model_id: str, config: dict, real_subset: str = "") -> dict:
-    """Match `plan` to the scored `pool` and write the set to `out_dir` as any generated set (an
-    ImageFolder of copies of the chosen pool PNGs, manifest.parquet with `pool_id`, generation.json
-    with per-class acceptance). Deterministic and cheap: a rerun rewrites the same files; the
-    manifest is written last, so a folder with a manifest is complete. Returns its summary."""
+                     pooling: Pooling, model_id: str, config: dict, real_subset: str = "", looser=()) -> dict:
+    """Match `plan` to the scored `pool` (tiered over the `looser` committees' scores of it, when
+    given: `match_pool`) and write the set to `out_dir` as any generated set (an ImageFolder of
+    copies of the chosen pool PNGs, manifest.parquet with `pool_id`, generation.json with per-class
+    acceptance). Deterministic and cheap: a rerun rewrites the same files; the manifest is written
+    last, so a folder with a manifest is complete. Returns its summary."""
     pool_dir, out_dir = Path(pool_dir), Path(out_dir)
-    matched = match_pool(pool, plan, pooling)
+    matched = match_pool(pool, plan, pooling, looser)
     config = {"sampling_mode": "pooled", **config, "model": model_id, "pooling": asdict(pooling),
               "plan_fingerprint": plan_fingerprint(plan), "num_images": int(len(plan)),
               "counts": {str(k): int(v) for k, v in plan["class"].value_counts(sort=False).items()}}
@@ -882,7 +932,7 @@ def write_pooled_set(pool_dir: str | Path, pool: pd.DataFrame, plan: pd.DataFram
     manifest = matched.assign(path=paths, model=model_id, real_subset=real_subset, tries=int(pooling.factor))
     if "anchor_id" not in manifest:
         manifest["anchor_id"] = ""
-    manifest = manifest[MANIFEST_COLUMNS + ["pool_id", "faithful"]]
+    manifest = manifest[MANIFEST_COLUMNS + ["pool_id", "faithful"] + ["tier"] * ("tier" in manifest)]
     summary = manifest_summary(manifest)
     cfg = json.loads((out_dir / CONFIG_NAME).read_text())
     cfg["acceptance"] = summary["acceptance_per_class"]
@@ -896,8 +946,8 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                         evaluator=None, sampling: SamplingSettings | None = None, batch_size: int = 32,
                         anchoring: Anchoring | None = None, anchors=None,
                         pool_difficulty: DifficultySpec | None = None, pool_donors=(),
-                        extra_config: dict | None = None, real_subset: str = "", process_index: int = 0,
-                        num_processes: int = 1,
+                        extra_config: dict | None = None, real_subset: str = "", looser=(),
+                        process_index: int = 0, num_processes: int = 1,
                         barrier=lambda: None, progress: bool = True,
                         stop_after_chunks: int | None = None) -> dict:
     """Sampling "pooled" (see `Pooling`): generate (or resume) the pool into `pool_dir` with any
@@ -909,7 +959,9 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     is made of edits and the set's sampling is "anchored-pooled". `pool_difficulty` is the spec the
     pool plan was drawn with (recorded in the pool's generation.json; default s ~ U(0, 1)). `pool_donors`:
     finished pools whose rows the pool shares give their images (`generate_dataset`'s `donors`; e.g.
-    a 12x pool of the same plan spec gives a 24x one its first half)."""
+    a 12x pool of the same plan spec gives a 24x one its first half). `looser`: (committee, key)
+    pairs of looser committees for the tiered label rule (`match_pool`); the pool is scored by each,
+    and their keys join the set's identity (a set without them keeps its old identity)."""
     model_id = recorded_model(model_id)
     if not committee:
         raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
@@ -923,6 +975,12 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                "committee": committee_key}
     if anchoring is not None:  # (the pool plan's fingerprint holds its anchor ids, not the strength)
         pool_id["anchoring"] = asdict(anchoring)
+    if looser:
+        if not pooling.label_rule:
+            raise GenerationError("looser committees apply with the label rule: leave out --no-label-rule")
+        if any(not members for members, _ in looser):
+            raise GenerationError("a looser committee needs at least one scoring classifier")
+        pool_id["looser_committees"] = [key for _, key in looser]
     old = _read_config(Path(out_dir))
     if old is not None:  # refused before the pool is made, not after (by every process: none waits)
         new = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
@@ -942,12 +1000,13 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                "pool": pool_summary.get("out_dir"), "pool_reused": pool_summary.get("reused", 0)}
     if pool_summary["complete"] and process_index == 0:
         pool = score_pool(pool_dir, committee, committee_key)
+        looser_scores = [score_pool(pool_dir, members, key) for members, key in looser]
         config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
                   "sampling_mode": "pooled" if anchoring is None else "anchored-pooled", "pool": pool_id,
                   "pool_folder": str(pool_dir),  # the folder may move: not compared
                   **(extra_config or {})}
         summary = {**write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id,
-                                      config=config, real_subset=real_subset),
+                                      config=config, real_subset=real_subset, looser=looser_scores),
                    "pool_reused": summary["pool_reused"]}
     barrier()
     return summary

@@ -292,7 +292,7 @@ def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
     assert {k: v["identity"] for k, v in same.items()} == {k: v["identity"] for k, v in default.items()}
 
 
-def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
+def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path, capsys):
     """Sampling "pooled": one pool per model and settings serves every mu (or, with
     --pool-difficulty plan, one per mu); the pool factor and the committee are part of each set's
     identity, and adding the sampling leaves the others' alone."""
@@ -365,6 +365,21 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path):
     t = three["dacd-mu-pooled-c3-mu0.5"]
     assert t["pool"]["folder"] == c["pool"]["folder"] and t["identity"] != c["identity"]  # same pool, rematched
     assert t["sampling"] == "mu-pooled-c3" and "dacd mu-pooled-c3 mu=0.9 r=0.25" in cells
+    # a looser committee (the tiered label rule): the same pool, its own sets, named after both
+    tiered, cells = planned("--samplings", "pooled", "--pool-factor", "3", "--pool-difficulty", "plan",
+                            "--committee", *ds.default_committee(), str(tmp_path / "c3"),
+                            "--looser-committee", *ds.default_committee())
+    u = tiered["dacd-mu-pooled-c3t2-mu0.5"]
+    assert u["pool"]["folder"] == c["pool"]["folder"] and u["identity"] not in (c["identity"], t["identity"])
+    assert u["sampling"] == "mu-pooled-c3t2" and "dacd mu-pooled-c3t2 mu=0.9 r=0.25" in cells
+    loose, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--looser-committee", str(tmp_path / "c2"))
+    assert loose["dacd-pooled-t1-mu0.5"]["identity"] != a["identity"]
+    for bad, why in ((["--samplings", "plain", "--looser-committee", "x"], "add --samplings pooled"),
+                     (["--samplings", "pooled", "--no-label-rule", "--looser-committee", "x"], "leave out"),
+                     (["--samplings", "pooled", "--evaluator", "e", "--looser-committee", "e"], "must not select")):
+        with pytest.raises(SystemExit):
+            ds.parse_args(bad)
+        assert why in capsys.readouterr().err
     # donors: a finished pool of the kind beside it, made by the same weights (its folder hash is
     # recomputed from its generation.json), not one of another model, kind or unfinished
     from dataclasses import asdict

@@ -307,6 +307,17 @@ def test_a_pool_drawn_at_the_plans_difficulty_from_the_script(tiny_dacd, tiny_ev
     proc = run_script(*gen_args(tmp_path / "nopool", tiny_dacd, tiny_evaluator, "--pool-difficulty", "plan"),
                       check=False)
     assert proc.returncode != 0 and "--pool-difficulty applies to a pool" in proc.stderr
+    # the tiered label rule, matched from the same pool: no generation, a `tier` per row
+    run_script(*gen_args(tmp_path / "tiered", tiny_dacd, tiny_evaluator, "--mu", "0.8", "--sigma", "0.05", "--pool",
+                         "2", "--pool-difficulty", "plan", "--pool-dir", tmp_path / "mupool-pool", "--committee",
+                         tiny_scores / "classifier", "--looser-committee", tiny_scores / "classifier"))
+    t = read_manifest(tmp_path / "tiered")  # a looser committee equal to the strict one: the same set
+    assert len(read_manifest(tmp_path / "mupool-pool")) == len(pool)
+    assert list(t.pool_id) == list(m.pool_id) and (t.tier == 0).all() and "tier" not in m
+    assert json.loads((tmp_path / "tiered" / "generation.json").read_text())["pool"]["looser_committees"]
+    proc = run_script(*gen_args(tmp_path / "noloose", tiny_dacd, tiny_evaluator, "--looser-committee",
+                                tiny_scores / "classifier"), check=False)
+    assert proc.returncode != 0 and "--looser-committee is a label rule of pooled sets" in proc.stderr
 
 
 @pytest.mark.slow

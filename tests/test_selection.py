@@ -24,10 +24,12 @@ from dacd.generation import (
     committee_scores,
     generate_dataset,
     generate_pooled_set,
+    load_generated_images,
     load_manifest,
     make_plan,
     make_pool_plan,
     match_pool,
+    match_tiered,
     read_png,
 )
 from dacd.sampling import SamplingSettings, try_seed
@@ -423,24 +425,77 @@ def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committ
         bench.pool_table(tmp_path / "pool", folders[:1])
 
 
-def test_bench_pool_tiered_rule_tries_the_strict_committee_first_within_tolerance():
-    """bench/pool.py's tiered rule: a row takes the strict committee's faithful image within the
-    tolerance, else the lenient committee's, else the strict committee's nearest faithful image, else
-    the lowest-s image left; without replacement, in plan order."""
-    from pathlib import Path
-
-    bench = load_module(Path(__file__).parents[1] / "bench" / "pool.py")
+def test_tiered_rule_tries_the_strict_committee_first_within_tolerance():
+    """match_tiered: a row takes the strict committee's faithful image within the tolerance, else the
+    lenient committee's, else the strict committee's nearest faithful image, else the lowest-s image
+    left; without replacement, in plan order."""
     base = pd.DataFrame({"id": [f"p{i}" for i in range(5)], "label": 0})
     strict = base.assign(selection_s=[0.2, 0.45, 0.6, 0.9, 0.05], faithful=[True, False, False, False, True])
     lenient = base.assign(selection_s=[0.2, 0.5, 0.58, 0.9, 0.05], faithful=[True, True, True, False, True])
     plan = pd.DataFrame({"requested_s": [0.5, 0.55, 0.5, 0.5, 0.5], "label": 0})
-    pick = bench.match_tiered([strict, lenient], plan, tolerance=0.1)
+    pick, tier = match_tiered([strict, lenient], plan, tolerance=0.1)
     # r0: nothing strict within 0.1 of 0.5 -> lenient p1 (0.5); r1: lenient p2 (0.58); r2: strict
     # nearest faithful p0 (0.2) before p4 (0.05); r3: strict p4; r4: none faithful left -> p3
-    assert list(pick) == [1, 2, 0, 4, 3]
-    assert list(bench.match_tiered([strict], plan.iloc[:2], tolerance=0.5)) == [0, 4]
-    with pytest.raises(SystemExit, match="too few images"):
-        bench.match_tiered([strict, lenient], pd.concat([plan, plan.iloc[:1]]), tolerance=0.1)
+    assert list(pick) == [1, 2, 0, 4, 3] and list(tier) == [1, 1, 0, 0, 0]
+    assert list(match_tiered([strict], plan.iloc[:2], tolerance=0.5)[0]) == [0, 4]
+    with pytest.raises(GenerationError, match="pool factor"):
+        match_tiered([strict, lenient], pd.concat([plan, plan.iloc[:1]]), tolerance=0.1)
+    # match_pool with the lenient committee as the looser one: the same picks, each with the s and
+    # faithfulness of the committee whose rule took it
+    full = plan.assign(id=[f"r{i}" for i in range(5)], **{"class": "a"}, index=range(5), seed=0, prompt="x")
+    cols = {"prompt": "x", "measured_s": 0.0, "predicted_class": "a", "path": "x.png", "conditioning_s": 0.5,
+            "seed": 0, "class": "a"}
+    m = match_pool(strict.assign(**cols), full, Pooling(factor=1, tolerance=0.1), looser=[lenient.assign(**cols)])
+    assert list(m.pool_id) == ["p1", "p2", "p0", "p4", "p3"] and list(m.tier) == [1, 1, 0, 0, 0]
+    assert list(m.selection_s) == [0.5, 0.58, 0.2, 0.05, 0.9] and list(m.accepted) == [True, True, False, False, False]
+    with pytest.raises(GenerationError, match="label rule"):
+        match_pool(strict.assign(**cols), full, Pooling(factor=1, label_rule=False), looser=[lenient.assign(**cols)])
+    with pytest.raises(GenerationError, match="order"):
+        match_pool(strict.assign(**cols), full, Pooling(factor=1), looser=[lenient.assign(**cols).iloc[::-1]])
+
+
+def test_a_looser_committee_equal_to_the_strict_one_changes_no_match():
+    """The tiered rule over one committee twice is the plain label rule (`match_pool`'s own matching)."""
+    rng = np.random.default_rng(0)
+    n = 60
+    pool = pd.DataFrame({"id": [f"p{i}" for i in range(n)], "label": rng.integers(0, 3, n),
+                         "selection_s": rng.uniform(0, 1, n), "faithful": rng.uniform(size=n) < 0.6,
+                         "prompt": "x", "measured_s": 0.0, "predicted_class": "a", "path": "x.png",
+                         "conditioning_s": 0.5, "seed": range(n), "class": "a"})
+    plan = make_plan(["a", "b", "c"], 8, DifficultySpec(mu=0.5, sigma=0.2), seed=1)
+    plain = match_pool(pool, plan, Pooling(factor=1, tolerance=0.1))
+    tiered = match_pool(pool, plan, Pooling(factor=1, tolerance=0.1), looser=[pool])
+    assert list(plain.pool_id) == list(tiered.pool_id) and (tiered.tier == 0).all()
+    assert list(plain.accepted) == list(tiered.accepted) and "tier" not in plain
+
+
+def test_pooled_set_with_a_looser_committee_records_it_and_takes_its_images(pipe, committee, tmp_path):
+    """generate_pooled_set(looser=...): the pool is scored by each committee once, the set is the
+    tiered match of the caches, its manifest has `tier`, and the looser committee is part of the
+    set's identity (a folder made without it is refused), while a set without one is as before."""
+    pooling = Pooling(factor=4, tolerance=0.1)
+    plan, _ = pooled(pipe, committee, tmp_path, "plain", pooling)
+    plan, summary = pooled(pipe, committee, tmp_path, "tiered", pooling, looser=[(committee[:1], "loose")])
+    assert summary["complete"]
+    strict = pd.read_parquet(tmp_path / "pool" / "committee-test.parquet")
+    loose = pd.read_parquet(tmp_path / "pool" / "committee-loose.parquet")
+    s1, f1 = committee_scores(committee[:1], load_generated_images(tmp_path / "pool", load_manifest(tmp_path / "pool")),
+                              load_manifest(tmp_path / "pool").label.to_numpy())
+    np.testing.assert_allclose(loose.selection_s, s1, atol=1e-6)
+    assert (loose.faithful == f1).all() and f1.sum() >= strict.faithful.sum()  # one member: looser
+    pool = load_manifest(tmp_path / "pool").drop(columns=["selection_s"])
+    want = match_pool(pool.merge(strict, on="id"), plan, pooling, looser=[pool.merge(loose, on="id")])
+    m = load_manifest(tmp_path / "tiered")
+    assert list(m.pool_id) == list(want.pool_id) and list(m.tier) == list(want.tier)
+    assert list(m.accepted) == list(want.accepted) and "tier" not in load_manifest(tmp_path / "plain")
+    assert (m.tier == 1).any() and (m.tier == 0).any()  # both committees' rules took images
+    cfg = json.loads((tmp_path / "tiered" / "generation.json").read_text())
+    assert cfg["pool"]["looser_committees"] == ["loose"]
+    assert "looser_committees" not in json.loads((tmp_path / "plain" / "generation.json").read_text())["pool"]
+    with pytest.raises(GenerationError, match="other settings"):
+        pooled(pipe, committee, tmp_path, "tiered", pooling)
+    with pytest.raises(GenerationError, match="label rule"):
+        pooled(pipe, committee, tmp_path, "x", Pooling(factor=4, label_rule=False), looser=[(committee[:1], "loose")])
 
 
 def test_bench_pool_rule_frontier_judges_each_rules_set_with_the_evaluator(pipe, committee, tmp_path):

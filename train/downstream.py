@@ -172,6 +172,11 @@ def parse_args(argv=None):
                    help="selected / (anchored-)pooled: scoring classifiers that select (never the evaluator); "
                         "another committee than the default tags its sets' names with its size, e.g. "
                         "'mu-pooled-c3'")
+    p.add_argument("--looser-committee", nargs="+", default=None, metavar="FOLDER",
+                   help="(anchored-)pooled: a looser committee for the tiered label rule (the --committee's "
+                        "faithful image within --tolerance, else this one's, else the nearest faithful: "
+                        "dacd.generation.match_tiered); tags the sets' names with 't<members>', e.g. "
+                        "'mu-pooled-c3t2'")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
                    help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
@@ -211,6 +216,14 @@ def parse_args(argv=None):
     unknown = sorted(set(args.arms) - {"dacd", "baseline", *REAL_ARMS, "alone"})
     if unknown:
         p.error(f"unknown arms {unknown}; choose from dacd, baseline, {', '.join(REAL_ARMS)}, alone")
+    if args.looser_committee and not {"pooled", "anchored-pooled"} & set(args.samplings):
+        p.error("--looser-committee is a label rule of pooled sets: add --samplings pooled (or anchored-pooled)")
+    if args.looser_committee and args.no_label_rule:
+        p.error("--looser-committee is a label rule: leave out --no-label-rule")
+    judge = Path(args.evaluator).resolve()
+    if any(Path(f).resolve() == judge for f in [*args.committee, *(args.looser_committee or [])]):
+        p.error("the evaluation classifier judges the sets and must not select them: pass other --committee / "
+                "--looser-committee folders")
     if args.pool_difficulty != "uniform" and not {"pooled", "anchored-pooled"} & set(args.samplings):
         p.error("--pool-difficulty applies to pooled sets: add --samplings pooled (or anchored-pooled)")
     if not args.baseline and "baseline" in args.arms:
@@ -258,12 +271,16 @@ def sampling_label(args, mode: str) -> str:
     plan) are 'mu-pooled' / 'anchored-mu-pooled'; a committee-measured sampling (selected, pooled)
     with another --committee than the shipped two gets '-c<members>', e.g. 'mu-pooled-c3', so its
     cells stand beside the default committee's in one table (folders and cells differ anyway: the
-    committee is part of their identity)."""
+    committee is part of their identity). A pooled sampling with a --looser-committee gets
+    't<members>' after that, e.g. 'mu-pooled-c3t2' (or 'pooled-t1')."""
     per_mu = mode in ("pooled", "anchored-pooled") and args.pool_difficulty == "plan"
     label = mode.replace("pooled", "mu-pooled") if per_mu else mode
+    tag = ""
     if mode in ("selected", "pooled", "anchored-pooled") and not _same_committee(args.committee):
-        label += f"-c{len(args.committee)}"
-    return label
+        tag = f"c{len(args.committee)}"
+    if mode in ("pooled", "anchored-pooled") and args.looser_committee:
+        tag += f"t{len(args.looser_committee)}"
+    return f"{label}-{tag}" if tag else label
 
 
 def _same_committee(folders) -> bool:
@@ -319,6 +336,8 @@ def plan_sets(args, real, counts) -> dict:
             pool_ident["plan"] = plan_fingerprint(pool_plan)
             ident.update(pooling=asdict(pooling), committee=list(_fingerprints(tuple(map(str, args.committee)))),
                          pool=_hash(pool_ident))
+            if args.looser_committee:  # (absent otherwise: the sets made before it keep their identity)
+                ident["looser_committee"] = list(_fingerprints(tuple(map(str, args.looser_committee))))
             tag = "".join(f"-{x}" for x in ("anchored" if anchoring is not None else "", "mu" if per_mu else "",
                                             guidance_tag(guidance, dg)) if x)
             pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
@@ -387,7 +406,7 @@ def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
 def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
     """Generate (or resume) each generated set that a missing cell needs, at the largest ratio."""
 
-    pipes, evaluator, committee = {}, None, None
+    pipes, evaluator, committee, looser = {}, None, None, []
     for st in sets.values():
         if st["kind"] != "generated" or st["name"] not in needed or (st["folder"] / "manifest.parquet").is_file():
             continue
@@ -401,6 +420,9 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
         evaluator = evaluator or Classifier.from_pretrained(args.evaluator)
         if (st["selection"] is not None or st["pooling"] is not None) and committee is None:
             committee = [Classifier.from_pretrained(c) for c in args.committee]
+            loaded = {Path(f).resolve(): c for f, c in zip(args.committee, committee)}  # shared members load once
+            looser = [([loaded.get(Path(f).resolve()) or Classifier.from_pretrained(f) for f in args.looser_committee],
+                       committee_key(args.looser_committee))] if args.looser_committee else []
         print(f"generating {st['name']}: {len(st['plan'])} images ({st['spec'].describe()}) from {model} "
               f"into {st['folder']}", flush=True)
         anchors = None
@@ -416,6 +438,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                     anchoring=st["anchoring"], anchors=anchors,
                                     pool_difficulty=st["pool"]["difficulty"],
                                     pool_donors=pool_donors(st["pool"]["folder"], model_identity(model)),
+                                    looser=looser,
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,

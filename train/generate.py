@@ -13,6 +13,8 @@
     python train/generate.py --out runs/synth/unguided --ratio 0.25 --real-fraction 0.1 --pool 6 --tolerance 0.1 \
         --guidance 1 --difficulty-guidance 1        # unguided pool: the sets that taught most (README Results)
     python train/generate.py --out runs/synth/ap --ratio 0.25 --real-fraction 0.1 --pool 6 --anchor real  # a pool of edits
+    python train/generate.py --out runs/synth/tiered --per-class 150 --pool 12 --committee C/classifier C/classifier-2 \
+        C/classifier-3 --looser-committee C/classifier C/classifier-2   # tiered label rule (C: the checkpoint)
     accelerate launch --num_processes 4 train/generate.py --out ... --per-class 5000  # GPUs / machines
     accelerate launch --cpu --num_processes 2 train/generate.py ...                   # CPU processes
 
@@ -123,6 +125,11 @@ def parse_args(argv=None):
                     help="the pool's conditioning: s ~ U(0, 1) (one pool serves plans of any --mu) or the plan's "
                          "own difficulty (--mu/--sigma/--s/--s-table: a pool per plan, so the dial moves the pool "
                          "itself, not only which of its images are taken)")
+    po.add_argument("--looser-committee", nargs="+", default=None, metavar="FOLDER",
+                    help="a looser committee (e.g. the shipped two when --committee holds three) for the tiered "
+                         "label rule: a row takes the --committee's faithful image within --tolerance, else this "
+                         "committee's, else the nearest faithful image (dacd.generation.match_tiered); the manifest "
+                         "gains `tier`")
     po.add_argument("--pool-dir", default=None, help="where the pool goes (default: <out>-pool). It is kept: a "
                     "set with another --out, --tolerance or --committee and this --pool-dir is matched from it "
                     "without generating")
@@ -230,6 +237,10 @@ def main(argv=None):
         raise SystemExit("error: --pool-donors give a pool their images: add --pool FACTOR")
     if args.pool < 0:
         raise SystemExit(f"error: --pool must be a factor >= 1 (or 0 for off), got {args.pool}")
+    if args.looser_committee and not args.pool:
+        raise SystemExit("error: --looser-committee is a label rule of pooled sets: add --pool FACTOR")
+    if args.looser_committee and args.no_label_rule:
+        raise SystemExit("error: --looser-committee is a label rule: leave out --no-label-rule")
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
     pipe.set_progress_bar_config(disable=True)
     committee, folders = [], []
@@ -241,6 +252,15 @@ def main(argv=None):
                              "--committee folders")
         committee = [Classifier.from_pretrained(f, device=state.device) for f in folders]
         members = committee_key(folders)
+    looser = []
+    if args.looser_committee:
+        if args.evaluator.lower() != "none" and any(Path(f).resolve() == Path(args.evaluator).resolve()
+                                                     for f in args.looser_committee):
+            raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
+                             "--looser-committee folders")
+        loaded = {Path(f).resolve(): c for f, c in zip(folders, committee)}  # shared members load once
+        looser = [([loaded.get(Path(f).resolve()) or Classifier.from_pretrained(f, device=state.device)
+                    for f in args.looser_committee], committee_key(args.looser_committee))]
     feedback, fb_folder = None, ""
     if args.feedback_scale:
         fb_folder = args.feedback_scorer or str(EMBEDDED / LAYOUT.classifier)
@@ -292,7 +312,7 @@ def main(argv=None):
             summary = generate_pooled_set(pipe, plan, args.out, pool_plan=pool_plan, pool_dir=pool_dir,
                                           committee=committee, committee_key=members, pooling=pooling,
                                           anchoring=anchoring, anchors=anchors, pool_difficulty=pool_spec,
-                                          pool_donors=args.pool_donors,
+                                          pool_donors=args.pool_donors, looser=looser,
                                           model_id=str(args.model), evaluator=evaluator, sampling=sampling,
                                           batch_size=args.batch_size, extra_config=extra,
                                           real_subset=extra.get("real_subset", {}).get("name", ""),
