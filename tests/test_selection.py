@@ -472,30 +472,43 @@ def test_a_looser_committee_equal_to_the_strict_one_changes_no_match():
 def test_pooled_set_with_a_looser_committee_records_it_and_takes_its_images(pipe, committee, tmp_path):
     """generate_pooled_set(looser=...): the pool is scored by each committee once, the set is the
     tiered match of the caches, its manifest has `tier`, and the looser committee is part of the
-    set's identity (a folder made without it is refused), while a set without one is as before."""
+    set's identity (a folder made without it is refused), while a set without one is as before.
+    The second committee here is one classifier whose head leans to Trouser: the rows of that class,
+    which the strict committee never holds faithful, take its images (tier 1); T-shirt rows stay
+    the strict committee's."""
+    torch.manual_seed(2)
+    trouser = build_classifier("resnet10t", in_chans=1, num_classes=len(CLASSES), class_names=CLASSES).eval()
+    with torch.no_grad():
+        trouser.model.get_classifier().weight.mul_(0.05)
+        trouser.model.get_classifier().bias.copy_(torch.tensor([0.0, 1.1, 0.0, 0.0]))
     pooling = Pooling(factor=4, tolerance=0.1)
     plan, _ = pooled(pipe, committee, tmp_path, "plain", pooling)
-    plan, summary = pooled(pipe, committee, tmp_path, "tiered", pooling, looser=[(committee[:1], "loose")])
+    plan, summary = pooled(pipe, committee, tmp_path, "tiered", pooling, looser=[([trouser], "loose")])
     assert summary["complete"]
+    manifest = load_manifest(tmp_path / "pool")
+    s1, f1 = committee_scores([trouser], load_generated_images(tmp_path / "pool", manifest), manifest.label.to_numpy())
     strict = pd.read_parquet(tmp_path / "pool" / "committee-test.parquet")
     loose = pd.read_parquet(tmp_path / "pool" / "committee-loose.parquet")
-    s1, f1 = committee_scores(committee[:1], load_generated_images(tmp_path / "pool", load_manifest(tmp_path / "pool")),
-                              load_manifest(tmp_path / "pool").label.to_numpy())
     np.testing.assert_allclose(loose.selection_s, s1, atol=1e-6)
-    assert (loose.faithful == f1).all() and f1.sum() >= strict.faithful.sum()  # one member: looser
-    pool = load_manifest(tmp_path / "pool").drop(columns=["selection_s"])
+    assert (loose.faithful == f1).all() and f1[manifest.label == 1].all() and not strict.faithful[manifest.label == 1].any()
+    pool = manifest.drop(columns=["selection_s"])
     want = match_pool(pool.merge(strict, on="id"), plan, pooling, looser=[pool.merge(loose, on="id")])
     m = load_manifest(tmp_path / "tiered")
     assert list(m.pool_id) == list(want.pool_id) and list(m.tier) == list(want.tier)
     assert list(m.accepted) == list(want.accepted) and "tier" not in load_manifest(tmp_path / "plain")
-    assert (m.tier == 1).any() and (m.tier == 0).any()  # both committees' rules took images
+    assert (m.tier[m.label == 1] == 1).all() and m.faithful[m.label == 1].all()
+    assert (m.tier[m.label == 0] == 0).all() and m.faithful[m.label == 0].all()
+    np.testing.assert_allclose(m.selection_s[m.label == 1],
+                               loose.set_index("id").loc[m.pool_id[m.label == 1], "selection_s"], atol=1e-9)
+    plain = load_manifest(tmp_path / "plain")
+    assert not plain.faithful[plain.label == 1].any()  # without it, Trouser rows take unfaithful images
     cfg = json.loads((tmp_path / "tiered" / "generation.json").read_text())
     assert cfg["pool"]["looser_committees"] == ["loose"]
     assert "looser_committees" not in json.loads((tmp_path / "plain" / "generation.json").read_text())["pool"]
     with pytest.raises(GenerationError, match="other settings"):
         pooled(pipe, committee, tmp_path, "tiered", pooling)
     with pytest.raises(GenerationError, match="label rule"):
-        pooled(pipe, committee, tmp_path, "x", Pooling(factor=4, label_rule=False), looser=[(committee[:1], "loose")])
+        pooled(pipe, committee, tmp_path, "x", Pooling(factor=4, label_rule=False), looser=[([trouser], "loose")])
 
 
 def test_bench_pool_rule_frontier_judges_each_rules_set_with_the_evaluator(pipe, committee, tmp_path):
