@@ -10,8 +10,9 @@
                                                     # each image an edit of a real image of the subset
     python train/generate.py --out runs/synth/pooled --per-class 150 --pool 6 --tolerance 0.1
                                                     # a pool of 6x at s ~ U(0, 1), matched to the plan
-    python train/generate.py --out runs/synth/unguided --ratio 0.25 --real-fraction 0.1 --pool 6 --tolerance 0.1 \
-        --guidance 1 --difficulty-guidance 1        # unguided pool: the sets that taught most (README Results)
+    python train/generate.py --out runs/synth/chosen --ratio 0.25 --real-fraction 0.1 --pool 12 --pool-difficulty plan \
+        --tolerance 0.1 --guidance 1 --difficulty-guidance 1 --committee C/classifier C/classifier-2 C/classifier-3
+                                                    # issue #12's chosen sampling on the v chain (README Results)
     python train/generate.py --out runs/synth/ap --ratio 0.25 --real-fraction 0.1 --pool 6 --anchor real  # a pool of edits
     python train/generate.py --out runs/synth/tiered --per-class 150 --pool 12 --committee C/classifier C/classifier-2 \
         C/classifier-3 --looser-committee C/classifier C/classifier-2   # tiered label rule (C: the checkpoint)
