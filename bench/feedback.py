@@ -11,6 +11,11 @@ train/generate.py (--probe folders, their manifests) are judged the same way bes
 
     python bench/feedback.py
     python bench/feedback.py --scales 0 0.5 1 2 --fb-steps 5 --probe runs/probe/sel-pilot4 runs/probe/sel-pilot4-tol10
+    python bench/feedback.py --scales 0 --ceiling-committee C/classifier C/classifier-2 C/classifier-3 ...
+
+With --ceiling-committee, a row judges the real ceiling's images that pass that committee's label
+rule (every member ranks the label first), the rule pooled and selected sets keep to: what the rule
+leaves of real data of the same plan. The ratio to the ceiling stays against all real images.
 
 Writes summary.csv and summary.md to --out. Images per second are only comparable within one run
 on a quiet machine.
@@ -33,7 +38,7 @@ from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, MEDIUM_BAND, 
 from dacd.difficulty import load_scores
 from dacd.evaluation import generate_rows, markdown_table, measure, medium_share, real_ceiling_sample
 from dacd.feedback import FeedbackGuidance
-from dacd.generation import DifficultySpec, make_plan, read_png, to_uint8
+from dacd.generation import DifficultySpec, committee_scores, make_plan, read_png, to_uint8
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
 
@@ -59,6 +64,9 @@ def parse_args(argv=None):
                    help="difficulty guidance of every row (default: the project's); --probe sets must be made with it")
     p.add_argument("--probe", nargs="*", default=[], help="selected or pooled sets (train/generate.py folders) to "
                    "judge beside")
+    p.add_argument("--ceiling-committee", nargs="+", default=None, metavar="FOLDER",
+                   help="also judge the real ceiling's images that every member of this committee classifies as "
+                        "their label (the label rule applied to real images; the ceiling stays all of them)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "feedback"))
     p.add_argument("--no-progress", action="store_true")
@@ -74,6 +82,18 @@ def judge(name, evaluator, images, plan, seconds=None) -> dict:
             "evaluator_accuracy": float((m.pred.to_numpy() == plan.label.to_numpy()).mean()),
             "measured_s_mean": float(s.mean()), "calibration_error": float(cal.mean()),
             "images_per_second": len(plan) / seconds if seconds else float("nan")}
+
+
+def ceiling_rows(evaluator, images, plan, committee=()) -> list[dict]:
+    """The real ceiling's row (real images standing in for the plan's, judged by the evaluator) and,
+    with a committee, the row of those of them that every member classifies as their label: the
+    label rule of pooled and selected sets applied to real images (its `images` says how many pass)."""
+    rows = [judge("real ceiling (test images)", evaluator, images, plan)]
+    if committee:
+        _, faithful = committee_scores(committee, images, plan.label.to_numpy())
+        rows.append(judge(f"real ceiling, faithful to the {len(committee)}-member committee", evaluator,
+                          images[faithful], plan[faithful]))
+    return rows
 
 
 def main(argv=None):
@@ -94,7 +114,8 @@ def main(argv=None):
     scores = load_scores(args.scores)
     te = scores[scores.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
     pos = real_ceiling_sample(te, plan.requested_s.to_numpy(), plan.label.to_numpy())
-    rows.append(judge("real ceiling (test images)", evaluator, test.images[pos], plan))
+    committee = [Classifier.from_pretrained(f) for f in args.ceiling_committee or []]
+    rows += ceiling_rows(evaluator, test.images[pos], plan, committee)
 
     for scale in args.scales:
         fb = None if scale == 0 else FeedbackGuidance(scorer, scale=scale, steps=args.fb_steps)

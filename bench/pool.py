@@ -7,7 +7,9 @@ writes `runs/downstream/synthetic/pool-*`) is generated at s ~ U(0, 1) (or at it
 committee (`committee-*.parquet` in the folder). This prints, overall, per bin of the conditioning
 s and per class: the share of images every committee member classifies as their label
 ("faithful"), the share that are faithful *and* whose committee-mean s lies in the medium band
-(what a plan at mu 0.5 wants), and the mean committee s of the faithful images.
+(what a plan at mu 0.5 wants), the mean committee s of the faithful images, and the share of the
+faithful medium images whose evaluator-measured s (the judge's, in the pool's manifest) is in the
+medium band too: the medium-band share a set made only of them would have.
 
     python bench/pool.py runs/probe/nb-pool6-g5-pool
     python bench/pool.py runs/downstream/synthetic/pool-dacd-ebb760fc --out bench/results/pool
@@ -70,11 +72,14 @@ def pool_table(pool_dir: Path, committee=None) -> tuple[pd.DataFrame, pd.DataFra
     lo, hi = MEDIUM_BAND
     pool["faithful_medium"] = pool.faithful & pool.selection_s.between(lo, hi)
     pool["faithful_s"] = pool.selection_s.where(pool.faithful)
+    # what the judge says of the faithful medium images: the medium share a set made of them would have
+    pool["judged_medium"] = pool.measured_s.between(lo, hi).where(pool.faithful_medium & pool.measured_s.notna())
     pool["conditioning bin"] = pd.cut(pool.requested_s, [0, 0.2, 0.4, 0.6, 0.8, 1.0], include_lowest=True).astype(str)
 
     def summarise(g):
         return g.agg(images=("id", "size"), faithful=("faithful", "mean"),
-                     faithful_medium=("faithful_medium", "mean"), faithful_s_mean=("faithful_s", "mean")).round(4)
+                     faithful_medium=("faithful_medium", "mean"), faithful_s_mean=("faithful_s", "mean"),
+                     faithful_medium_judged_medium=("judged_medium", "mean")).round(4)
 
     overall = summarise(pool.assign(all="all").groupby("all"))
     return overall, summarise(pool.groupby("conditioning bin")), summarise(pool.groupby("class"))
@@ -175,7 +180,8 @@ def main(argv=None):
     lo, hi = MEDIUM_BAND
     who = f" (committee {' '.join(args.committee)})" if args.committee else ""
     text = (f"pool {args.pool}{who}: faithful = every committee member ranks the label first; faithful_medium = "
-            f"faithful and committee-mean s in [{lo}, {hi}]\n\n"
+            f"faithful and committee-mean s in [{lo}, {hi}]; faithful_medium_judged_medium = the evaluator's "
+            f"medium-band share of the faithful_medium images\n\n"
             + "\n\n".join(markdown_table(t.reset_index()) for t in parts) + "\n")
     emit_report(text, args.out, "summary.md")
 

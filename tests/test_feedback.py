@@ -126,3 +126,38 @@ def test_recorded_model_is_one_name_however_a_folder_is_spelled(tmp_path, monkey
     if embedded.is_dir():
         short = recorded_model("dacd")
         assert short == recorded_model(embedded) == embedded.relative_to(REPO_ROOT).as_posix() != absolute
+
+
+def test_bench_feedback_ceiling_row_keeps_the_real_images_the_committee_calls_faithful():
+    """bench/feedback.py --ceiling-committee: a second real-ceiling row judges only the images every
+    member ranks first as their label; with no committee, the ceiling row alone."""
+    from pathlib import Path
+
+    from conftest import load_module
+
+    from dacd.evaluation import measure
+    from dacd.generation import DifficultySpec, make_plan
+
+    bench = load_module(Path(__file__).parents[1] / "bench" / "feedback.py")
+    members = []
+    for seed, arch in ((0, "resnet10t"), (1, "resnet14t")):  # heads leaning to the first class
+        torch.manual_seed(seed)
+        clf = build_classifier(arch, in_chans=1, num_classes=len(CLASSES), class_names=CLASSES).eval()
+        with torch.no_grad():
+            clf.model.get_classifier().weight.mul_(0.05)
+            clf.model.get_classifier().bias.copy_(torch.tensor([1.1, 0.0, 0.0, 0.0]))
+        members.append(clf)
+    torch.manual_seed(2)
+    evaluator = build_classifier("resnet10t", in_chans=1, num_classes=len(CLASSES), class_names=CLASSES).eval()
+    plan = make_plan(CLASSES, 6, DifficultySpec(mu=0.5, sigma=0.1), seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (len(plan), 1, 32, 32), dtype=np.uint8)
+    labels = plan.label.to_numpy()
+    faithful = np.ones(len(plan), bool)
+    for clf in members:
+        faithful &= measure(clf, images, labels)[0].pred.to_numpy() == labels
+    assert 0 < faithful.sum() < len(plan)  # the test must be able to tell the two rows apart
+    alone = bench.ceiling_rows(evaluator, images, plan)
+    rows = bench.ceiling_rows(evaluator, images, plan, members)
+    assert len(alone) == 1 and rows[0] == alone[0] and rows[0]["images"] == len(plan)
+    assert rows[1]["images"] == faithful.sum()
+    assert rows[1] == bench.judge(rows[1]["source"], evaluator, images[faithful], plan[faithful])

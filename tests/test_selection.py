@@ -11,6 +11,7 @@ from conftest import load_module
 from test_pipeline import CLASSES, dummy_pipeline
 
 from dacd.classifier import build_classifier
+from dacd.defaults import MEDIUM_BAND
 from dacd.evaluation import measure
 from dacd.generation import (
     Anchoring,
@@ -405,6 +406,13 @@ def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committ
     hard = match_pool(scored, plan, Pooling(factor=1))
     assert table["shared with mu 0.5"].iloc[2] == len(set(ref.pool_id) & set(hard.pool_id))
     assert table["accepted"].iloc[2] == round(float(hard.accepted.mean()), 4)
+    # the judge's medium share of the faithful medium images, by hand
+    _, _, per_class = bench.pool_table(tmp_path / "pool")
+    for name, g in scored.groupby("class"):
+        fm = g[g.faithful & g.selection_s.between(*MEDIUM_BAND) & g.measured_s.notna()]
+        want = fm.measured_s.between(*MEDIUM_BAND).mean() if len(fm) else float("nan")
+        got = per_class.loc[name, "faithful_medium_judged_medium"]
+        assert (np.isnan(want) and np.isnan(got)) or got == round(float(want), 4)
     with pytest.raises(SystemExit, match="not a scored pool"):
         bench.pool_table(tmp_path / "set")
     with pytest.raises(SystemExit, match="fewer --per-class"):
