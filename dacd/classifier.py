@@ -149,6 +149,20 @@ class Classifier(nn.Module):
         return model.to(device).eval()
 
 
+def load_classifiers(folders, device: str | torch.device = "cpu", loaded: dict | None = None) -> list[Classifier]:
+    """`Classifier.from_pretrained` of each folder, each folder loaded once: `loaded` (a dict the caller
+    keeps, resolved path -> classifier) holds what earlier calls loaded, so committees that share
+    members (a looser committee, a feedback scorer) share the loaded models."""
+    loaded = {} if loaded is None else loaded
+    out = []
+    for folder in folders:
+        key = Path(folder).resolve()
+        if key not in loaded:
+            loaded[key] = Classifier.from_pretrained(folder, device=device)
+        out.append(loaded[key])
+    return out
+
+
 def build_classifier(arch: str, *, in_chans: int, num_classes: int, class_names=(), image_size: int = 32,
                      mean: float = 0.5, std: float = 0.5, **model_kwargs) -> Classifier:
     """Factory in front of timm: the right `in_chans`/`num_classes` and normalization."""

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dacd.classifier import Classifier, TrainConfig, build_classifier, predict, train_classifier
+from dacd.classifier import Classifier, TrainConfig, build_classifier, load_classifiers, predict, train_classifier
 from dacd.data import load_fashion_mnist
 
 
@@ -42,3 +42,20 @@ def test_sharded_fp16_save_stays_under_limit_and_loads(tmp_path):
     assert next(loaded.parameters()).dtype == torch.float32
     x = torch.rand(8, 1, 32, 32)
     np.testing.assert_allclose(predict(loaded, x), predict(model, x), atol=2e-3)
+
+
+def test_load_classifiers_loads_each_folder_once(tmp_path):
+    """Committees that share members share the loaded model; a folder named two ways is one folder."""
+    for i, arch in enumerate(("resnet10t", "resnet14t")):
+        torch.manual_seed(i)
+        build_classifier(arch, in_chans=1, num_classes=3, class_names=("a", "b", "c")).save_pretrained(tmp_path / f"m{i}")
+    loaded = {}
+    first = load_classifiers([tmp_path / "m0", tmp_path / "m1"], loaded=loaded)
+    again = load_classifiers([str(tmp_path / "m1"), tmp_path / "x" / ".." / "m0"], loaded=loaded)
+    assert again[0] is first[1] and again[1] is first[0] and len(loaded) == 2
+    assert first[0] is not first[1] and first[0].config.arch == "resnet10t" and first[1].config.arch == "resnet14t"
+    fresh = load_classifiers([tmp_path / "m0"])  # no shared dict: a new model
+    assert fresh[0] is not first[0]
+    torch.testing.assert_close(fresh[0].state_dict(), first[0].state_dict())
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_classifiers([tmp_path / "nowhere"], loaded=loaded)

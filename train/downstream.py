@@ -64,7 +64,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from dacd.calibration import CURVE_FILES
-from dacd.classifier import Classifier
+from dacd.classifier import Classifier, load_classifiers
 from dacd.data import load_dataset, stratified_subset, subset_name
 from dacd.defaults import (DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, SAMPLING, default_committee,
                            repo_relative)
@@ -419,10 +419,10 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             raise SystemExit(f"{model} knows classes {list(pipe.class_names)}, the data {list(real.class_names)}")
         evaluator = evaluator or Classifier.from_pretrained(args.evaluator)
         if (st["selection"] is not None or st["pooling"] is not None) and committee is None:
-            committee = [Classifier.from_pretrained(c) for c in args.committee]
-            loaded = {Path(f).resolve(): c for f, c in zip(args.committee, committee)}  # shared members load once
-            looser = [([loaded.get(Path(f).resolve()) or Classifier.from_pretrained(f) for f in args.looser_committee],
-                       committee_key(args.looser_committee))] if args.looser_committee else []
+            loaded = {}  # shared members load once
+            committee = load_classifiers(args.committee, loaded=loaded)
+            looser = ([(load_classifiers(args.looser_committee, loaded=loaded), committee_key(args.looser_committee))]
+                      if args.looser_committee else [])
         print(f"generating {st['name']}: {len(st['plan'])} images ({st['spec'].describe()}) from {model} "
               f"into {st['folder']}", flush=True)
         anchors = None

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from dacd.classifier import Classifier
+from dacd.classifier import Classifier, load_classifiers
 from dacd.data import load_dataset, resolve_class, stratified_subset, subset_name
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE, default_committee, model_folder
 from dacd.feedback import FeedbackError, FeedbackGuidance
@@ -244,14 +244,14 @@ def main(argv=None):
         raise SystemExit("error: --looser-committee is a label rule: leave out --no-label-rule")
     pipe = DifficultyControlledPipeline.from_pretrained(model_dir, base=args.base, dtype=dtype, device=state.device)
     pipe.set_progress_bar_config(disable=True)
-    committee, folders = [], []
+    committee, folders, loaded = [], [], {}  # loaded: each classifier folder once
     if args.select or args.pool:
         folders = args.committee or default_committee()
         if args.evaluator.lower() != "none" and any(Path(f).resolve() == Path(args.evaluator).resolve()
                                                      for f in folders):
             raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
                              "--committee folders")
-        committee = [Classifier.from_pretrained(f, device=state.device) for f in folders]
+        committee = load_classifiers(folders, state.device, loaded)
         members = committee_key(folders)
     looser = []
     if args.looser_committee:
@@ -259,9 +259,7 @@ def main(argv=None):
                                                      for f in args.looser_committee):
             raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
                              "--looser-committee folders")
-        loaded = {Path(f).resolve(): c for f, c in zip(folders, committee)}  # shared members load once
-        looser = [([loaded.get(Path(f).resolve()) or Classifier.from_pretrained(f, device=state.device)
-                    for f in args.looser_committee], committee_key(args.looser_committee))]
+        looser = [(load_classifiers(args.looser_committee, state.device, loaded), committee_key(args.looser_committee))]
     feedback, fb_folder = None, ""
     if args.feedback_scale:
         fb_folder = args.feedback_scorer or str(EMBEDDED / LAYOUT.classifier)
@@ -269,8 +267,7 @@ def main(argv=None):
             raise SystemExit("error: the evaluation classifier judges the set and must not steer it: pass another "
                              "--feedback-scorer")
         try:
-            loaded = [c for f, c in zip(folders, committee) if Path(f).resolve() == Path(fb_folder).resolve()]
-            scorer = loaded[0] if loaded else Classifier.from_pretrained(fb_folder, device=state.device)
+            scorer = load_classifiers([fb_folder], state.device, loaded)[0]
             feedback = FeedbackGuidance(scorer, args.feedback_scale, args.feedback_steps)
         except (FeedbackError, OSError, ValueError) as e:  # a bad setting, a missing or broken classifier folder
             raise SystemExit(f"error: --feedback-scorer {fb_folder}: {e}") from None
