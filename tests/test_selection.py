@@ -395,7 +395,7 @@ def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committ
     with the first mu's set (the same plan twice: all of them)."""
     from pathlib import Path
 
-    pooled(pipe, committee, tmp_path, "set", Pooling(factor=4, tolerance=0.1))
+    pooled(pipe, committee, tmp_path, "set", Pooling(factor=4, tolerance=0.1), evaluator=committee[1])
     bench = load_module(Path(__file__).parents[1] / "bench" / "pool.py")
     table = bench.plan_overlap(tmp_path / "pool", [0.5, 0.5, 0.9], per_class=3, sigma=0.1, tolerance=0.1)
     assert list(table["images"]) == [12, 12, 12] and list(table["shared with mu 0.5"][:2]) == [12, 12]
@@ -413,6 +413,7 @@ def test_bench_pool_matches_a_plan_per_mu_and_counts_shared_images(pipe, committ
         want = fm.measured_s.between(*MEDIUM_BAND).mean() if len(fm) else float("nan")
         got = per_class.loc[name, "faithful_medium_judged_medium"]
         assert (np.isnan(want) and np.isnan(got)) or got == round(float(want), 4)
+    assert per_class.faithful_medium_judged_medium.notna().any()  # the pool's images were judged
     with pytest.raises(SystemExit, match="not a scored pool"):
         bench.pool_table(tmp_path / "set")
     with pytest.raises(SystemExit, match="fewer --per-class"):
