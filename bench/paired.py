@@ -17,6 +17,13 @@ tables; a (cell, seed) found in two of them must agree. Reads only.
 points of each true class's test images (from the confusion.json beside each runs.csv: the
 mean matrix over a cell's seeds, so the change is paired when both ran the same seeds): which
 mistakes an added set makes more often, and which less.
+
+Two tables may hold cells of one name made from different sets (their settings differ in something
+the name does not show, such as the pool factor); name such a cell by its table, `RUNS.CSV::CELL`:
+
+    python bench/paired.py bench/results/downstream-v-unguided-c3-pool48/runs.csv,bench/results/downstream-v-unguided-c3/runs.csv \
+        "bench/results/downstream-v-unguided-c3-pool48/runs.csv::dacd mu-pooled-c3 g1d1 mu=0.5 r=0.25" \
+        "bench/results/downstream-v-unguided-c3/runs.csv::dacd mu-pooled-c3 g1d1 mu=0.5 r=0.25"
 """
 
 from __future__ import annotations
@@ -39,6 +46,22 @@ def load_runs(paths: list[str]) -> pd.DataFrame:
         cell, seed = clash[clash > 1].index[0]
         raise SystemExit(f"error: {cell!r} seed {seed} has different accuracies in {paths}: not the same cell")
     return runs.drop_duplicates(["cell", "seed"])
+
+
+def cells_named(paths: list[str], cells: list[str]) -> pd.DataFrame:
+    """The runs of the tables in `paths`; a cell written `RUNS.CSV::CELL` is read from that table
+    alone and keeps that whole string as its name: two tables may hold cells of one name made from
+    different sets (e.g. pools of two sizes), which `load_runs` would refuse to merge."""
+    if not any("::" in c for c in cells):
+        return load_runs(paths)
+    frames = []
+    for spec in cells:
+        path, cell = spec.split("::", 1) if "::" in spec else (None, spec)
+        runs = load_runs([path] if path else paths)
+        if cell not in set(runs.cell):
+            raise SystemExit(f"error: no cell {cell!r} in {path or paths}; cells: {sorted(set(runs.cell))}")
+        frames.append(runs[runs.cell == cell].assign(cell=spec))
+    return pd.concat(frames, ignore_index=True)
 
 
 def compare(runs: pd.DataFrame, a: str, b: str) -> dict:
@@ -92,7 +115,9 @@ def main(argv=None) -> int:
                    help="also print the K largest changes of the test confusion matrix, A minus B")
     args = p.parse_args(argv)
     paths = args.runs.split(",")
-    runs = load_runs(paths)
+    runs = cells_named(paths, [args.a, args.b])
+    if args.confusion > 0 and any("::" in c for c in (args.a, args.b)):
+        raise SystemExit("error: --confusion reads cells by name; it does not take RUNS.CSV::CELL")
     r = compare(runs, args.a, args.b)
     print(f"{r['a']} minus {r['b']} ({r['paired_seeds']} paired seeds): {r['diff']:+.2f} points "
           f"[{r['low']:+.2f}, {r['high']:+.2f}], paired-t p {r['p']:.3g}")

@@ -55,6 +55,23 @@ def test_cells_from_two_tables_and_refusals(tmp_path):
         bp.compare(bp.load_runs([lone]), "A", "B")
 
 
+def test_cells_of_one_name_from_two_tables_are_named_by_their_table(tmp_path, capsys):
+    """RUNS.CSV::CELL reads a cell from its table alone, where two tables hold cells of one name."""
+    bp = load()
+    big = runs_csv(tmp_path / "big.csv", {"A": {0: 0.89, 1: 0.88, 2: 0.90}})
+    small = runs_csv(tmp_path / "small.csv", {"A": {0: 0.87, 1: 0.87, 2: 0.86}})
+    with pytest.raises(SystemExit, match="different accuracies"):
+        bp.load_runs([big, small])
+    a, b = f"{big}::A", f"{small}::A"
+    r = bp.compare(bp.cells_named([big, small], [a, b]), a, b)
+    assert r["paired_seeds"] == 3 and r["diff"] == pytest.approx(100 * (0.89 + 0.88 + 0.90 - 0.87 - 0.87 - 0.86) / 3)
+    assert bp.main([f"{big},{small}", a, b]) == 0 and "+2.33 points" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no cell 'B' in"):
+        bp.cells_named([big], [f"{big}::B", a])
+    with pytest.raises(SystemExit, match="--confusion"):
+        bp.main([f"{big},{small}", a, b, "--confusion", "3"])
+
+
 def test_confusion_changes_in_points_of_the_true_class(tmp_path, capsys):
     import json
 
