@@ -158,6 +158,7 @@ def test_bench_feedback_ceiling_row_keeps_the_real_images_the_committee_calls_fa
     assert 0 < faithful.sum() < len(plan)  # the test must be able to tell the two rows apart
     alone = bench.ceiling_rows(evaluator, images, plan)
     rows = bench.ceiling_rows(evaluator, images, plan, members)
+
     def judged(row):  # images_per_second is NaN for judged (not generated) images
         return {k: v for k, v in row.items() if k != "images_per_second"}
 
