@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dacd.classifier import Classifier
+from dacd.classifier import load_classifiers
 from dacd.data import load_dataset
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT, MEDIUM_BAND, recorded_model
 from dacd.difficulty import load_scores
@@ -102,7 +102,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     pipe = DifficultyControlledPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
-    scorer, evaluator = Classifier.from_pretrained(args.scorer), Classifier.from_pretrained(args.evaluator)
+    loaded = {}  # a classifier named twice (the scorer in --ceiling-committee) loads once
+    scorer, evaluator = load_classifiers([args.scorer, args.evaluator], loaded=loaded)
     names = list(pipe.class_names)
     plan = make_plan(names, args.per_class, DifficultySpec(mu=args.mu, sigma=args.sigma), seed=0,
                      prompt_template=pipe.prompt_template)
@@ -114,7 +115,7 @@ def main(argv=None):
     scores = load_scores(args.scores)
     te = scores[scores.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
     pos = real_ceiling_sample(te, plan.requested_s.to_numpy(), plan.label.to_numpy())
-    committee = [Classifier.from_pretrained(f) for f in args.ceiling_committee or []]
+    committee = load_classifiers(args.ceiling_committee or [], loaded=loaded)
     rows += ceiling_rows(evaluator, test.images[pos], plan, committee)
 
     for scale in args.scales:
