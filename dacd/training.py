@@ -60,22 +60,29 @@ def images_to_model_range(images: torch.Tensor) -> torch.Tensor:
 
 
 class EMA:
-    """Exponential moving average of a module's float parameters, keyed by name."""
+    """Exponential moving average of a module's float parameters, keyed by name; with
+    `trainable_only`, of the parameters that require grad (a LoRA, not the frozen base)."""
 
-    def __init__(self, module: nn.Module, decay: float = 0.999):
+    def __init__(self, module: nn.Module, decay: float = 0.999, trainable_only: bool = False):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.shadow = {k: p.detach().clone().float() for k, p in module.named_parameters()}
+        self.shadow = {k: p.detach().clone().float() for k, p in module.named_parameters()
+                       if p.requires_grad or not trainable_only}
+
+    def _tracked(self, module: nn.Module):
+        return ((k, p) for k, p in module.named_parameters() if k in self.shadow)
 
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))  # warm-up, as is usual for EMA of diffusion models
-        for k, p in module.named_parameters():
+        for k, p in self._tracked(module):
             self.shadow[k].lerp_(p.detach().float(), 1 - d)
 
     @torch.no_grad()
     def copy_to(self, module: nn.Module) -> None:
-        for k, p in module.named_parameters():
-            p.copy_(self.shadow[k].to(p.dtype))
+        for k, p in self._tracked(module):
+            p.copy_(self.shadow[k].to(p.device, p.dtype))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -156,6 +163,9 @@ class Checkpointer:
                         p.copy_(weights[key].to(p.device, p.dtype))
         for name, ema in self.emas.items():
             for k in ema.shadow:
+                if f"ema:{name}/{k}" not in weights:
+                    raise ValueError(f"checkpoint {path} has no EMA of {name} ({k}): it was written without EMA; "
+                                     "resume it with the settings it was started with, or start a new run folder")
                 ema.shadow[k] = weights[f"ema:{name}/{k}"].clone()
         _optimizer_from_tensors(self.optimizer, load_file(str(path / "optimizer.safetensors")),
                                 json.loads((path / "optimizer.json").read_text()))
@@ -355,6 +365,7 @@ class DacdTrainConfig:
     num_tokens: int = 4
     s_embedding: str = "fourier"
     no_difficulty: bool = False  # baseline: LoRA only
+    ema_decay: float = 0.0  # > 0: the saved LoRA and encoder are an EMA of the trained ones (0: the last step's)
     checkpointing_steps: int = 500
     log_every: int = 50
     seed: int = 0
@@ -493,7 +504,8 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
     unet, encoder, opt = _setup_dacd(pipe, len(data.class_names), cfg, accelerator)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resume loads the last step's
     modules = {"unet": unet} if encoder is None else {"unet": unet, "encoder": encoder}
-    steps = TrainingSteps(Checkpointer(run_dir, modules, opt, is_main=accelerator.is_main_process), resume,
+    emas = {name: EMA(m, cfg.ema_decay, trainable_only=True) for name, m in modules.items()} if cfg.ema_decay else {}
+    steps = TrainingSteps(Checkpointer(run_dir, modules, opt, emas=emas, is_main=accelerator.is_main_process), resume,
                           total=cfg.max_train_steps, stop_at=stop_at, log_every=cfg.log_every,
                           checkpointing_steps=cfg.checkpointing_steps, desc="baseline" if encoder is None else "dacd",
                           progress=progress and accelerator.is_local_main_process,
@@ -512,8 +524,14 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
     unet.train()
     for step in steps:
         _warm_up(opt, base_lrs, step, cfg.warmup_steps)
-        steps.record(step, _dacd_step(step, pipe, unet, encoder, opt, inputs, cfg, accelerator))
+        loss = _dacd_step(step, pipe, unet, encoder, opt, inputs, cfg, accelerator)
+        for name, ema in emas.items():  # the unwrapped modules share their parameters with the prepared ones
+            ema.update(modules[name], step)
+        steps.record(step, loss)
 
+    if steps.finished:
+        for name, ema in emas.items():
+            ema.copy_to(modules[name])
     encoder = accelerator.unwrap_model(encoder).eval() if encoder is not None else None
     pipe.register_modules(unet=accelerator.unwrap_model(unet).eval(), difficulty_encoder=encoder)
     if accelerator.is_main_process:

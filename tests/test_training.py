@@ -75,6 +75,55 @@ def test_dropout_replaces_prompt_and_difficulty_tokens(tmp_path, text_dropout, d
     assert not torch.allclose(text, text_not, atol=1e-3) and not torch.allclose(tokens, tokens_not, atol=1e-3)
 
 
+def _trainable(pipe) -> dict:
+    mods = {"unet": pipe.unet, "encoder": pipe.difficulty_encoder}
+    return {f"{n}/{k}": p.detach().clone() for n, m in mods.items() for k, p in m.named_parameters() if p.requires_grad}
+
+
+def test_dacd_ema_is_saved_resumes_and_leaves_training_alone(tmp_path):
+    """With ema_decay the pipeline ends with the EMA of its LoRA and encoder (the shadow in the
+    last checkpoint), training itself is the no-EMA run's, and a killed and resumed run ends
+    with the same weights as one run."""
+    n = 8
+    data = TrainingData(images=torch.randint(0, 256, (n, 1, 32, 32), generator=torch.Generator().manual_seed(1),
+                                             dtype=torch.uint8),
+                        labels=np.arange(n) % 4, s=np.linspace(0.05, 0.95, n).astype(np.float32), class_names=CLASSES)
+
+    def run(folder, ema_decay, stop_at=None):
+        pipe = tiny_pipe()
+        cfg = DacdTrainConfig(max_train_steps=4, batch_size=4, lora_rank=2, num_tokens=3, lr=1e-2, encoder_lr=1e-2,
+                              warmup_steps=1, checkpointing_steps=1, ema_decay=ema_decay)
+        res = train_dacd(pipe, data, cfg, tmp_path / folder, progress=False, log=lambda *_: None, stop_at=stop_at)
+        return pipe, res
+
+    ema_pipe, res = run("ema", 0.9)
+    plain_pipe, _ = run("plain", 0.0)
+    assert res["finished"]
+    saved = load_file(str(tmp_path / "ema" / "checkpoint-4" / "trainable.safetensors"))
+    final, plain = _trainable(ema_pipe), _trainable(plain_pipe)
+    assert final.keys() == plain.keys() and any(".lora_A." in k for k in final) and any(
+        k.startswith("encoder/") for k in final)
+    before = load_file(str(tmp_path / "ema" / "checkpoint-3" / "trainable.safetensors"))
+    d = min(0.9, (1 + 3) / (10 + 3))  # the last step's decay, in warm-up
+    moved = 0
+    for k, v in final.items():
+        torch.testing.assert_close(saved[f"ema:{k}"], d * before[f"ema:{k}"] + (1 - d) * saved[k])  # tracks training
+        torch.testing.assert_close(v, saved[f"ema:{k}"])  # the pipeline holds the shadow
+        torch.testing.assert_close(saved[k], plain[k])  # the trained weights are the no-EMA run's
+        moved += not torch.allclose(v, plain[k])
+    assert moved > len(final) // 2  # and the EMA is not the last step's weights
+    assert "ema:unet/conv_in.weight" not in saved  # the frozen base is not averaged
+
+    _, res = run("killed", 0.9, stop_at=2)
+    assert not res["finished"]
+    resumed, res = run("killed", 0.9)
+    assert res["finished"]
+    for k, v in _trainable(resumed).items():
+        torch.testing.assert_close(v, final[k], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="without EMA"):  # a no-EMA run's checkpoint cannot resume with EMA
+        run("plain", 0.9)
+
+
 def test_balanced_weights():
     s = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.55, 0.56, 0.95])  # bins 0 (x6), 5 (x2), 9 (x1)
     uniform = balanced_weights(s, power=0)

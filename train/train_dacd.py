@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--balance-power", type=float, default=D.balance_power,
                    help="difficulty-balanced sampling: 0 uniform, 1 flat over s bins")
     p.add_argument("--num-tokens", type=int, default=D.num_tokens)
+    p.add_argument("--ema-decay", type=float, default=D.ema_decay,
+                   help="save an exponential moving average of the LoRA and encoder weights (e.g. 0.999; "
+                        "0: the last step's weights); kept in each checkpoint, so a resumed run equals one run")
     p.add_argument("--s-embedding", default=D.s_embedding, choices=["fourier", "linear"])
     p.add_argument("--confuser-prompts", action="store_true",
                    help="condition each image on the class it is most easily taken for, through its prompt "
@@ -145,7 +148,8 @@ def main(argv=None):
         lora_alpha=args.alpha, lora_targets=tuple(args.lora_targets), lr=args.learning_rate,
         encoder_lr=args.encoder_lr, warmup_steps=args.lr_warmup_steps, text_dropout=args.text_dropout,
         difficulty_dropout=args.difficulty_dropout, balance_power=args.balance_power, num_tokens=args.num_tokens,
-        s_embedding=args.s_embedding, no_difficulty=args.no_difficulty, checkpointing_steps=args.checkpointing_steps,
+        s_embedding=args.s_embedding, no_difficulty=args.no_difficulty, ema_decay=args.ema_decay,
+        checkpointing_steps=args.checkpointing_steps,
         seed=args.seed, mixed_precision=args.mixed_precision)
     out = Path(args.output_dir)
     run_dir = Path(args.run_dir or f"runs/{out.name}")
