@@ -64,14 +64,18 @@ class EMA:
     `trainable_only`, of the parameters that require grad (a LoRA, not the frozen base)."""
 
     def __init__(self, module: nn.Module, decay: float = 0.999, trainable_only: bool = False):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        if not 0.0 <= decay < 1.0:  # also refuses NaN
+            raise ValueError(f"EMA decay must be in [0, 1) (0: the last step's weights), got {decay}")
         self.decay = decay
         self.shadow = {k: p.detach().clone().float() for k, p in module.named_parameters()
                        if p.requires_grad or not trainable_only}
 
-    def _tracked(self, module: nn.Module):
-        return ((k, p) for k, p in module.named_parameters() if k in self.shadow)
+    def _tracked(self, module: nn.Module) -> list:
+        pairs = [(k, p) for k, p in module.named_parameters() if k in self.shadow]
+        if len(pairs) != len(self.shadow):  # e.g. a wrapped module whose names carry a prefix
+            raise ValueError(f"the module has {len(pairs)} of the EMA's {len(self.shadow)} parameters by name: "
+                             "pass the module the EMA was made from (unwrapped)")
+        return pairs
 
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
@@ -166,7 +170,7 @@ class Checkpointer:
                 if f"ema:{name}/{k}" not in weights:
                     raise ValueError(f"checkpoint {path} has no EMA of {name} ({k}): it was written without EMA; "
                                      "resume it with the settings it was started with, or start a new run folder")
-                ema.shadow[k] = weights[f"ema:{name}/{k}"].clone()
+                ema.shadow[k] = weights[f"ema:{name}/{k}"].to(ema.shadow[k].device, torch.float32)
         _optimizer_from_tensors(self.optimizer, load_file(str(path / "optimizer.safetensors")),
                                 json.loads((path / "optimizer.json").read_text()))
         return json.loads((path / "state.json").read_text())
@@ -211,6 +215,7 @@ class TrainingSteps:
         self.state = state or {}  # saved with the history in each checkpoint's state.json
         self.barrier = barrier  # all processes meet here before a checkpoint
         self.start, saved = resolve_resume(checkpointer, resume)
+        self.saved_state = saved  # what the resumed checkpoint recorded (its config among it); {} when new
         self.history: list[tuple[int, float]] = [tuple(x) for x in saved.get("history", [])]
         self.end = total if stop_at is None else min(stop_at, total)
         self.step_seconds: list[float] = []
@@ -371,6 +376,10 @@ class DacdTrainConfig:
     seed: int = 0
     mixed_precision: str = "no"
 
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no EMA, e.g. 0.999), got {self.ema_decay}")
+
 
 @dataclass
 class TrainingData:
@@ -512,6 +521,10 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
                           state={"config": _jsonable(asdict(cfg))}, barrier=accelerator.wait_for_everyone)
     if steps.start:
         log(f"resumed from {run_dir}/checkpoint-{steps.start}")
+    saved_decay = steps.saved_state.get("config", {}).get("ema_decay", 0.0)
+    if 0 < steps.start < steps.end and saved_decay != cfg.ema_decay:  # a finished run may be saved either way
+        raise ValueError(f"{run_dir} was trained with ema_decay {saved_decay}, not {cfg.ema_decay}: resume it with "
+                         f"--ema-decay {saved_decay}, or start a new run folder")
     if encoder is None:
         unet, opt = accelerator.prepare(unet, opt)
     else:

@@ -96,7 +96,7 @@ def test_dacd_ema_is_saved_resumes_and_leaves_training_alone(tmp_path):
         res = train_dacd(pipe, data, cfg, tmp_path / folder, progress=False, log=lambda *_: None, stop_at=stop_at)
         return pipe, res
 
-    ema_pipe, res = run("ema", 0.9)
+    ema_pipe, res = run("ema", 0.2)  # low enough that the decay, not the warm-up, sets the last steps
     plain_pipe, _ = run("plain", 0.0)
     assert res["finished"]
     saved = load_file(str(tmp_path / "ema" / "checkpoint-4" / "trainable.safetensors"))
@@ -104,7 +104,7 @@ def test_dacd_ema_is_saved_resumes_and_leaves_training_alone(tmp_path):
     assert final.keys() == plain.keys() and any(".lora_A." in k for k in final) and any(
         k.startswith("encoder/") for k in final)
     before = load_file(str(tmp_path / "ema" / "checkpoint-3" / "trainable.safetensors"))
-    d = min(0.9, (1 + 3) / (10 + 3))  # the last step's decay, in warm-up
+    d = min(0.2, (1 + 3) / (10 + 3))  # the last step's: the configured decay
     moved = 0
     for k, v in final.items():
         torch.testing.assert_close(saved[f"ema:{k}"], d * before[f"ema:{k}"] + (1 - d) * saved[k])  # tracks training
@@ -114,14 +114,22 @@ def test_dacd_ema_is_saved_resumes_and_leaves_training_alone(tmp_path):
     assert moved > len(final) // 2  # and the EMA is not the last step's weights
     assert "ema:unet/conv_in.weight" not in saved  # the frozen base is not averaged
 
-    _, res = run("killed", 0.9, stop_at=2)
+    _, res = run("killed", 0.2, stop_at=2)
     assert not res["finished"]
-    resumed, res = run("killed", 0.9)
+    with pytest.raises(ValueError, match="was trained with ema_decay 0.2"):  # an unfinished EMA run needs its EMA
+        run("killed", 0.0)
+    resumed, res = run("killed", 0.2)
     assert res["finished"]
     for k, v in _trainable(resumed).items():
         torch.testing.assert_close(v, final[k], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="without EMA"):  # a no-EMA run's checkpoint cannot resume with EMA
-        run("plain", 0.9)
+        run("plain", 0.2)
+    raw, res = run("ema", 0.0)  # a finished EMA run saved without it: its last step's weights
+    assert res["finished"]
+    for k, v in _trainable(raw).items():
+        torch.testing.assert_close(v, saved[k])
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        DacdTrainConfig(ema_decay=1.0)
 
 
 def test_balanced_weights():
