@@ -69,7 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--num-tokens", type=int, default=D.num_tokens)
     p.add_argument("--ema-decay", type=float, default=D.ema_decay,
                    help="save an exponential moving average of the LoRA and encoder weights (e.g. 0.999; "
-                        "0: the last step's weights); kept in each checkpoint, so a resumed run equals one run")
+                        "0: the last step's weights); kept in each checkpoint, so it resumes exactly")
     p.add_argument("--s-embedding", default=D.s_embedding, choices=["fourier", "linear"])
     p.add_argument("--confuser-prompts", action="store_true",
                    help="condition each image on the class it is most easily taken for, through its prompt "
