@@ -299,6 +299,10 @@ class Workbench(Explorer):
                 "checkpoint": self.name}
         if exact:
             used.update(max_tries=selection.max_tries, tolerance=selection.tolerance)
+        if calibrated:  # the curve holds at the settings it was fitted at ("" when they match)
+            used["calibration_differences"] = "; ".join(pipe.calibration_differences(
+                settings.guidance_scale, settings.difficulty_guidance_scale, settings.num_inference_steps,
+                settings.scheduler))
         return Generated(list(out.images), [c] * n, [s] * n, list(out.conditioning_s), measured.tolist(), pred, seeds,
                          used, out.tries.tolist() if exact else None, out.accepted.tolist() if exact else None)
 

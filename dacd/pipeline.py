@@ -18,6 +18,7 @@ import json
 import math
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from peft.utils import get_peft_model_state_dict
 
 from . import __version__
-from .calibration import Calibration, load_img2img_calibrations
+from .calibration import Calibration, CalibrationSettingsWarning, load_img2img_calibrations
 from .data import resolve_class
 from .defaults import LAYOUT, LIMITS, PROMPT_TEMPLATE, SAMPLING
 from .encoder import DifficultyEncoder
@@ -259,6 +260,18 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                              "(train/calibrate.py writes calibration.json into the dacd folder)")
         return [self.calibration.invert(c, s) for c, s in zip(labels, requested)]
 
+    def calibration_differences(self, guidance_scale, difficulty_guidance_scale, num_inference_steps,
+                                scheduler) -> list[str]:
+        """The sampling settings that differ from those the text-to-image curve was fitted at (empty
+        without a curve). The curve only holds at its own settings: calibrated sampling elsewhere
+        still runs, with a `CalibrationSettingsWarning`."""
+        if self.calibration is None:
+            return []
+        g_d = guidance_scale if difficulty_guidance_scale is None else difficulty_guidance_scale
+        return self.calibration.setting_differences(
+            steps=num_inference_steps, scheduler=scheduler, guidance_scale=guidance_scale,
+            difficulty_guidance_scale=g_d if self.has_difficulty else None)
+
     def guidance_contexts(self, prompts, labels, cond_s, guidance_scale, difficulty_guidance_scale,
                           difficulty_only, mode, device) -> tuple[list[torch.Tensor], float, float]:
         """The conditioning of each guidance branch and the two scales in effect.
@@ -364,6 +377,14 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             n = widen(n)
         labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
         cond_s = self.conditioning_difficulties(labels, requested, calibrated, *curve_args)
+        if calibrated and not curve_args:  # edits check their own curves' settings
+            diffs = self.calibration_differences(guidance_scale, difficulty_guidance_scale, num_inference_steps,
+                                                 scheduler)
+            if diffs:
+                warnings.warn("calibrated sampling at settings the calibration curve was not fitted at: "
+                              + ", ".join(diffs) + ". Measured difficulty may not match the request; sample "
+                              "at the curve's settings, or fit a curve at these (train/calibrate.py)",
+                              CalibrationSettingsWarning, stacklevel=3)
         device = self._execution_device
         sched = self.get_scheduler(scheduler)
         branches, g_t, g_d = self.guidance_contexts(prompts, labels, cond_s, guidance_scale,

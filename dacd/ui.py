@@ -434,6 +434,10 @@ def generate_tab(ex: Workbench, class_names: list[str]):
         warn = (f"⚠️ Only {near} real training images of {name} have s within ±{NEAR_WIDTH} of {s:.2f}: "
                 "the model is extrapolating here, take these images with care." if near < NEAR_MIN_COUNT else
                 f"{near} real training images of {name} lie within ±{NEAR_WIDTH} of s = {s:.2f}.")
+        if r.settings.get("calibration_differences"):
+            warn += ("\n\n⚠️ Calibrated at settings the calibration curve was not fitted at ("
+                     + r.settings["calibration_differences"] + "): the measured difficulty may not match "
+                     "the request. Reset those settings, or switch 'calibrated' off.")
         if r.tries is not None:
             warn += (f"\n\nExact difficulty: {sum(r.tries) / len(r.tries):.1f} tries per image on average (the cost: "
                      f"each try is one more generation); {sum(r.accepted)} of {len(r.accepted)} images within "

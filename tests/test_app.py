@@ -260,3 +260,36 @@ def test_exact_difficulty_selects_per_image_and_is_refused_without_a_scoring_cla
             (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
     with pytest.raises(ValueError, match=r"Exact difficulty needs the checkpoint's scoring classifier \(classifier/\)"):
         Workbench(root, data_dir=fake_fmnist).generate("Trouser", 0.3, 1, 0, steps=2, exact=True)
+
+
+def test_calibrated_generation_says_when_its_settings_are_not_the_curves(tiny_checkpoint, fake_fmnist, tmp_path):
+    import json
+    import shutil
+    import warnings
+
+    from dacd.calibration import Calibration, CalibrationSettingsWarning
+    from dacd.defaults import LAYOUT
+
+    root = tmp_path / "calibrated"
+    root.mkdir()
+    for item in tiny_checkpoint.iterdir():
+        if item.name != LAYOUT.dacd:
+            (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    src = (tiny_checkpoint / LAYOUT.dacd).resolve()
+    shutil.copytree(src, root / LAYOUT.dacd)
+    config = json.loads((src / "dacd_config.json").read_text())  # the copy names its base by absolute path
+    config["base"] = str((src / config["base"]).resolve())
+    (root / LAYOUT.dacd / "dacd_config.json").write_text(json.dumps(config))
+    meta = {"steps": 2, "scheduler": "dpm++", "guidance_scale": 3.0, "difficulty_guidance_scale": 3.0}
+    Calibration([0.0, 0.5, 1.0], {str(c): [0.1, 0.3, 0.6] for c in range(10)}, meta).save(root / LAYOUT.dacd)
+    ex = Workbench(root, data_dir=fake_fmnist)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationSettingsWarning)
+        same = ex.generate("Trouser", 0.3, 1, 7, steps=2, guidance_scale=3.0, difficulty_guidance_scale=3.0,
+                           calibrated=True)
+    assert same.settings["calibration_differences"] == "" and same.conditioning_s == pytest.approx([0.5])
+    with pytest.warns(CalibrationSettingsWarning):
+        other = ex.generate("Trouser", 0.3, 1, 7, steps=3, guidance_scale=3.0, difficulty_guidance_scale=6.0,
+                            calibrated=True)
+    assert other.settings["calibration_differences"] == "steps 3 (curve: 2); difficulty guidance 6 (curve: 3)"
+    assert "calibration_differences" not in ex.generate("Trouser", 0.3, 1, 7, steps=3).settings

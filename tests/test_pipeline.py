@@ -182,3 +182,29 @@ def test_concurrent_calls_give_the_images_of_calls_alone(pipe):
         together = list(pool.map(lambda job: run(pipe, **job).images, jobs * 2))
     for i, images in enumerate(together):
         np.testing.assert_array_equal(images, alone[i % 4])
+
+
+def test_calibrated_sampling_warns_at_settings_its_curve_was_not_fitted_at():
+    import warnings
+
+    from dacd.calibration import CalibrationSettingsWarning
+
+    p = dummy_pipeline()
+    meta = {"steps": 2, "scheduler": "dpm++", "guidance_scale": 5.0, "difficulty_guidance_scale": 8.0}
+    p.calibration = Calibration([0.0, 0.5, 1.0], {str(c): [0.0, 0.25, 0.5] for c in range(4)}, meta)
+    call = dict(class_labels=[1], difficulty=[0.3], calibrated=True, num_inference_steps=2, output_type="np")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationSettingsWarning)
+        p(**call)  # the curve's own settings: silent
+        p(**{**call, "calibrated": False, "difficulty_guidance_scale": 12.0})  # uncalibrated: no curve involved
+    for change, match in ((dict(difficulty_guidance_scale=12.0), r"difficulty guidance 12 \(curve: 8\)"),
+                          (dict(num_inference_steps=3), r"steps 3 \(curve: 2\)"),
+                          (dict(guidance_scale=2.0), r"fitted at: text guidance 2 \(curve: 5\)\. "),  # g_d still 8
+                          (dict(difficulty_guidance_scale=None), r"difficulty guidance 5 \(curve: 8\)"),
+                          (dict(scheduler="ddim"), r"scheduler ddim \(curve: dpm\+\+\)")):
+        with pytest.warns(CalibrationSettingsWarning, match=match):
+            out = p(**{**call, **change})
+        assert out.conditioning_difficulties == pytest.approx([0.6])  # still sampled, through the curve
+    assert Calibration([0.0, 1.0], {"0": [0.0, 1.0]}).setting_differences(steps=7) == []  # meta records nothing
+    with pytest.raises(ValueError, match="unknown sampling settings"):
+        p.calibration.setting_differences(eta=0.0)
