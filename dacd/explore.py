@@ -301,8 +301,8 @@ class Workbench(Explorer):
             used.update(max_tries=selection.max_tries, tolerance=selection.tolerance)
         if calibrated:  # the curve holds at the settings it was fitted at ("" when they match)
             used["calibration_differences"] = "; ".join(pipe.calibration_differences(
-                settings.guidance_scale, settings.difficulty_guidance_scale, settings.num_inference_steps,
-                settings.scheduler))
+                guidance_scale=settings.guidance_scale, difficulty_guidance_scale=settings.difficulty_guidance_scale,
+                num_inference_steps=settings.num_inference_steps, scheduler=settings.scheduler))
         return Generated(list(out.images), [c] * n, [s] * n, list(out.conditioning_s), measured.tolist(), pred, seeds,
                          used, out.tries.tolist() if exact else None, out.accepted.tolist() if exact else None)
 

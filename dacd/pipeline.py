@@ -260,17 +260,28 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                              "(train/calibrate.py writes calibration.json into the dacd folder)")
         return [self.calibration.invert(c, s) for c, s in zip(labels, requested)]
 
-    def calibration_differences(self, guidance_scale, difficulty_guidance_scale, num_inference_steps,
-                                scheduler) -> list[str]:
-        """The sampling settings that differ from those the text-to-image curve was fitted at (empty
-        without a curve). The curve only holds at its own settings: calibrated sampling elsewhere
-        still runs, with a `CalibrationSettingsWarning`."""
+    def calibration_differences(self, *, guidance_scale=SAMPLING.guidance_scale,
+                                difficulty_guidance_scale=SAMPLING.difficulty_guidance_scale,
+                                num_inference_steps=SAMPLING.num_inference_steps, scheduler=SAMPLING.scheduler,
+                                difficulty_only: bool = False) -> list[str]:
+        """The sampling settings that differ from those the text-to-image curve was fitted at, as
+        text (empty without a curve). The curve only holds at its own settings: calibrated sampling
+        elsewhere still runs, with a `CalibrationSettingsWarning` (a warning, not an error: nearby
+        settings give a usable if looser dial; edits refuse another step count, because there the
+        steps decide which part of the schedule is rerun)."""
         if self.calibration is None:
             return []
+        if scheduler is None:  # the pipeline's own scheduler, by its name here when it has one
+            scheduler = next((n for n, c in SCHEDULERS.items() if type(self.scheduler) is c),
+                             type(self.scheduler).__name__)
         g_d = guidance_scale if difficulty_guidance_scale is None else difficulty_guidance_scale
-        return self.calibration.setting_differences(
-            steps=num_inference_steps, scheduler=scheduler, guidance_scale=guidance_scale,
+        out = self.calibration.setting_differences(
+            steps=num_inference_steps, scheduler=scheduler,
+            guidance_scale=None if difficulty_only else guidance_scale,  # unused without the prompt
             difficulty_guidance_scale=g_d if self.has_difficulty else None)
+        if difficulty_only:
+            out.insert(0, "difficulty only (curve: with the class prompt)")
+        return out
 
     def guidance_contexts(self, prompts, labels, cond_s, guidance_scale, difficulty_guidance_scale,
                           difficulty_only, mode, device) -> tuple[list[torch.Tensor], float, float]:
@@ -377,14 +388,16 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             n = widen(n)
         labels, requested, prompts = self._broadcast(n, class_labels, difficulty, prompt, difficulty_only)
         cond_s = self.conditioning_difficulties(labels, requested, calibrated, *curve_args)
-        if calibrated and not curve_args:  # edits check their own curves' settings
-            diffs = self.calibration_differences(guidance_scale, difficulty_guidance_scale, num_inference_steps,
-                                                 scheduler)
-            if diffs:
+        if calibrated and not curve_args:  # edits use their own curves (and refuse another step count)
+            diffs = self.calibration_differences(guidance_scale=guidance_scale,
+                                                 difficulty_guidance_scale=difficulty_guidance_scale,
+                                                 num_inference_steps=num_inference_steps, scheduler=scheduler,
+                                                 difficulty_only=difficulty_only)
+            if diffs:  # stacklevel: _prepare_call <- __call__ <- torch.no_grad's wrapper <- the caller
                 warnings.warn("calibrated sampling at settings the calibration curve was not fitted at: "
                               + ", ".join(diffs) + ". Measured difficulty may not match the request; sample "
                               "at the curve's settings, or fit a curve at these (train/calibrate.py)",
-                              CalibrationSettingsWarning, stacklevel=3)
+                              CalibrationSettingsWarning, stacklevel=4)
         device = self._execution_device
         sched = self.get_scheduler(scheduler)
         branches, g_t, g_d = self.guidance_contexts(prompts, labels, cond_s, guidance_scale,

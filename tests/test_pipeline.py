@@ -6,7 +6,7 @@ import torch
 
 from dacd.calibration import Calibration
 from dacd.encoder import DifficultyEncoder
-from dacd.pipeline import DifficultyControlledPipeline
+from dacd.pipeline import SCHEDULERS, DifficultyControlledPipeline
 from dacd.tiny import TinySDConfig, build_components
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
@@ -202,9 +202,19 @@ def test_calibrated_sampling_warns_at_settings_its_curve_was_not_fitted_at():
                           (dict(guidance_scale=2.0), r"fitted at: text guidance 2 \(curve: 5\)\. "),  # g_d still 8
                           (dict(difficulty_guidance_scale=None), r"difficulty guidance 5 \(curve: 8\)"),
                           (dict(scheduler="ddim"), r"scheduler ddim \(curve: dpm\+\+\)")):
-        with pytest.warns(CalibrationSettingsWarning, match=match):
+        with pytest.warns(CalibrationSettingsWarning, match=match) as record:
             out = p(**{**call, **change})
         assert out.conditioning_difficulties == pytest.approx([0.6])  # still sampled, through the curve
+        assert [w.filename for w in record if w.category is CalibrationSettingsWarning] == [__file__]  # the caller
+    only = r"fitted at: difficulty only \(curve: with the class prompt\)\. "
+    with pytest.warns(CalibrationSettingsWarning, match=only):
+        p(**{**call, "difficulty_only": True, "guidance_scale": 2.0})  # text guidance unused: not named
+    p.scheduler = SCHEDULERS["ddim"].from_config(p.scheduler.config)  # scheduler=None: the pipeline's own
+    with pytest.warns(CalibrationSettingsWarning, match=r"scheduler ddim \(curve: dpm\+\+\)"):
+        p(**{**call, "scheduler": None})
+    base = dummy_pipeline(with_encoder=False)  # no encoder: the difficulty scale is not compared
+    base.calibration = p.calibration
+    assert base.calibration_differences(num_inference_steps=2, guidance_scale=5.0, difficulty_guidance_scale=3.0) == []
     assert Calibration([0.0, 1.0], {"0": [0.0, 1.0]}).setting_differences(steps=7) == []  # meta records nothing
     with pytest.raises(ValueError, match="unknown sampling settings"):
         p.calibration.setting_differences(eta=0.0)

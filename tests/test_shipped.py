@@ -58,7 +58,10 @@ def test_shipped_dacd_generates_and_calibrates():
     out = pipe([6, 6], [0.1, 0.9], num_inference_steps=3, output_type="np")
     assert out.images.shape == (2, 32, 32, 1)
     if pipe.calibration is not None:
-        cal = pipe([6], [0.4], calibrated=True, num_inference_steps=2, output_type="np")
+        from dacd.calibration import CalibrationSettingsWarning
+
+        with pytest.warns(CalibrationSettingsWarning, match=r"steps 2 \(curve: 15\)"):  # 2 steps: a quick check
+            cal = pipe([6], [0.4], calibrated=True, num_inference_steps=2, output_type="np")
         assert cal.conditioning_difficulties[0] == pytest.approx(pipe.calibration.invert(6, 0.4))
 
 
