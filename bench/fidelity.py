@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -105,7 +106,9 @@ def load_generator(folder: str | Path, class_names):
 
 
 def model_label(folder) -> str:
-    folder = Path(folder).resolve()
+    """parent/name of the folder as given (made absolute, links not followed: a linked folder keeps
+    the link's name, which is how two folders of one name are told apart)."""
+    folder = Path(os.path.abspath(folder))
     return f"{folder.parent.name}/{folder.name}"
 
 
@@ -163,6 +166,11 @@ def cas(images, labels, norm_images, test, args, cache: Path, class_names) -> li
 
 def main(argv=None):
     args = parse_args(argv)
+    labels = [model_label(f) for f in args.models]
+    same = sorted({x for x in labels if labels.count(x) > 1})
+    if same:  # checked before any work: the tables are keyed by these labels
+        raise SystemExit(f"bench/fidelity.py: several --models have the table label {', '.join(same)} (the "
+                         "folder's parent/name): pass folders whose parent/name differ, e.g. through a link")
     out = Path(args.out)
     default_out = Path(args.out).resolve() == (ROOT / "bench" / "results" / "fidelity").resolve()
     cache_root = Path(args.cache_dir or (ROOT / "runs" / "fidelity-cache" if default_out else out / "cache"))

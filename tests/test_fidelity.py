@@ -91,3 +91,17 @@ def test_candidate_bases_and_the_fidelity_bench(fake_fmnist, tiny_evaluator, tmp
     assert images.stat().st_mtime_ns == stamp
     pd.testing.assert_frame_equal(pd.read_csv(out / "fidelity.csv").drop(columns="seconds"),
                                   table.drop(columns="seconds"))
+
+
+def test_fidelity_refuses_two_models_of_one_label_before_any_work(tmp_path):
+    """Tables are keyed by parent/name: two folders of one label once crashed the run at its end,
+    after every image was made. A link keeps its own name, so it tells them apart."""
+    a, b = tmp_path / "a" / "ck" / "baseline", tmp_path / "b" / "ck" / "baseline"
+    out = tmp_path / "out"
+    proc = run_script("bench/fidelity.py", "--models", a, b, "--out", out, check=False, timeout=120)
+    assert proc.returncode != 0 and "several --models have the table label ck/baseline" in proc.stderr
+    assert not out.exists()  # refused before anything was written
+    (tmp_path / "first-base").symlink_to(tmp_path / "b" / "ck", target_is_directory=True)
+    proc = run_script("bench/fidelity.py", "--models", a, tmp_path / "first-base" / "baseline", "--out", out,
+                      "--data-dir", tmp_path / "no-data", check=False, timeout=120)
+    assert "several --models" not in proc.stderr  # labels differ: it goes on (and stops at the missing data)
