@@ -141,17 +141,12 @@ class Calibration:
         unknown = sorted(set(used) - set(FIT_SETTINGS))
         if unknown:
             raise ValueError(f"unknown sampling settings {unknown}; known: {', '.join(FIT_SETTINGS)}")
-        out = []
-        for key, name in FIT_SETTINGS.items():
-            fitted, now = self.meta.get(key), used.get(key)
-            if fitted is None or now is None:
-                continue
-            same = now == fitted if isinstance(fitted, str) or isinstance(now, str) else \
-                abs(float(now) - float(fitted)) < 1e-9
-            if not same:
-                out.append(f"{name} {now:g} (curve: {fitted:g})" if not isinstance(now, str) and
-                           not isinstance(fitted, str) else f"{name} {now} (curve: {fitted})")
-        return out
+        def text(v):  # 15 and 15.0 alike
+            return v if isinstance(v, str) else f"{float(v):g}"
+
+        return [f"{name} {text(used[key])} (curve: {text(self.meta[key])})" for key, name in FIT_SETTINGS.items()
+                if used.get(key) is not None and self.meta.get(key) is not None
+                and text(used[key]) != text(self.meta[key])]
 
     def forward(self, class_label: int, requested: float) -> float:
         x, y = self.curve(class_label)
