@@ -337,12 +337,24 @@ def confuser_caption_lists(template: str, class_names, labels, confusers, s, *, 
 
 # ---------------------------------------------------------------- sampling weights
 
-def balanced_weights(s: np.ndarray, power: float = 1.0, bins: int = 10) -> np.ndarray:
+def balanced_weights(s: np.ndarray, power: float = 1.0, bins: int = 10, groups: np.ndarray | None = None) -> np.ndarray:
     """Per-image sampling weights that flatten the distribution of s.
 
     `power=0` is uniform sampling; `power=1` gives every s-bin the same total weight.
+    With `groups` (e.g. class labels) the flattening happens within each group and every group
+    keeps its share of the images, so a class with few hard images is neither drawn less often
+    overall nor has its hard images drowned by the hard bins of other classes.
     """
     s = np.asarray(s, float)
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != s.shape:
+            raise ValueError(f"groups has shape {groups.shape}, s {s.shape}: one group per image")
+        w = np.zeros(len(s))
+        for g in np.unique(groups):
+            mine = groups == g
+            w[mine] = balanced_weights(s[mine], power, bins) * mine.mean()
+        return w / w.sum()
     if power == 0:
         return np.full(len(s), 1.0 / len(s))
     b = np.clip((s * bins).astype(int), 0, bins - 1)
@@ -367,6 +379,7 @@ class DacdTrainConfig:
     text_dropout: float = 0.1  # prompt -> empty prompt
     difficulty_dropout: float = 0.1  # all K tokens -> null-difficulty tokens
     balance_power: float = 0.5  # difficulty-balanced sampling (0 = uniform, 1 = flat over s-bins)
+    balance_per_class: bool = False  # flatten s within each class (each class keeps its share of draws)
     num_tokens: int = 4
     s_embedding: str = "fourier"
     no_difficulty: bool = False  # baseline: LoRA only
@@ -472,7 +485,8 @@ def _cache_inputs(pipe, data: TrainingData, cfg: DacdTrainConfig, device, progre
                        prompt_row=torch.tensor([row[p] for p in prompts]), empty_row=row[""],
                        labels=torch.as_tensor(np.asarray(data.labels, np.int64)),
                        s=torch.as_tensor(np.asarray(data.s, np.float32)),
-                       weights=balanced_weights(data.s, cfg.balance_power),
+                       weights=balanced_weights(data.s, cfg.balance_power,
+                                                groups=data.labels if cfg.balance_per_class else None),
                        scheduler=pipe.scheduler.__class__.from_config(pipe.scheduler.config))
 
 

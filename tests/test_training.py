@@ -143,6 +143,21 @@ def test_balanced_weights():
     assert half.sum() == pytest.approx(1.0) and uniform[8] < half[8] < flat[8]  # the rare image gains weight
 
 
+def test_balanced_weights_per_class_keeps_class_shares_and_lifts_a_rare_hard_class():
+    # class 0: 8 easy images and one hard; class 1: 3 easy and 3 hard (the hard bin is mostly class 1's)
+    s = np.array([0.01] * 8 + [0.95] + [0.02] * 3 + [0.9] * 3)
+    y = np.array([0] * 9 + [1] * 6)
+    flat_all = balanced_weights(s, power=1)
+    per_class = balanced_weights(s, power=1, groups=y)
+    assert per_class.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose([per_class[y == 0].sum(), per_class[y == 1].sum()], [9 / 15, 6 / 15])
+    np.testing.assert_allclose(per_class[8], per_class[y == 0][:8].sum())  # class 0: its one hard image = its easy bin
+    assert per_class[8] > flat_all[8]  # over all images the hard bin is shared with class 1's three
+    np.testing.assert_allclose(balanced_weights(s, power=0, groups=y), np.full(len(s), 1 / len(s)))
+    with pytest.raises(ValueError, match="one group per image"):
+        balanced_weights(s, power=1, groups=y[:-1])
+
+
 def test_ema_warmup_decay_and_copy_to():
     net = nn.Linear(2, 2)
     old = {k: p.detach().clone() for k, p in net.named_parameters()}

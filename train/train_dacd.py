@@ -66,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--difficulty-dropout", type=float, default=D.difficulty_dropout)
     p.add_argument("--balance-power", type=float, default=D.balance_power,
                    help="difficulty-balanced sampling: 0 uniform, 1 flat over s bins")
+    p.add_argument("--balance-per-class", action="store_true",
+                   help="balance s within each class (each class keeps its share of draws) instead of over all "
+                        "images, where classes with few hard images are drawn less and their hard images rarely")
     p.add_argument("--num-tokens", type=int, default=D.num_tokens)
     p.add_argument("--ema-decay", type=float, default=D.ema_decay,
                    help="save an exponential moving average of the LoRA and encoder weights (e.g. 0.999; "
@@ -147,7 +150,8 @@ def main(argv=None):
         max_train_steps=args.max_train_steps, batch_size=args.train_batch_size, lora_rank=args.rank,
         lora_alpha=args.alpha, lora_targets=tuple(args.lora_targets), lr=args.learning_rate,
         encoder_lr=args.encoder_lr, warmup_steps=args.lr_warmup_steps, text_dropout=args.text_dropout,
-        difficulty_dropout=args.difficulty_dropout, balance_power=args.balance_power, num_tokens=args.num_tokens,
+        difficulty_dropout=args.difficulty_dropout, balance_power=args.balance_power,
+        balance_per_class=args.balance_per_class, num_tokens=args.num_tokens,
         s_embedding=args.s_embedding, no_difficulty=args.no_difficulty, ema_decay=args.ema_decay,
         checkpointing_steps=args.checkpointing_steps,
         seed=args.seed, mixed_precision=args.mixed_precision)
