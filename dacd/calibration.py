@@ -31,6 +31,10 @@ FIT_SETTINGS = {"steps": "steps", "scheduler": "scheduler", "guidance_scale": "t
                 "difficulty_guidance_scale": "difficulty guidance"}
 
 
+# a class whose curve spans less measured s than this is reported as flat (train/calibrate.py)
+FLAT_SPAN = 0.2
+
+
 class CalibrationSettingsWarning(UserWarning):
     """Calibrated sampling at settings other than those its curve was fitted at."""
 
@@ -133,6 +137,24 @@ class Calibration:
         # np.interp needs strictly increasing xp: drop flat steps, keep their first point.
         keep = np.concatenate([[True], np.diff(y) > 1e-9])
         return float(np.interp(target, y[keep], x[keep]))
+
+    def reach(self, class_label: int) -> tuple[float, float]:
+        """The lowest and highest mean measured s the curve reaches for a class: calibrated
+        requests outside them are clipped to the grid's ends."""
+        _, y = self.curve(class_label)
+        return float(y[0]), float(y[-1])
+
+    def flat_classes(self, min_span: float = FLAT_SPAN) -> dict[int, tuple[float, float]]:
+        """Classes whose curve spans less than `min_span` of measured s (class -> its reach): the
+        dial barely moves them, so their calibrated images measure about the same at every request.
+        Seen in weak training runs of rare-end classes (bench/results/controllability-spread: a
+        Trouser curve of 0.88-0.95 and a Bag curve of 0.00-0.09, where good runs span 0.4-0.9)."""
+        out = {}
+        for key in sorted(self.measured, key=int):
+            lo, hi = self.reach(int(key))
+            if hi - lo < min_span:
+                out[int(key)] = (lo, hi)
+        return out
 
     def setting_differences(self, **used) -> list[str]:
         """The sampling settings in `used` (keys of `FIT_SETTINGS`) that differ from those the curve

@@ -85,6 +85,22 @@ def test_calibration_inverts_a_monotone_curve(tmp_path):
         Calibration.load(tmp_path)
 
 
+def test_calibration_names_the_classes_whose_dial_is_flat(capsys):
+    # class 0 moves from 0.05 to 0.9; class 1 stays near 0.9 (a weak run's Trouser); class 2 dips, then rises
+    cal = Calibration([0.1, 0.5, 0.9], {"0": [0.05, 0.4, 0.9], "1": [0.88, 0.9, 0.95], "2": [0.3, 0.1, 0.45]})
+    assert cal.reach(0) == pytest.approx((0.05, 0.9))
+    assert cal.reach(2) == pytest.approx((0.3, 0.45))  # the running max: the dip does not count as reach
+    assert cal.flat_classes() == {1: pytest.approx((0.88, 0.95)), 2: pytest.approx((0.3, 0.45))}
+    assert cal.flat_classes(min_span=0.1) == {1: pytest.approx((0.88, 0.95))}
+    calibrate = load_module(ROOT / "train" / "calibrate.py")
+    calibrate.report_reach(cal, ["Shirt", "Trouser", "Bag"])
+    out = capsys.readouterr().out
+    assert "Shirt 0.05-0.90, Trouser 0.88-0.95, Bag 0.30-0.45" in out
+    assert "barely moves Trouser, Bag" in out and "Shirt" not in out.split("barely moves")[1]
+    calibrate.report_reach(Calibration([0.1, 0.9], {"0": [0.0, 0.8]}), ["Shirt"])
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_isotonic_calibration_fits_least_squares_and_inverts_between_run_centres():
     raw = [0.1, 0.5, 0.3, 0.6, 0.9]  # one violator: 0.5 then 0.3
     cal = Calibration([0.0, 0.25, 0.5, 0.75, 1.0], {"0": raw}, meta={"monotone": "isotonic"})

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dacd.calibration import CALIBRATION_NAME, MONOTONE_RULES, Calibration, img2img_calibration_name
+from dacd.calibration import CALIBRATION_NAME, FLAT_SPAN, MONOTONE_RULES, Calibration, img2img_calibration_name
 from dacd.classifier import Classifier
 from dacd.data import load_dataset
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, SAMPLING
@@ -130,7 +130,21 @@ def main(argv=None):
     calib = Calibration.fit(measured_curve_rows(scorer, images, rows), meta=meta)
     path = calib.save(args.out or args.model, **({"name": name} if name else {}))
     print(f"wrote {path}")
+    report_reach(calib, list(pipe.class_names))
     return 0
+
+
+def report_reach(calib: Calibration, class_names: list[str]) -> None:
+    """Print the measured s each class's dial reaches, and name the classes it barely moves."""
+    print("measured s the dial reaches (lowest-highest mean of a grid cell): " + ", ".join(
+        f"{class_names[c]} {lo:.2f}-{hi:.2f}" for c in range(len(class_names)) for lo, hi in [calib.reach(c)]))
+    flat = calib.flat_classes()
+    if flat:
+        print(f"warning: the dial barely moves {', '.join(class_names[c] for c in flat)} (a span under "
+              f"{FLAT_SPAN:g} of measured s): calibrated images of {'this class' if len(flat) == 1 else 'these classes'} "
+              "measure about the same at every request. The curve is saved as fitted; a model trained with "
+              "another --seed or with --balance-per-class may move them (bench/results/controllability-spread, "
+              "controllability-classbalance)")
 
 
 if __name__ == "__main__":
