@@ -60,7 +60,8 @@ DISPLAY_SCALE = 5  # 32 px -> 160 px, nearest-neighbour: pixels stay crisp
 THEME = "soft"
 # Galleries: thumbnails of at least 144 px in as many columns as fit, each caption under its image
 # in full (wrapped, never cut or over the image), room above for the gallery's label, no reserved
-# blank height.
+# blank height. On a phone the sweep grid keeps 680 px and scrolls sideways: squeezed to the
+# screen its 8 columns of headers could not be read.
 CSS = """
 .dacd-gallery img { image-rendering: pixelated; }
 .dacd-gallery .grid-wrap { overflow: visible !important; height: auto !important; max-height: none !important;
@@ -76,6 +77,11 @@ CSS = """
   white-space: normal !important; overflow: visible !important; text-overflow: clip !important; opacity: 1 !important;
   border: none !important; border-radius: 0 !important; line-height: 1.3; overflow-wrap: anywhere; }
 .dacd-note { font-size: 0.95em; }
+@media (max-width: 720px) {
+  #sweep-grid .image-container { overflow-x: auto !important; }
+  #sweep-grid .image-frame { justify-content: flex-start !important; width: max-content !important; }
+  #sweep-grid .image-frame img { width: 680px !important; max-width: none !important; height: auto !important; }
+}
 """
 
 
@@ -489,7 +495,7 @@ def generate_tab(ex: Workbench, class_names: list[str]):
                                      elem_id="generate-gallery", elem_classes="dacd-gallery", allow_preview=False)
                 warn = gr.Markdown(label="real images near this s", elem_id="generate-warning")
                 with gr.Row():
-                    hist = gr.Plot(label="measured s", min_width=280)
+                    hist = gr.Plot(label="measured s", min_width=280, elem_id="generate-hist")
                     with gr.Column(min_width=200):
                         used_seed = gr.Number(label="seed used (reusable)", precision=0, interactive=False)
                         export_btn = gr.Button("Export images + manifest (zip)")
