@@ -39,7 +39,7 @@ for name, folders in src.items():
     arm = name.split(",")[0]
     arms.setdefault(arm, []).append(mean(sp))
     arms_seed1.setdefault(arm, []).append(sp[0])
-    seeds = "" if len(runs) == 3 else f" (judge seeds 1-{len(runs)} only)"
+    seeds = "" if len(runs) == 3 else " (judge seed 1 only)" if len(runs) == 1 else f" (judge seeds 1-{len(runs)} only)"
     print(f"| {name}{seeds} | {', '.join(f'{x:.3f}' for x in sp)} | {mean(sp):.3f} "
           f"| {mean([r['dacd']['mae'] for r in runs]):.3f} "
           f"| {100 * mean([r['medium_band_share']['dacd'] for r in runs]):.1f}% "
