@@ -139,8 +139,8 @@ class Calibration:
         return float(np.interp(target, y[keep], x[keep]))
 
     def reach(self, class_label: int) -> tuple[float, float]:
-        """The lowest and highest mean measured s the curve reaches for a class: calibrated
-        requests outside them are clipped to the grid's ends."""
+        """The measured s at the first and last knot of a class's (non-decreasing) curve, the range
+        calibrated requests can reach: requests outside it are clipped to those knots."""
         _, y = self.curve(class_label)
         return float(y[0]), float(y[-1])
 
@@ -152,7 +152,7 @@ class Calibration:
         out = {}
         for key in sorted(self.measured, key=int):
             lo, hi = self.reach(int(key))
-            if hi - lo < min_span:
+            if not hi - lo >= min_span:  # a NaN mean counts as flat
                 out[int(key)] = (lo, hi)
         return out
 

@@ -79,6 +79,7 @@ CSS = """
 .dacd-note { font-size: 0.95em; }
 @media (max-width: 720px) {
   #sweep-grid .image-container { overflow-x: auto !important; }
+  #sweep-grid .image-container button { justify-content: flex-start !important; }
   #sweep-grid .image-frame { justify-content: flex-start !important; width: max-content !important; }
   #sweep-grid .image-frame img { width: 680px !important; max-width: none !important; height: auto !important; }
 }

@@ -31,6 +31,7 @@ goes to calibration-img2img-strength<S>.json: edits at that strength and the sam
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -91,6 +92,10 @@ def merge(args) -> int:
     path = calib.save(args.out or args.model, name=name)
     print(f"wrote {path} ({calib.meta.get('n_per_cell', 'unrecorded')} images per cell from {len(curves)} "
           f"curves, monotone {calib.monotone})")
+    config = Path(args.model) / LAYOUT.dacd_config  # class names for the report, when the model folder has them
+    names = json.loads(config.read_text()).get("class_names") if config.is_file() else None
+    report_reach(calib, names if names and len(names) == len(calib.measured)
+                 else [str(c) for c in sorted(map(int, calib.measured))])
     return 0
 
 
@@ -135,16 +140,21 @@ def main(argv=None):
 
 
 def report_reach(calib: Calibration, class_names: list[str]) -> None:
-    """Print the measured s each class's dial reaches, and name the classes it barely moves."""
-    print("measured s the dial reaches (lowest-highest mean of a grid cell): " + ", ".join(
+    """Print the measured s each class's dial reaches (the curve's first and last knots), and name
+    the classes it barely moves."""
+    print("measured s the dial reaches (the curve's first-last knot): " + ", ".join(
         f"{class_names[c]} {lo:.2f}-{hi:.2f}" for c in range(len(class_names)) for lo, hi in [calib.reach(c)]))
     flat = calib.flat_classes()
     if flat:
+        edits = calib.meta.get("img2img_strength") is not None
         print(f"warning: the dial barely moves {', '.join(class_names[c] for c in flat)} (a span under "
-              f"{FLAT_SPAN:g} of measured s): calibrated images of {'this class' if len(flat) == 1 else 'these classes'} "
-              "measure about the same at every request. The curve is saved as fitted; a model trained with "
-              "another --seed or with --balance-per-class may move them (bench/results/controllability-spread, "
-              "controllability-classbalance)")
+              f"{FLAT_SPAN:g} of measured s): calibrated {'edits' if edits else 'images'} of "
+              f"{'this class' if len(flat) == 1 else 'these classes'} measure about the same at every request. The "
+              "curve is saved as fitted; " + ("a higher --img2img-strength moves edits further (bench/edits.py)"
+                                              if edits else
+                                              "a model trained with another --seed or with --balance-per-class may "
+                                              "move them (bench/results/controllability-spread, "
+                                              "controllability-classbalance)"))
 
 
 if __name__ == "__main__":
