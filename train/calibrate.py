@@ -152,9 +152,9 @@ def report_reach(calib: Calibration, class_names: list[str]) -> None:
               f"{'this class' if len(flat) == 1 else 'these classes'} measure about the same at every request. The "
               "curve is saved as fitted; " + ("a higher --img2img-strength moves edits further (bench/edits.py)"
                                               if edits else
-                                              "a model trained with another --seed or with --balance-per-class may "
-                                              "move them (bench/results/controllability-spread, "
-                                              "controllability-classbalance)"))
+                                              "this is how weak training runs fail, and a run with another --seed "
+                                              "may move them (--balance-per-class did not prevent it: "
+                                              "bench/results/controllability-spread, controllability-classbalance)"))
 
 
 if __name__ == "__main__":
