@@ -68,7 +68,8 @@ def parse_args(argv=None):
                    help="difficulty-balanced sampling: 0 uniform, 1 flat over s bins")
     p.add_argument("--balance-per-class", action="store_true",
                    help="balance s within each class (each class keeps its share of draws) instead of over all "
-                        "images, where classes with few hard images are drawn less and their hard images rarely")
+                        "images, where classes with few hard images are drawn less and their hard images rarely "
+                        "(on the v chain it did not steady the dial: bench/results/controllability-classbalance)")
     p.add_argument("--num-tokens", type=int, default=D.num_tokens)
     p.add_argument("--ema-decay", type=float, default=D.ema_decay,
                    help="save an exponential moving average of the LoRA and encoder weights (e.g. 0.999; "
