@@ -12,7 +12,8 @@ src = {"global balance, training seed 0 (shipped)": ("bench/results/mupool-v/pro
        "global balance, training seed 1": (f"{HERE}/probe-v-s1", "v-s1-umupool12-50-c3"),
        "global balance, training seed 2": (f"{HERE}/probe-v-s2", "v-s2-umupool12-50-c3"),
        **{f"per-class balance, training seed {k}": (f"{HERE}/probe-vc-s{k}", f"vc-s{k}-umupool12-50-c3")
-          for k in (0, 1, 2)}}
+          for k in (0, 1, 2)},
+       "flat balance (power 1), training seed 0": (f"{HERE}/probe-vf-s0", "vf-s0-umupool12-50-c3")}
 print("| 12x unguided pool at the plan, 500-row probe | medium-band share | x real ceiling | evaluator accuracy |")
 print("|---|---|---|---|")
 arms = {}
