@@ -149,7 +149,7 @@ class Calibration:
         dial barely moves them, so their calibrated images measure about the same at every request.
         Seen in weak training runs of rare-end classes (bench/results/controllability-spread: a
         Trouser curve of 0.88-0.95 and a Bag curve of 0.00-0.09, where every class of the shipped run
-        spans at least 0.35: bench/results/controllability-classbalance/reach.md)."""
+        spans at least 0.35; both printed by bench/results/controllability-classbalance/reach.py)."""
         out = {}
         for key in sorted(self.measured, key=int):
             lo, hi = self.reach(int(key))
