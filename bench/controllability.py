@@ -82,6 +82,14 @@ def main(argv=None):
     if args.baseline and Path(args.baseline).is_dir():
         baseline = DifficultyControlledPipeline.from_pretrained(args.baseline)
         baseline.set_progress_bar_config(disable=True)
+    if args.calibrated:
+        curve = Calibration.load(args.model)
+        if curve is None:
+            raise SystemExit(f"{args.model} has no {LAYOUT.calibration}: fit one with train/calibrate.py --model {args.model}")
+        fitters = curve.meta.get("committee") or [curve.meta.get("measured_by")]
+        if Path(args.evaluator).name in fitters:
+            raise SystemExit(f"the calibration curve of {args.model} was fitted with {Path(args.evaluator).name}, the "
+                             "evaluator that judges it: refit it with train/calibrate.py without that classifier")
     evaluator = Classifier.from_pretrained(args.evaluator)
     names = list(pipe.class_names)
     classes = (None if not args.classes else

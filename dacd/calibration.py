@@ -176,6 +176,7 @@ class Calibration:
         return float(np.interp(requested, x, y))
 
     def save(self, folder: str | Path, name: str = CALIBRATION_NAME) -> Path:
+        Path(folder).mkdir(parents=True, exist_ok=True)  # e.g. train/calibrate.py --out runs/cal-seed2
         path = Path(folder) / name
         path.write_text(json.dumps({"requested": list(map(float, self.requested)),
                                     "measured": {k: list(map(float, v)) for k, v in self.measured.items()},

@@ -187,18 +187,49 @@ def test_calibrate_stage_fits_every_class(tiny_dacd, tiny_scores, tmp_path):
     assert cal.meta["n_per_cell"] == 2 and cal.meta["measured_by"] == "classifier"
 
 
-@pytest.mark.slow
-def test_calibrate_img2img_curve_loads_for_edits_at_its_strength(tiny_dacd, tiny_scores, fake_fmnist, tmp_path):
+def copy_dacd(src, dest):
+    """A copy of a dacd folder whose base is the original's, by absolute path."""
     import shutil
 
+    shutil.copytree(src, dest)
+    cfg = dest / "dacd_config.json"
+    d = json.loads(cfg.read_text())
+    d["base"] = str((src / d["base"]).resolve())
+    cfg.write_text(json.dumps(d))
+    return dest
+
+
+@pytest.mark.slow
+def test_calibrate_committee_curve_is_the_mean_of_its_members_curves(tiny_dacd, tiny_checkpoint, tmp_path):
+    import shutil
+
+    calibrate = load_module(ROOT / "train" / "calibrate.py")
+    a, b = tiny_checkpoint / "classifier", tmp_path / "classifier-b"
+    shutil.copytree(tiny_checkpoint / "evaluator", b)  # another architecture's weights, under a member's name
+    common = ["--model", str(tiny_dacd), "--n", "2", "--steps", "2", "--no-progress"]
+    for name, extra in (("a", ["--scorer", str(a)]), ("b", ["--scorer", str(b)]),
+                        ("ab", ["--committee", str(a), str(b)])):
+        assert calibrate.main([*common, *extra, "--out", str(tmp_path / name)]) == 0
+    one, two, both = (Calibration.load(tmp_path / k) for k in ("a", "b", "ab"))
+    assert one.measured != two.measured  # the members disagree, so the mean is a real test
+    for c in both.measured:  # the same images (same seed), so the cell means average
+        assert both.measured[c] == pytest.approx((np.array(one.measured[c]) + np.array(two.measured[c])) / 2)
+    assert both.meta["committee"] == ["classifier", "classifier-b"] and "committee mean" in both.meta["measured_by"]
+    with pytest.raises(SystemExit, match="evaluation classifier"):  # the judge never fits the curve
+        calibrate.main([*common, "--committee", str(a), str(tiny_checkpoint / "evaluator"), "--out", str(tmp_path)])
+    model = copy_dacd(tiny_dacd, tmp_path / "dacd")  # bench/controllability.py refuses a curve its judge fitted
+    Calibration(both.requested, both.measured, {**both.meta, "committee": ["classifier", "evaluator"]}).save(model)
+    controllability = load_module(ROOT / "bench" / "controllability.py")
+    with pytest.raises(SystemExit, match="fitted with evaluator, the evaluator that judges it"):
+        controllability.main(["--calibrated", "--model", str(model), "--evaluator", str(tiny_checkpoint / "evaluator"),
+                              "--baseline", "", "--out", str(tmp_path / "ctrl")])
+
+
+@pytest.mark.slow
+def test_calibrate_img2img_curve_loads_for_edits_at_its_strength(tiny_dacd, tiny_scores, fake_fmnist, tmp_path):
     from dacd.img2img import DifficultyControlledImg2ImgPipeline
 
-    model = tmp_path / "dacd"
-    shutil.copytree(tiny_dacd, model)
-    cfg = model / "dacd_config.json"  # the copy's base: the original's, by absolute path
-    d = json.loads(cfg.read_text())
-    d["base"] = str((tiny_dacd / d["base"]).resolve())
-    cfg.write_text(json.dumps(d))
+    model = copy_dacd(tiny_dacd, tmp_path / "dacd")
     run_script("train/calibrate.py", "--model", model, "--scorer", tiny_scores / "classifier", "--n", "2",
                "--steps", "4", "--img2img-strength", "0.5", "--data-dir", fake_fmnist, "--no-progress")
     assert (model / "calibration-img2img-strength0.5.json").is_file()

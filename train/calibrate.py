@@ -12,6 +12,12 @@ classifier that did not fit it. A stage of `make checkpoints`.
 
     python train/calibrate.py --img2img-strength 0.5            # the curve for edits of real images
 
+    C=checkpoints/fashion-mnist
+    python train/calibrate.py --committee $C/classifier $C/classifier-2 $C/classifier-3   # a committee's mean s
+
+A committee curve aims calibrated requests at the mean s of several scoring classifiers, not at the
+one that defines s: what it buys is measured in bench/results/controllability-committee-cal.
+
 Curves are noisy at 20 images a cell; two ways to steady them, neither generating anew:
 
     python train/calibrate.py --seed 2 --out runs/cal-seed2           # a second grid (other noise)
@@ -41,7 +47,8 @@ from dacd.calibration import CALIBRATION_NAME, FLAT_SPAN, MONOTONE_RULES, Calibr
 from dacd.classifier import Classifier
 from dacd.data import load_dataset
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, SAMPLING
-from dacd.evaluation import generate_rows, grid_rows, measured_curve_rows
+from dacd.evaluation import generate_rows, grid_rows
+from dacd.generation import committee_scores
 from dacd.img2img import DifficultyControlledImg2ImgPipeline
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
@@ -52,6 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--model", default=str(EMBEDDED_CHECKPOINT / LAYOUT.dacd))
     p.add_argument("--scorer", default=str(EMBEDDED_CHECKPOINT / LAYOUT.classifier),
                    help="the classifier that defines s (the scoring classifier)")
+    p.add_argument("--committee", nargs="+", default=None, metavar="CLASSIFIER",
+                   help="fit the curve to the mean s of these classifiers (e.g. classifier, classifier-2, "
+                        "classifier-3) instead of --scorer alone; never the evaluation classifier, which judges "
+                        "the curve (bench/controllability.py refuses a curve it fitted)")
     p.add_argument("--n", type=int, default=20, help="images per (class, requested-s) cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=SAMPLING.num_inference_steps)
@@ -111,10 +122,17 @@ def main(argv=None):
     pipe.set_progress_bar_config(disable=True)
     if not pipe.has_difficulty:
         raise SystemExit(f"{args.model} has no difficulty encoder: only a dacd model has a calibration curve")
-    scorer = Classifier.from_pretrained(args.scorer)
+    members = args.committee or [args.scorer]
+    judge = [m for m in members if Path(m).name == LAYOUT.evaluator]
+    if judge:
+        raise SystemExit(f"{', '.join(judge)} is the evaluation classifier, which judges calibrated sampling "
+                         "(bench/controllability.py): fit the curve with the scoring classifier and its committee")
+    scorers = [Classifier.from_pretrained(m) for m in members]
     settings = SamplingSettings(args.steps, args.scheduler, args.guidance, args.difficulty_guidance)
     rows = grid_rows(list(range(pipe.num_classes)), args.n, args.seed)
-    meta = {"measured_by": Path(args.scorer).name, "n_per_cell": args.n, "steps": args.steps,
+    names = [Path(m).name for m in members]
+    meta = {"measured_by": names[0] if len(names) == 1 else "committee mean of " + ", ".join(names),
+            **({"committee": names} if args.committee else {}), "n_per_cell": args.n, "steps": args.steps,
             "scheduler": args.scheduler, "guidance_scale": args.guidance,
             "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed,
             "monotone": args.monotone or "running-max"}
@@ -132,7 +150,8 @@ def main(argv=None):
         name = img2img_calibration_name(args.img2img_strength)
     images = generate_rows(pipe, rows, settings, batch_size=args.batch_size, progress=not args.no_progress,
                            desc="calibration grid", **extra)
-    calib = Calibration.fit(measured_curve_rows(scorer, images, rows), meta=meta)
+    s, _ = committee_scores(scorers, images, rows.label.to_numpy())  # one member: its own s
+    calib = Calibration.fit(rows.assign(measured_s=s), meta=meta)
     path = calib.save(args.out or args.model, **({"name": name} if name else {}))
     print(f"wrote {path}")
     report_reach(calib, list(pipe.class_names))
