@@ -7,6 +7,10 @@ gradient of (s - s_target)^2 before the scheduler step (the model output is rewr
 the moved x0, so any scheduler that works on alphas_cumprod takes it as is). Later steps run
 unguided and clean up what the gradient left.
 
+`scorer` may be a committee (a tuple of classifiers): s is then the mean of the members' s, the
+measure pooled selection matches with, and the gradient is that mean's (an ensemble's gradient
+transfers to other classifiers more than one model's does).
+
 The step is normalised per image: x0 <- x0 - scale * (s - s_target) * g / rms(g), g = ds/dx0, so
 `scale` is in the units of the scaled latents, which have about unit spread (0.5 moves an image
 whose s is 0.4 off its target by 0.2 rms), whatever the steepness of the classifier.
@@ -38,15 +42,20 @@ class FeedbackError(ValueError):
 
 @dataclass(frozen=True)
 class FeedbackGuidance:
-    """`scorer`: a `dacd.classifier.Classifier` (float images in [0, 1], the pipeline's channels);
+    """`scorer`: a `dacd.classifier.Classifier` (float images in [0, 1], the pipeline's channels), or
+    a tuple of them (a committee: their mean s steers);
     `scale`: the step on x0, in latent rms per unit of difficulty error; `steps`: how many of the
     first denoising steps are steered (the rest run as usual)."""
 
-    scorer: nn.Module
+    scorer: nn.Module | tuple[nn.Module, ...]
     scale: float = 0.5
     steps: int = 5
 
     def __post_init__(self):
+        if isinstance(self.scorer, (tuple, list)):
+            if not self.scorer:
+                raise FeedbackError("a feedback committee needs at least one classifier")
+            object.__setattr__(self, "scorer", tuple(self.scorer))
         if not (isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
                 and torch.isfinite(torch.tensor(float(self.scale))) and self.scale >= 0):
             raise FeedbackError(f"feedback scale must be a finite number >= 0, got {self.scale!r}")
@@ -67,18 +76,22 @@ class FeedbackGuidance:
         if odd or str(sched.config.get("variance_type", "")).startswith("learned"):
             raise FeedbackError(f"feedback guidance needs the scheduler's own alphas_cumprod noise levels; this one "
                                 f"sets {odd or 'a learned variance'}")
-        n_cls = getattr(getattr(self.scorer, "config", None), "num_classes", None)
-        if n_cls is not None and n_cls != len(pipe.class_names):
-            raise FeedbackError(f"the feedback classifier knows {n_cls} classes, the model {len(pipe.class_names)}")
+        for member in self.members:
+            n_cls = getattr(getattr(member, "config", None), "num_classes", None)
+            if n_cls is not None and n_cls != len(pipe.class_names):
+                raise FeedbackError(f"the feedback classifier knows {n_cls} classes, the model {len(pipe.class_names)}")
         return kind
+
+    @property
+    def members(self) -> tuple[nn.Module, ...]:
+        """The classifiers whose mean s steers (one, or a committee)."""
+        return self.scorer if isinstance(self.scorer, tuple) else (self.scorer,)
 
     def hook(self, pipe, sched, labels, targets):
         """A per-step function `(i, t, latents, model_output) -> model_output` for `pipe.denoise`."""
         kind = self.check(pipe, sched)
-        scorer = self.scorer
-        w = next(scorer.parameters())  # the scorer may sit on another device or dtype than the pipeline
-        y = torch.as_tensor(labels, device=w.device)
-        target = torch.as_tensor(targets, dtype=torch.float32, device=w.device)
+        members = self.members
+        target = torch.as_tensor(targets, dtype=torch.float32)
         alphas = sched.alphas_cumprod.double()
         sf = pipe.vae.config.scaling_factor
 
@@ -89,19 +102,25 @@ class FeedbackGuidance:
             sa, so = a ** 0.5, (1 - a) ** 0.5
             lat, o = latents.float(), out.float()  # float32 arithmetic: dividing by sqrt(a) magnifies fp16 rounding
             x0 = (lat - so * o) / sa if kind == "epsilon" else sa * lat - so * o
-            was_training = scorer.training
-            scorer.eval()
+            was_training = [m.training for m in members]
+            for m in members:
+                m.eval()
             try:
                 with torch.enable_grad():
                     x = x0.detach().requires_grad_(True)
-                    img = pipe.vae.decode(x.to(pipe.vae.dtype) / sf, return_dict=False)[0].float() / 2 + 0.5
-                    p = torch.softmax(scorer(img.clamp(0, 1).to(w.device, w.dtype)).float(), -1)
-                    s = 1 - p[torch.arange(len(y), device=w.device), y]
+                    img = (pipe.vae.decode(x.to(pipe.vae.dtype) / sf, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
+                    s = 0.0
+                    for m in members:  # each member may sit on another device or dtype than the pipeline
+                        w = next(m.parameters())
+                        p = torch.softmax(m(img.to(w.device, w.dtype)).float(), -1)
+                        y = torch.as_tensor(labels, device=w.device)
+                        s = s + (1 - p[torch.arange(len(y), device=w.device), y]).to(x.device) / len(members)
                     (grad,) = torch.autograd.grad(s.sum(), x)  # images are independent: per-image ds/dx0
             finally:
-                scorer.train(was_training)
+                for m, was in zip(members, was_training):
+                    m.train(was)
             rms = grad.pow(2).mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt().clamp_min(1e-12)
-            err = (s.detach() - target).to(grad.device).view(-1, *[1] * (grad.ndim - 1))
+            err = (s.detach() - target.to(grad.device)).view(-1, *[1] * (grad.ndim - 1))
             x0 = x0 - self.scale * err * grad / rms
             # the output that the moved x0 implies at this x_t
             new = (lat - sa * x0) / so if kind == "epsilon" else (sa * lat - x0) / so

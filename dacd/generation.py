@@ -452,7 +452,7 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
         if path.is_file():
             old = _with_model_recorded(json.loads(path.read_text()))
             keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot", "anchoring",
-                    "pooling", "pool")
+                    "feedback", "pooling", "pool")
             if any(old.get(k) != config.get(k) for k in keys):
                 # every setting that differs, not only the ones that decide (the plan fingerprint alone
                 # would not say that --mu changed)
@@ -947,7 +947,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                         anchoring: Anchoring | None = None, anchors=None,
                         pool_difficulty: DifficultySpec | None = None, pool_donors=(),
                         extra_config: dict | None = None, real_subset: str = "", looser=(),
-                        process_index: int = 0, num_processes: int = 1,
+                        feedback=None, feedback_scorer: str = "", process_index: int = 0, num_processes: int = 1,
                         barrier=lambda: None, progress: bool = True,
                         stop_after_chunks: int | None = None) -> dict:
     """Sampling "pooled" (see `Pooling`): generate (or resume) the pool into `pool_dir` with any
@@ -961,7 +961,10 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     finished pools whose rows the pool shares give their images (`generate_dataset`'s `donors`; e.g.
     a 12x pool of the same plan spec gives a 24x one its first half). `looser`: (committee, key)
     pairs of looser committees for the tiered label rule (`match_pool`); the pool is scored by each,
-    and their keys join the set's identity (a set without them keeps its old identity)."""
+    and their keys join the set's identity (a set without them keeps its old identity). `feedback` (a
+    `dacd.feedback.FeedbackGuidance`, `feedback_scorer` its name) steers every pool image towards its
+    own requested s; the sampling is then "pooled+feedback" and the pool's settings join the set's
+    identity."""
     model_id = recorded_model(model_id)
     if not committee:
         raise GenerationError("pooled sampling needs a committee of scoring classifiers (e.g. the checkpoint's "
@@ -981,6 +984,8 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
         if any(not members for members, _ in looser):
             raise GenerationError("a looser committee needs at least one scoring classifier")
         pool_id["looser_committees"] = [key for _, key in looser]
+    if feedback is not None:
+        pool_id["feedback"] = {"scale": float(feedback.scale), "steps": int(feedback.steps), "scorer": feedback_scorer}
     old = _read_config(Path(out_dir))
     if old is not None:  # refused before the pool is made, not after (by every process: none waits)
         new = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
@@ -995,14 +1000,16 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
                                     extra_config={"role": "pool of a pooled set",
                                                   "difficulty": _pool_difficulty_record(pool_difficulty)},
                                     process_index=process_index, num_processes=num_processes, barrier=barrier,
-                                    stop_after_chunks=stop_after_chunks, donors=pool_donors)
+                                    stop_after_chunks=stop_after_chunks, donors=pool_donors,
+                                    feedback=feedback, feedback_scorer=feedback_scorer)
     summary = {"out_dir": str(out_dir), "planned": int(len(plan)), "complete": False,
                "pool": pool_summary.get("out_dir"), "pool_reused": pool_summary.get("reused", 0)}
     if pool_summary["complete"] and process_index == 0:
         pool = score_pool(pool_dir, committee, committee_key)
         looser_scores = [score_pool(pool_dir, members, key) for members, key in looser]
         config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
-                  "sampling_mode": "pooled" if anchoring is None else "anchored-pooled", "pool": pool_id,
+                  "sampling_mode": ("pooled" if anchoring is None else "anchored-pooled")
+                  + ("" if feedback is None else "+feedback"), "pool": pool_id,
                   "pool_folder": str(pool_dir),  # the folder may move: not compared
                   **(extra_config or {})}
         summary = {**write_pooled_set(pool_dir, pool, plan, out_dir, pooling=pooling, model_id=model_id,

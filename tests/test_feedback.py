@@ -166,3 +166,25 @@ def test_bench_feedback_ceiling_row_keeps_the_real_images_the_committee_calls_fa
     assert rows[1]["images"] == faithful.sum()
     assert judged(rows[1]) == judged(bench.judge(rows[1]["source"], evaluator, images[faithful], plan[faithful]))
     assert rows[1]["evaluator_accuracy"] != rows[0]["evaluator_accuracy"] or rows[1]["medium_share"] != rows[0]["medium_share"]
+
+
+def test_a_committee_steers_by_its_mean_s(pipe, scorer):
+    """A tuple of classifiers steers by the mean of their s: one member is the classifier alone
+    (bit for bit), and with two the committee's mean error falls."""
+    torch.manual_seed(1)
+    other = build_classifier("resnet14t", in_chans=1, num_classes=len(CLASSES), class_names=CLASSES).eval()
+    labels, targets = (0, 1, 2, 3), (0.05, 0.95, 0.05, 0.95)
+    kw = dict(labels=labels, s=targets, num_inference_steps=4)
+    alone = run(pipe, feedback=FeedbackGuidance(scorer, scale=0.3, steps=4), **kw).images
+    np.testing.assert_array_equal(run(pipe, feedback=FeedbackGuidance((scorer,), scale=0.3, steps=4), **kw).images,
+                                  alone)
+
+    def committee_error(images):
+        return np.abs((measured_s(scorer, images, labels) + measured_s(other, images, labels)) / 2 - targets).mean()
+
+    plain = run(pipe, **kw).images
+    steered = run(pipe, feedback=FeedbackGuidance([scorer, other], scale=0.3, steps=4), **kw).images
+    assert committee_error(steered) < committee_error(plain)
+    assert not np.array_equal(steered, alone)  # the second member changes the gradient
+    with pytest.raises(FeedbackError, match="at least one"):
+        FeedbackGuidance(())

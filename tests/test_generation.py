@@ -318,6 +318,14 @@ def test_a_pool_drawn_at_the_plans_difficulty_from_the_script(tiny_dacd, tiny_ev
     proc = run_script(*gen_args(tmp_path / "noloose", tiny_dacd, tiny_evaluator, "--looser-committee",
                                 tiny_scores / "classifier"), check=False)
     assert proc.returncode != 0 and "--looser-committee is a label rule of pooled sets" in proc.stderr
+    # a pool steered by a committee's feedback (two scorers): recorded in the set and its pool
+    clf = tiny_scores / "classifier"
+    run_script(*gen_args(tmp_path / "fbpool", tiny_dacd, tiny_evaluator, "--mu", "0.8", "--sigma", "0.05", "--pool",
+                         "2", "--pool-difficulty", "plan", "--committee", clf, "--feedback-scale", "0.5",
+                         "--feedback-steps", "2", "--feedback-scorer", clf, clf))
+    cfg = json.loads((tmp_path / "fbpool" / "generation.json").read_text())
+    assert cfg["sampling_mode"] == "pooled+feedback" and cfg["pool"]["feedback"]["scorer"].startswith("committee ")
+    assert json.loads((tmp_path / "fbpool-pool" / "generation.json").read_text())["feedback"]["steps"] == 2
 
 
 @pytest.mark.slow

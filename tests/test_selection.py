@@ -359,6 +359,34 @@ def test_a_pool_at_the_plans_difficulty_serves_its_plan_and_records_its_draw(pip
         "kind": "uniform", "description": "s ~ U(0, 1)"}
 
 
+def test_a_pool_steered_by_committee_feedback_records_it_and_moves_towards_its_requests(pipe, committee, tmp_path):
+    from dacd.feedback import FeedbackGuidance
+
+    spec = DifficultySpec(mu=0.5, sigma=0.1)
+    plan = make_plan(CLASSES, 3, spec, seed=4)
+    pool_plan = make_pool_plan(plan, CLASSES, 2, seed=4, difficulty=spec)
+    fb = FeedbackGuidance(tuple(committee), scale=0.5, steps=2)
+    _, steered = pooled(pipe, committee, tmp_path, "fb", Pooling(factor=2), plan=plan, pool_plan=pool_plan,
+                        pool="pool-fb", feedback=fb, feedback_scorer="committee test")
+    _, plain = pooled(pipe, committee, tmp_path, "plain", Pooling(factor=2), plan=plan, pool_plan=pool_plan)
+    assert steered["complete"] and plain["complete"]
+    cfg = json.loads((tmp_path / "fb" / "generation.json").read_text())
+    assert cfg["sampling_mode"] == "pooled+feedback"
+    assert cfg["pool"]["feedback"] == {"scale": 0.5, "steps": 2, "scorer": "committee test"}
+    assert json.loads((tmp_path / "pool-fb" / "generation.json").read_text())["sampling_mode"] == "plain+feedback"
+    assert "feedback" not in json.loads((tmp_path / "plain" / "generation.json").read_text())["pool"]
+
+    def error(pool_dir):  # the committee's mean s against each pool image's own request
+        m = load_manifest(pool_dir)
+        s, _ = committee_scores(committee, load_generated_images(pool_dir, m), m.label.to_numpy())
+        return np.abs(s - m.requested_s.to_numpy()).mean()
+
+    assert error(tmp_path / "pool-fb") < error(tmp_path / "pool")
+    with pytest.raises(GenerationError, match="feedback"):  # a plain pool's folder does not take steered images
+        pooled(pipe, committee, tmp_path, "fb2", Pooling(factor=2), plan=plan, pool_plan=pool_plan, feedback=fb,
+               feedback_scorer="committee test")
+
+
 def test_pooled_refusals(pipe, committee, tmp_path):
     with pytest.raises(GenerationError, match="committee"):
         pooled(pipe, [], tmp_path, "x", Pooling(factor=2))

@@ -143,8 +143,10 @@ def parse_args(argv=None):
     fb = p.add_argument_group("feedback guidance (the scoring classifier's gradient steers the first steps, dacd.feedback)")
     fb.add_argument("--feedback-scale", type=float, default=0.0, help="step size (0: off); bench/feedback.py measures it")
     fb.add_argument("--feedback-steps", type=int, default=5, help="steered denoising steps, from the first")
-    fb.add_argument("--feedback-scorer", default=None, help="classifier folder (default: the checkpoint's classifier/); "
-                    "never the evaluator")
+    fb.add_argument("--feedback-scorer", nargs="+", default=None, metavar="CLASSIFIER",
+                    help="classifier folder(s) (default: the checkpoint's classifier/); several steer by their mean s "
+                         "(a committee); never the evaluator. With --pool, every pool image is steered towards "
+                         "its own requested s (sampling 'pooled+feedback')")
     an = p.add_argument_group("anchoring (sampling 'anchored', or 'anchored-pooled' with --pool: edit real images "
                               "of the class instead of sampling from noise)")
     an.add_argument("--anchor", choices=["none", "real"], default="none",
@@ -230,8 +232,8 @@ def main(argv=None):
         raise SystemExit(f"{model_dir} is not a dacd model folder (no dacd_config.json): pass 'dacd', 'baseline' "
                          "or a folder written by train/train_dacd.py (make checkpoints builds the embedded ones)")
     dtype = torch.float16 if state.device.type == "cuda" else torch.float32
-    if args.pool and (args.select or args.feedback_scale):
-        raise SystemExit("error: --pool is its own sampling: leave out --select and --feedback-scale")
+    if args.pool and args.select:
+        raise SystemExit("error: --pool is its own sampling: leave out --select")
     if args.pool_difficulty != "uniform" and not args.pool:
         raise SystemExit("error: --pool-difficulty applies to a pool: add --pool FACTOR")
     if args.pool_donors and not args.pool:
@@ -260,17 +262,21 @@ def main(argv=None):
             raise SystemExit("error: the evaluation classifier judges the set and must not select it: pass other "
                              "--looser-committee folders")
         looser = [(load_classifiers(args.looser_committee, state.device, loaded), committee_key(args.looser_committee))]
-    feedback, fb_folder = None, ""
+    feedback, fb_name = None, ""
     if args.feedback_scale:
-        fb_folder = args.feedback_scorer or str(EMBEDDED / LAYOUT.classifier)
-        if args.evaluator.lower() != "none" and Path(fb_folder).resolve() == Path(args.evaluator).resolve():
+        fb_folders = args.feedback_scorer or [str(EMBEDDED / LAYOUT.classifier)]
+        if args.evaluator.lower() != "none" and any(Path(f).resolve() == Path(args.evaluator).resolve()
+                                                     for f in fb_folders):
             raise SystemExit("error: the evaluation classifier judges the set and must not steer it: pass another "
                              "--feedback-scorer")
+        # one scorer is recorded by its folder name (as before committees), several by their content
+        fb_name = Path(fb_folders[0]).name if len(fb_folders) == 1 else "committee " + committee_key(fb_folders)
         try:
-            scorer = load_classifiers([fb_folder], state.device, loaded)[0]
-            feedback = FeedbackGuidance(scorer, args.feedback_scale, args.feedback_steps)
+            scorers = load_classifiers(fb_folders, state.device, loaded)
+            feedback = FeedbackGuidance(scorers[0] if len(scorers) == 1 else tuple(scorers), args.feedback_scale,
+                                        args.feedback_steps)
         except (FeedbackError, OSError, ValueError) as e:  # a bad setting, a missing or broken classifier folder
-            raise SystemExit(f"error: --feedback-scorer {fb_folder}: {e}") from None
+            raise SystemExit(f"error: --feedback-scorer {' '.join(fb_folders)}: {e}") from None
     evaluator = None
     if args.evaluator.lower() != "none":
         evaluator = Classifier.from_pretrained(args.evaluator, device=state.device)
@@ -311,6 +317,7 @@ def main(argv=None):
                                           committee=committee, committee_key=members, pooling=pooling,
                                           anchoring=anchoring, anchors=anchors, pool_difficulty=pool_spec,
                                           pool_donors=args.pool_donors, looser=looser,
+                                          feedback=feedback, feedback_scorer=fb_name,
                                           model_id=str(args.model), evaluator=evaluator, sampling=sampling,
                                           batch_size=args.batch_size, extra_config=extra,
                                           real_subset=extra.get("real_subset", {}).get("name", ""),
@@ -321,7 +328,7 @@ def main(argv=None):
             plan, anchors = (plan, None) if anchoring is None else anchored(plan, subset, anchoring.seed)
             summary = generate_dataset(pipe, plan, args.out, model_id=str(args.model), evaluator=evaluator,
                                      selection=selection, committee=committee, anchoring=anchoring, anchors=anchors,
-                                     feedback=feedback, feedback_scorer=Path(fb_folder).name,
+                                     feedback=feedback, feedback_scorer=fb_name,
                                      sampling=sampling, batch_size=args.batch_size, extra_config=extra,
                                      real_subset=extra.get("real_subset", {}).get("name", ""),
                                      process_index=state.process_index, num_processes=state.num_processes,
