@@ -56,7 +56,7 @@ class CheckpointLayout:
     baseline: str = "baseline"  # dacd_config.json + LoRA, no encoder
     classifier: str = "classifier"  # the scoring classifier (defines s)
     classifier_2: str = "classifier-2"  # a second scoring classifier (other architecture and seed): selects
-    classifier_3: str = "classifier-3"  # an optional third committee member (convnext_atto, seed 3; issue #12)
+    classifier_3: str = "classifier-3"  # a third scoring classifier (convnext_atto, seed 3): calibration, stricter pools
     evaluator: str = "evaluator"  # the evaluation classifier (judges; never selects)
     scores: str = "scores.parquet"
     distribution_view: str = "distribution_view.json"  # the app's default Distributions view (precomputed)
@@ -76,6 +76,9 @@ EMBEDDED_CHECKPOINT = REPO_ROOT / "checkpoints" / "fashion-mnist"
 
 
 COMMITTEE = (LAYOUT.classifier, LAYOUT.classifier_2)  # the shipped selection committee, by folder name
+# the classifiers whose mean s the shipped calibration curve is fitted to (train/calibrate.py's default;
+# bench/results/controllability-committee-cal: a better dial than the scoring classifier alone)
+CALIBRATION_COMMITTEE = (LAYOUT.classifier, LAYOUT.classifier_2, LAYOUT.classifier_3)
 
 
 def default_committee(checkpoint: str | Path = EMBEDDED_CHECKPOINT) -> list[str]:

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from . import __version__, evaluation
+from .calibration import CURVE_FILES
 from .classifier import Classifier
 from .data import DatasetError, ImageDataset, load_dataset, resolve_class
 from .defaults import (APP_LIMITS, CHECKPOINT_ENV, COMMITTEE, DIFFICULTY, EDIT_STRENGTH, LAYOUT, MEDIUM_BAND,
@@ -459,7 +460,8 @@ class Workbench(Explorer):
         h.update(f"{test.name}:{len(test)}".encode() + np.ascontiguousarray(test.labels).tobytes())
         for kind in ("dacd", "baseline"):
             if self.has_model(kind):
-                h.update(model_fingerprint(self.checkpoint / MODELS[kind]).encode())
+                # uncalibrated sampling: a refitted calibration curve leaves the view as it is
+                h.update(model_fingerprint(self.checkpoint / MODELS[kind], skip=CURVE_FILES).encode())
         h.update(model_fingerprint(self.checkpoint / LAYOUT.evaluator).encode())
         h.update((self.checkpoint / LAYOUT.scores).read_bytes())
         return h.hexdigest()[:16]

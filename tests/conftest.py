@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,16 @@ def load_module(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def copy_dacd(src, dest):
+    """A copy of a dacd folder whose base is the original's, by absolute path."""
+    shutil.copytree(src, dest)
+    cfg = dest / "dacd_config.json"
+    d = json.loads(cfg.read_text())
+    d["base"] = str((src / d["base"]).resolve())
+    cfg.write_text(json.dumps(d))
+    return dest
 
 
 def run_script(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:

@@ -6,7 +6,9 @@ import zipfile
 import httpx
 import pandas as pd
 import pytest
+from conftest import copy_dacd
 
+from dacd.calibration import Calibration
 from dacd.defaults import EMBEDDED_CHECKPOINT
 from dacd.explore import Workbench
 
@@ -231,6 +233,20 @@ def test_default_distribution_view_is_stored_and_checked(tiny_checkpoint, fake_f
     assert stored is not None and stored["shares"] == pytest.approx(live["shares"])
     for key in ("requested", "dacd", "baseline", "real"):
         assert stored[key] == pytest.approx(live[key].tolist())
+    # a (re)fitted calibration curve leaves the view's fingerprint as it is (the view samples
+    # uncalibrated); any other file of the model changes it
+    other = tmp_path / "other"
+    other.mkdir()
+    for item in tiny_checkpoint.iterdir():
+        if item.name != "dacd":
+            (other / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    model = copy_dacd(tiny_checkpoint / "dacd", other / "dacd")
+    (model / LAYOUT.calibration).unlink(missing_ok=True)  # another test may have written one
+    before = Workbench(other, data_dir=fake_fmnist).distribution_fingerprint(DEFAULT_VIEW)
+    Calibration([0.0, 1.0], {str(c): [0.1, 0.8] for c in range(10)}, {"measured_by": "test"}).save(model)
+    assert Workbench(other, data_dir=fake_fmnist).distribution_fingerprint(DEFAULT_VIEW) == before
+    (model / "extra.json").write_text("{}")
+    assert Workbench(other, data_dir=fake_fmnist).distribution_fingerprint(DEFAULT_VIEW) != before
     # another score table (an input of the real curve): the stored view no longer applies
     scores = pd.read_parquet(root / LAYOUT.scores)
     (root / LAYOUT.scores).unlink()

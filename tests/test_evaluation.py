@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, load_module, run_script
+from conftest import ROOT, copy_dacd, load_module, run_script
 
 from dacd.calibration import Calibration
 from dacd.evaluation import (
@@ -187,18 +187,6 @@ def test_calibrate_stage_fits_every_class(tiny_dacd, tiny_scores, tmp_path):
     assert cal.meta["n_per_cell"] == 2 and cal.meta["measured_by"] == "classifier"
 
 
-def copy_dacd(src, dest):
-    """A copy of a dacd folder whose base is the original's, by absolute path."""
-    import shutil
-
-    shutil.copytree(src, dest)
-    cfg = dest / "dacd_config.json"
-    d = json.loads(cfg.read_text())
-    d["base"] = str((src / d["base"]).resolve())
-    cfg.write_text(json.dumps(d))
-    return dest
-
-
 @pytest.mark.slow
 def test_calibrate_committee_curve_is_the_mean_of_its_members_curves(tiny_dacd, tiny_checkpoint, tmp_path):
     import shutil
@@ -215,6 +203,8 @@ def test_calibrate_committee_curve_is_the_mean_of_its_members_curves(tiny_dacd, 
     for c in both.measured:  # the same images (same seed), so the cell means average
         assert both.measured[c] == pytest.approx((np.array(one.measured[c]) + np.array(two.measured[c])) / 2)
     assert both.meta["committee"] == ["classifier", "classifier-b"] and "committee mean" in both.meta["measured_by"]
+    with pytest.raises(SystemExit, match="not both"):
+        calibrate.main([*common, "--scorer", str(a), "--committee", str(a), str(b), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="evaluation classifier"):  # the judge never fits the curve
         calibrate.main([*common, "--committee", str(a), str(tiny_checkpoint / "evaluator"), "--out", str(tmp_path)])
     model = copy_dacd(tiny_dacd, tmp_path / "dacd")  # bench/controllability.py refuses a curve its judge fitted

@@ -10,17 +10,16 @@ from its own state under runs/ when interrupted:
   evaluator  train/train_classifier.py     evaluation classifier (resnet18, seed 1): judges, never selects
   classifier-2  train/train_classifier.py  second scoring classifier (resnet14t, seed 2): with classifier/,
                                            the committee that selects images (train/generate.py --select)
+  classifier-3  train/train_classifier.py  third scoring classifier (convnext_atto, seed 3, 4 epochs): with the
+                                           two above, the committee the calibration curve is fitted to, and a
+                                           stricter label rule for pools (`--committee` classifier classifier-2
+                                           classifier-3); never the default selection committee
   dacd       train/train_dacd.py           LoRA + difficulty encoder (difficulty-balanced sampling; 4,500 steps)
   baseline   train/train_dacd.py --no-difficulty --balance-power 0   (Real-Fake-style: natural data; 1,500 steps)
-  calibrate  train/calibrate.py            calibration curve, measured by the scoring classifier
+  calibrate  train/calibrate.py            calibration curve, measured by the mean s of the three scoring
+                                           classifiers (never the evaluator)
   distribution-view  train/distribution_view.py  the app's default Distributions view (with its fingerprint;
                                            always checked, recomputed when the models changed)
-
-Opt-in (not in the default chain, which keeps its 2-hour budget; `--stages classifier-3` builds it):
-
-  classifier-3  train/train_classifier.py  a third committee member (convnext_atto, seed 3, 4 epochs): a
-                                           stricter label rule for selection and pools (`--committee`
-                                           classifier classifier-2 classifier-3); never the default committee
 
 The difficulty scores (scores.parquet, classifier/) are shipped and are not rebuilt here:
 `make scores` does that. Wall-clock seconds per stage go to checkpoints/fashion-mnist/stage_seconds.json.
@@ -48,6 +47,9 @@ STAGES = {
     "classifier-2": (CK / LAYOUT.classifier_2 / "config.json",  # the selection committee's second member
                      ["train/train_classifier.py", "--arch", "resnet14t", "--seed", "2",
                       "--output-dir", str(CK / LAYOUT.classifier_2)]),
+    "classifier-3": (CK / LAYOUT.classifier_3 / "config.json",  # the calibration committee's third member
+                     ["train/train_classifier.py", "--arch", "convnext_atto", "--seed", "3", "--epochs", "4",
+                      "--output-dir", str(CK / LAYOUT.classifier_3)]),
     "dacd": (CK / LAYOUT.dacd / LAYOUT.dacd_config, ["train/train_dacd.py", "--max-train-steps", str(DACD_STEPS)]),
     "baseline": (CK / LAYOUT.baseline / LAYOUT.dacd_config,
                  ["train/train_dacd.py", "--no-difficulty", "--balance-power", "0", "--max-train-steps",
@@ -56,22 +58,17 @@ STAGES = {
     # no marker: always run; the script itself returns at once when the stored view matches the models
     "distribution-view": (None, ["train/distribution_view.py", "--checkpoint", str(CK)]),
 }
-OPT_IN = {
-    "classifier-3": (CK / LAYOUT.classifier_3 / "config.json",
-                     ["train/train_classifier.py", "--arch", "convnext_atto", "--seed", "3", "--epochs", "4",
-                      "--output-dir", str(CK / LAYOUT.classifier_3)]),
-}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", nargs="*", default=list(STAGES), choices=[*STAGES, *OPT_IN],
-                   help="stages to run, in this order (default: the chain, without the opt-in ones)")
+    p.add_argument("--stages", nargs="*", default=list(STAGES), choices=list(STAGES),
+                   help="stages to run, in this order (default: the whole chain)")
     args = p.parse_args(argv)
     times_path = CK / "stage_seconds.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     for name in args.stages:
-        done_marker, cmd = {**STAGES, **OPT_IN}[name]
+        done_marker, cmd = STAGES[name]
         if done_marker is not None and done_marker.exists():
             print(f"[{name}] done ({done_marker.relative_to(ROOT)} exists)")
             continue

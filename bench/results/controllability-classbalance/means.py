@@ -4,8 +4,10 @@ global balance (bench/results/controllability-spread; training seed 0 is the shi
 repository root:
     python bench/results/controllability-classbalance/means.py > bench/results/controllability-classbalance/means.md
 """
-import json
-from pathlib import Path
+import sys
+
+sys.path.insert(0, "bench")
+from seed_means import report  # noqa: E402
 
 SEEDS = "bench/results/controllability-seeds"
 SPREAD = "bench/results/controllability-spread"
@@ -18,34 +20,4 @@ src = {
     **{f"per-class balance, training seed {t}": {k: f"{HERE}/vc-s{t}-seed{k}" for k in (1, 2, 3)} for t in (0, 1, 2)},
 }
 
-
-def mean(x):
-    return sum(x) / len(x)
-
-
-print("| calibrated, v base | Spearman (cell means), judge seeds 1, 2, 3 | mean | MAE, mean "
-      "| medium-band share, mean | accuracy at s <= 0.2, mean | lowest class Spearman, mean |")
-print("|---|---|---|---|---|---|---|")
-arms, arms_seed1 = {}, {}
-for name, folders in src.items():
-    runs = [json.load(open(f + "/summary.json")) for k, f in sorted(folders.items())
-            if Path(f, "summary.json").is_file()]
-    if not runs:
-        print(f"| {name} | not run | | | | | |")
-        continue
-    sp = [r["dacd"]["spearman_overall"] for r in runs]
-    per_class = {c: mean([r["dacd"]["spearman_per_class"][c] for r in runs]) for c in runs[0]["dacd"]["spearman_per_class"]}
-    low = min(per_class, key=per_class.get)
-    arm = name.split(",")[0]
-    arms.setdefault(arm, []).append(mean(sp))
-    arms_seed1.setdefault(arm, []).append(sp[0])
-    seeds = "" if len(runs) == 3 else " (judge seed 1 only)" if len(runs) == 1 else f" (judge seeds 1-{len(runs)} only)"
-    print(f"| {name}{seeds} | {', '.join(f'{x:.3f}' for x in sp)} | {mean(sp):.3f} "
-          f"| {mean([r['dacd']['mae'] for r in runs]):.3f} "
-          f"| {100 * mean([r['medium_band_share']['dacd'] for r in runs]):.1f}% "
-          f"| {100 * mean([r['accuracy_at_s_le_0.2'] for r in runs]):.1f}% | {low} {per_class[low]:.2f} |")
-print()
-for arm, means in arms.items():
-    s1 = arms_seed1[arm]
-    print(f"{arm}: mean Spearman over its {len(means)} training runs {mean(means):.3f} (range "
-          f"{min(means):.3f}-{max(means):.3f}); at judge seed 1 alone {mean(s1):.3f} ({min(s1):.3f}-{max(s1):.3f})")
+report(src, title="calibrated, v base")
