@@ -244,6 +244,20 @@ def test_downstream_mu_pooled_sets_come_from_a_pool_drawn_at_their_mu(tiny_dacd,
         assert abs(pool.requested_s.mean() - mu) < 0.1
         st = pd.read_parquet(next(synthetic.glob(f"dacd-mu-pooled-c1-mu{mu:g}-*")) / "manifest.parquet")
         assert set(st.pool_id) <= set(pool.id) and len(pool) == 2 * len(st)
+    # the same pool steered by the committee's feedback: a pool of its own, which records it (gradients run
+    # outside inference mode)
+    run_script("train/downstream.py", "--data-dir", fake_fmnist, "--model", tiny_dacd, "--baseline", "",
+               "--evaluator", tiny_evaluator, "--scores", tiny_scores / "scores.parquet", "--real-fraction", "0.2",
+               "--arms", "dacd", "--mus", "0.3", "--ratios", "0.25", "--seeds", "0", "--headline-seeds", "0",
+               "--steps", "2", "--batch-size", "16", "--gen-steps", "2", "--gen-batch-size", "8",
+               "--samplings", "pooled", "--pool-factor", "2", "--pool-difficulty", "plan", "--feedback-scale", "0.5",
+               "--feedback-steps", "1", "--committee", tiny_scores / "classifier", "--work-dir", tmp_path / "work",
+               "--out", tmp_path / "out-fb", "--no-progress")
+    steered = sorted(synthetic.glob("pool-dacd-mu-fb0.5-*"))
+    assert len(steered) == 1 and steered[0] not in pools
+    assert json.loads((steered[0] / "generation.json").read_text())["feedback"]["scale"] == 0.5
+    t = pd.read_csv(tmp_path / "out-fb" / "results.csv").set_index("cell")
+    assert t.loc["dacd mu-pooled-c1fb0.5 mu=0.3 r=0.25", "sampling"] == "mu-pooled-c1fb0.5"
 
 
 def test_guidance_scales_make_their_own_sets_and_cells(tmp_path):
@@ -334,6 +348,15 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path, capsys):
     assert other["dacd-pooled-c1-mu0.5"]["pool"]["folder"] == a["pool"]["folder"]  # the same pool, rematched
     same, _ = planned("--samplings", "pooled", "--pool-factor", "3", "--committee", *ds.default_committee())
     assert same["dacd-pooled-mu0.5"]["identity"] == a["identity"]  # the default, spelled out: no tag
+    # a pool steered by feedback: its own pool and name; the unsteered pooled sets keep theirs
+    steered, cells = planned("--samplings", "pooled", "--pool-factor", "3", "--feedback-scale", "2")
+    f = steered["dacd-pooled-fb2-mu0.5"]
+    assert "dacd pooled-fb2 mu=0.5 r=0.25" in cells and "dacd-pooled-mu0.5" not in steered
+    assert f["pool"]["folder"].name.startswith("pool-dacd-fb2-") and f["pool"]["folder"] != a["pool"]["folder"]
+    assert f["feedback"]["scale"] == 2.0 and f["feedback"]["steps"] == 5 and f["identity"] != a["identity"]
+    assert a["feedback"] is None
+    with pytest.raises(SystemExit):  # feedback steers pools only
+        planned("--feedback-scale", "2")
     # anchored-pooled: its own pool of edits, anchored on subset images of each row's class
     both, cells = planned("--samplings", "pooled", "anchored-pooled", "--pool-factor", "3", "--strength", "0.4")
     e = both["dacd-anchored-pooled-mu0.5"]

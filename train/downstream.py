@@ -80,6 +80,7 @@ from dacd.evaluation import (
     per_class_comparison,
     train_downstream_cell,
 )
+from dacd.feedback import FeedbackGuidance
 from dacd.generation import (
     Anchoring,
     DifficultySpec,
@@ -177,6 +178,13 @@ def parse_args(argv=None):
                         "faithful image within --tolerance, else this one's, else the nearest faithful: "
                         "dacd.generation.match_tiered); tags the sets' names with 't<members>', e.g. "
                         "'mu-pooled-c3t2'")
+    p.add_argument("--feedback-scale", type=float, default=0.0,
+                   help="pooled: steer every pool image towards its own requested s by the gradient of "
+                        "--feedback-scorer's mean s on the first --feedback-steps steps (dacd.feedback; 0: off); "
+                        "tags the sets' names with 'fb<scale>', e.g. 'mu-pooled-c3fb2'")
+    p.add_argument("--feedback-steps", type=int, default=5, help="pooled with --feedback-scale: steered steps")
+    p.add_argument("--feedback-scorer", nargs="+", default=None, metavar="FOLDER",
+                   help="pooled with --feedback-scale: the classifiers whose mean s steers (default: --committee)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--headline-seeds", type=int, nargs="+", default=list(range(10)),
                    help="seeds of real-only and of real-matched, dacd and baseline at --headline-mu")
@@ -224,6 +232,12 @@ def parse_args(argv=None):
     if any(Path(f).resolve() == judge for f in [*args.committee, *(args.looser_committee or [])]):
         p.error("the evaluation classifier judges the sets and must not select them: pass other --committee / "
                 "--looser-committee folders")
+    if args.feedback_scale and not (args.feedback_scale > 0 and "pooled" in args.samplings):
+        p.error("--feedback-scale steers pools: a scale > 0 with --samplings pooled (edits take no feedback)")
+    args.feedback_scorer = args.feedback_scorer or list(args.committee)
+    if args.feedback_scale and any(Path(f).resolve() == judge for f in args.feedback_scorer):
+        p.error("the evaluation classifier judges the sets and must not steer them: pass other --feedback-scorer "
+                "folders")
     if args.pool_difficulty != "uniform" and not {"pooled", "anchored-pooled"} & set(args.samplings):
         p.error("--pool-difficulty applies to pooled sets: add --samplings pooled (or anchored-pooled)")
     if not args.baseline and "baseline" in args.arms:
@@ -280,6 +294,8 @@ def sampling_label(args, mode: str) -> str:
         tag = f"c{len(args.committee)}"
     if mode in ("pooled", "anchored-pooled") and args.looser_committee:
         tag += f"t{len(args.looser_committee)}"
+    if mode == "pooled" and args.feedback_scale:
+        tag += f"fb{args.feedback_scale:g}"
     return f"{label}-{tag}" if tag else label
 
 
@@ -333,13 +349,18 @@ def plan_sets(args, real, counts) -> dict:
                 pool_plan = assign_anchors(pool_plan, real.ids, real.labels, anchoring.seed)
                 pool_ident["anchoring"] = asdict(anchoring)
                 ident["anchoring"] = asdict(anchoring)
+            if mode == "pooled" and args.feedback_scale:  # a steered pool (absent otherwise: old identities stay)
+                pool_ident["feedback"] = {"scale": float(args.feedback_scale), "steps": int(args.feedback_steps),
+                                          "scorers": list(_fingerprints(tuple(map(str, args.feedback_scorer))))}
+                ident["feedback"] = pool_ident["feedback"]
             pool_ident["plan"] = plan_fingerprint(pool_plan)
             ident.update(pooling=asdict(pooling), committee=list(_fingerprints(tuple(map(str, args.committee)))),
                          pool=_hash(pool_ident))
             if args.looser_committee:  # (absent otherwise: the sets made before it keep their identity)
                 ident["looser_committee"] = list(_fingerprints(tuple(map(str, args.looser_committee))))
             tag = "".join(f"-{x}" for x in ("anchored" if anchoring is not None else "", "mu" if per_mu else "",
-                                            guidance_tag(guidance, dg)) if x)
+                                            guidance_tag(guidance, dg),
+                                            f"fb{args.feedback_scale:g}" if "feedback" in pool_ident else "") if x)
             pool = {"plan": pool_plan, "folder": Path(args.work_dir) / "synthetic" /
                     f"pool-{arm}{tag}-{_hash(pool_ident)[:8]}", "difficulty": spec if per_mu else None}
         if mode == "selected":
@@ -355,7 +376,7 @@ def plan_sets(args, real, counts) -> dict:
         sets[name] = {"name": name, "arm": arm, "mu": mu, "sampling": f"{label} {g}".strip(), "kind": "generated",
                       "plan": plan, "model": model, "spec": spec, "identity": _hash(ident), "selection": selection,
                       "anchoring": anchoring, "pooling": pooling, "pool": pool if pooling else None,
-                      "settings": settings,
+                      "settings": settings, "feedback": ident.get("feedback"),
                       "folder": Path(args.work_dir) / "synthetic" / f"{name}-{_hash(ident)[:8]}"}
 
     for mu in args.mus:
@@ -406,7 +427,7 @@ def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
 def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
     """Generate (or resume) each generated set that a missing cell needs, at the largest ratio."""
 
-    pipes, evaluator, committee, looser = {}, None, None, []
+    pipes, evaluator, committee, looser, feedback = {}, None, None, [], None
     for st in sets.values():
         if st["kind"] != "generated" or st["name"] not in needed or (st["folder"] / "manifest.parquet").is_file():
             continue
@@ -429,8 +450,12 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
         if st["anchoring"] is not None:  # the pool's anchors, or the set's own
             anchors = anchor_images(st["pool"]["plan"] if st["pooling"] is not None else st["plan"], real.ids,
                                     real.images)
+        if st["feedback"] is not None and feedback is None:  # steered pools: the scorers' gradient
+            feedback = FeedbackGuidance(tuple(load_classifiers(args.feedback_scorer)), args.feedback_scale,
+                                        args.feedback_steps)
         if st["pooling"] is not None:
-            with torch.inference_mode():
+            # feedback needs gradients, which inference mode forbids even inside enable_grad
+            with torch.inference_mode(st["feedback"] is None):
                 done = generate_pooled_set(pipe, st["plan"], st["folder"], pool_plan=st["pool"]["plan"],
                                     pool_dir=st["pool"]["folder"], committee=committee,
                                     committee_key=committee_key(args.committee),
@@ -439,6 +464,9 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                     pool_difficulty=st["pool"]["difficulty"],
                                     pool_donors=pool_donors(st["pool"]["folder"], model_identity(model)),
                                     looser=looser,
+                                    **({} if st["feedback"] is None else
+                                       {"feedback": feedback,
+                                        "feedback_scorer": "committee " + committee_key(args.feedback_scorer)}),
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,
