@@ -3,8 +3,10 @@ PLAN.md: training seed 0 (the shipped models, from bench/results/controllability
 training seeds 1 and 2 (this folder). Run from the repository root:
     python bench/results/controllability-spread/means.py > bench/results/controllability-spread/means.md
 """
-import json
-from pathlib import Path
+import sys
+
+sys.path.insert(0, "bench")
+from seed_means import report  # noqa: E402
 
 SEEDS = "bench/results/controllability-seeds"
 HERE = "bench/results/controllability-spread"
@@ -19,30 +21,4 @@ src = {
     "v chain, training seed 2": {k: f"{HERE}/v-s2-seed{k}" for k in (1, 2, 3)},
 }
 
-
-def mean(x):
-    return sum(x) / len(x)
-
-
-print("| calibrated; judge seeds 1, 2, 3 | Spearman (cell means) | mean | MAE, mean "
-      "| medium-band share, mean | accuracy at s <= 0.2, mean |")
-print("|---|---|---|---|---|---|")
-chain_means = {}
-for name, folders in src.items():
-    runs = [json.load(open(f + "/summary.json")) for k, f in sorted(folders.items())
-            if Path(f, "summary.json").is_file()]
-    if not runs:
-        print(f"| {name} | not run | | | | |")
-        continue
-    sp = [r["dacd"]["spearman_overall"] for r in runs]
-    mae = [r["dacd"]["mae"] for r in runs]
-    med = [r["medium_band_share"]["dacd"] for r in runs]
-    acc = [r["accuracy_at_s_le_0.2"] for r in runs]
-    chain_means.setdefault(name.split(",")[0], []).append(mean(sp))
-    seeds = "" if len(runs) == 3 else f" (judge seeds 1-{len(runs)} only)"
-    print(f"| {name}{seeds} | {', '.join(f'{x:.3f}' for x in sp)} | {mean(sp):.3f} | {mean(mae):.3f} "
-          f"| {100 * mean(med):.1f}% | {100 * mean(acc):.1f}% |")
-print()
-for chain, means in chain_means.items():
-    print(f"{chain}: mean Spearman over its {len(means)} training runs {mean(means):.3f} "
-          f"(range {min(means):.3f}-{max(means):.3f})")
+report(src)
