@@ -516,6 +516,10 @@ def _dacd_step(step: int, pipe, unet, encoder, opt, inputs: _StepInputs, cfg: Da
     return accelerator.gather(loss.detach()[None]).mean().item()  # .item() syncs: honest step times
 
 
+# settings a run may resume with at other values without that being reported (how long, how often it saves/logs)
+RESUME_FREE = frozenset({"max_train_steps", "checkpointing_steps", "log_every"})
+
+
 def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Path, *, accelerator=None,
                resume: str | None = "latest", progress: bool = True, log: Callable = print,
                stop_at: int | None = None) -> dict:
@@ -539,6 +543,13 @@ def train_dacd(pipe, data: TrainingData, cfg: DacdTrainConfig, run_dir: str | Pa
     if 0 < steps.start < steps.end and saved_decay != cfg.ema_decay:  # a finished run may be saved either way
         raise ValueError(f"{run_dir} was trained with ema_decay {saved_decay}, not {cfg.ema_decay}: resume it with "
                          f"--ema-decay {saved_decay}, or start a new run folder")
+    if 0 < steps.start < steps.end:  # other settings may change mid-run (an experiment did), but never unsaid
+        saved, now = steps.saved_state.get("config", {}), _jsonable(asdict(cfg))
+        changed = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in sorted(now)
+                   if k in saved and k not in RESUME_FREE and saved[k] != now[k]]
+        if changed:
+            log(f"note: {run_dir} resumes at step {steps.start} with other settings than it started with "
+                f"({'; '.join(changed)}): its remaining steps use the new ones")
     if encoder is None:
         unet, opt = accelerator.prepare(unet, opt)
     else:

@@ -89,11 +89,13 @@ def test_dacd_ema_is_saved_resumes_and_leaves_training_alone(tmp_path):
                                              dtype=torch.uint8),
                         labels=np.arange(n) % 4, s=np.linspace(0.05, 0.95, n).astype(np.float32), class_names=CLASSES)
 
-    def run(folder, ema_decay, stop_at=None):
+    logged = []
+
+    def run(folder, ema_decay, stop_at=None, **other):
         pipe = tiny_pipe()
-        cfg = DacdTrainConfig(max_train_steps=4, batch_size=4, lora_rank=2, num_tokens=3, lr=1e-2, encoder_lr=1e-2,
-                              warmup_steps=1, checkpointing_steps=1, ema_decay=ema_decay)
-        res = train_dacd(pipe, data, cfg, tmp_path / folder, progress=False, log=lambda *_: None, stop_at=stop_at)
+        cfg = DacdTrainConfig(**{"max_train_steps": 4, **other}, batch_size=4, lora_rank=2, num_tokens=3, lr=1e-2,
+                              encoder_lr=1e-2, warmup_steps=1, checkpointing_steps=1, ema_decay=ema_decay)
+        res = train_dacd(pipe, data, cfg, tmp_path / folder, progress=False, log=logged.append, stop_at=stop_at)
         return pipe, res
 
     ema_pipe, res = run("ema", 0.2)  # low enough that the decay, not the warm-up, sets the last steps
@@ -118,12 +120,18 @@ def test_dacd_ema_is_saved_resumes_and_leaves_training_alone(tmp_path):
     assert not res["finished"]
     with pytest.raises(ValueError, match="was trained with ema_decay 0.2"):  # an unfinished EMA run needs its EMA
         run("killed", 0.0)
+    logged.clear()
     resumed, res = run("killed", 0.2)
-    assert res["finished"]
+    assert res["finished"] and not any("other settings" in m for m in logged)  # same settings: nothing to say
     for k, v in _trainable(resumed).items():
         torch.testing.assert_close(v, final[k], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="without EMA"):  # a no-EMA run's checkpoint cannot resume with EMA
         run("plain", 0.2)
+    run("changed", 0.0, stop_at=2)
+    logged.clear()
+    run("changed", 0.0, balance_power=1.0, max_train_steps=5)  # another balance is said; a longer run is not
+    note = [m for m in logged if "other settings" in m]
+    assert len(note) == 1 and "balance_power 0.5 -> 1.0" in note[0] and "max_train_steps" not in note[0]
     raw, res = run("ema", 0.0)  # a finished EMA run saved without it: its last step's weights
     assert res["finished"]
     for k, v in _trainable(raw).items():
