@@ -445,6 +445,28 @@ def _read_config(out_dir: Path) -> dict | None:
         return None
 
 
+def _calibration_record(pipe, sampling: SamplingSettings, anchoring) -> dict:
+    """What a calibrated set was conditioned through, for its generation.json: the curve's content
+    hash (a refitted curve is another set: resuming is refused) and the sampling settings that differ
+    from those the curve was fitted at (the ones the pipeline warns about). Empty when uncalibrated."""
+    if not sampling.calibrated:
+        return {}
+    if anchoring is None:
+        curve = pipe.calibration
+        differences = pipe.calibration_differences(
+            guidance_scale=sampling.guidance_scale, difficulty_guidance_scale=sampling.difficulty_guidance_scale,
+            num_inference_steps=sampling.num_inference_steps, scheduler=sampling.scheduler)
+    else:  # edits: the curve of their strength (checked to exist before this), fitted at their step count
+        curve = getattr(pipe, "img2img_calibrations", {}).get(round(float(anchoring.strength), 6))
+        differences = []
+    if curve is None:
+        return {}
+    content = json.dumps({"requested": curve.requested, "measured": curve.measured, "meta": curve.meta},
+                         sort_keys=True, default=str)
+    return {"calibration": {"fingerprint": hashlib.sha256(content.encode()).hexdigest()[:16],
+                            "measured_by": curve.meta.get("measured_by"), "differences": differences}}
+
+
 def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) -> None:
     path = out_dir / CONFIG_NAME
     config = _with_model_recorded(dict(config))
@@ -452,7 +474,7 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
         if path.is_file():
             old = _with_model_recorded(json.loads(path.read_text()))
             keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot", "anchoring",
-                    "feedback", "pooling", "pool")
+                    "feedback", "calibration", "pooling", "pool")
             if any(old.get(k) != config.get(k) for k in keys):
                 # every setting that differs, not only the ones that decide (the plan fingerprint alone
                 # would not say that --mu changed)
@@ -559,7 +581,8 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
             pilot = fit_pilot(pipe, committee, classes, sampling, selection.pilot, batch_size,
                               faithful_only=selection.pilot_faithful)
     config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
-              "sampling_mode": mode,
+              "sampling_mode": mode,  # (a pilot's conditioning replaces the checkpoint's curve)
+              **(_calibration_record(pipe, sampling, anchoring) if pilot is None else {}),
               "selection": None if selection is None else asdict(selection),
               "anchoring": None if anchoring is None else asdict(anchoring),
               **({} if feedback is None else {"feedback": {"scale": float(feedback.scale), "steps": int(feedback.steps),

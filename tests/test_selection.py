@@ -575,3 +575,29 @@ def test_bench_pool_rule_frontier_judges_each_rules_set_with_the_evaluator(pipe,
     assert row.evaluator_accuracy == round(float((took.predicted_class == took["class"]).mean()), 4)
     with pytest.raises(SystemExit, match="holds no scores"):
         bench.rule_frontier(tmp_path / "pool", [folders[1:]], mu=0.5, per_class=3, sigma=0.1, tolerance=0.1)
+
+
+def test_a_calibrated_set_records_its_curve_and_is_not_resumed_through_another(tmp_path):
+    """generation.json of a calibrated set names the curve (content hash, who measured it) and the
+    settings it was not fitted at; a refitted curve is another set (resume refused); an uncalibrated
+    set records none."""
+    from dataclasses import replace
+
+    from dacd.calibration import Calibration, CalibrationSettingsWarning
+
+    pipe = dummy_pipeline()
+    pipe.calibration = Calibration([0.0, 1.0], {str(c): [0.1, 0.9] for c in range(len(CLASSES))},
+                                   {"measured_by": "test", "steps": 15})
+    plan = make_plan(CLASSES, 2, seed=4)
+    calibrated = replace(FAST, calibrated=True)
+    kw = dict(model_id="tiny", batch_size=4, progress=False)
+    with pytest.warns(CalibrationSettingsWarning):
+        generate_dataset(pipe, plan, tmp_path / "set", sampling=calibrated, stop_after_chunks=1, **kw)
+    record = json.loads((tmp_path / "set" / "generation.json").read_text())["calibration"]
+    assert record["measured_by"] == "test" and record["differences"] == ["steps 2 (curve: 15)"]
+    pipe.calibration = Calibration([0.0, 1.0], {str(c): [0.2, 0.9] for c in range(len(CLASSES))},
+                                   {"measured_by": "test", "steps": 15})
+    with pytest.raises(GenerationError, match="calibration.fingerprint"):
+        generate_dataset(pipe, plan, tmp_path / "set", sampling=calibrated, **kw)
+    generate_dataset(pipe, plan, tmp_path / "plain", sampling=FAST, **kw)
+    assert "calibration" not in json.loads((tmp_path / "plain" / "generation.json").read_text())
