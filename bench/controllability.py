@@ -32,6 +32,7 @@ from dacd.difficulty import load_scores
 from dacd.evaluation import controllability, measured_curve_rows
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
+from dacd.weights import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 CK = EMBEDDED_CHECKPOINT
@@ -87,7 +88,8 @@ def main(argv=None):
         if curve is None:
             raise SystemExit(f"{args.model} has no {LAYOUT.calibration}: fit one with train/calibrate.py --model {args.model}")
         fitters = curve.meta.get("committee") or [curve.meta.get("measured_by")]
-        if Path(args.evaluator).name in fitters:
+        if Path(args.evaluator).name in fitters or model_fingerprint(args.evaluator) in curve.meta.get(
+                "member_fingerprints", []):  # by name (older curves record only that) or by content
             raise SystemExit(f"the calibration curve of {args.model} was fitted with {Path(args.evaluator).name}, the "
                              "evaluator that judges it: refit it with train/calibrate.py without that classifier")
     evaluator = Classifier.from_pretrained(args.evaluator)
@@ -101,7 +103,8 @@ def main(argv=None):
                               progress=not args.no_progress)
     summary = {"settings": {k: v for k, v in vars(args).items() if k not in ("no_progress",)}, **report_.summary}
 
-    # the curve requested -> measured, measured by the classifier that defines s (not the evaluator)
+    # this grid's curve requested -> measured, by the classifier that defines s (--scorer; not the evaluator).
+    # The model's own curve is train/calibrate.py's, by default fitted to a committee's mean s instead.
     scorer_path = args.scorer if args.scorer and Path(args.scorer).is_dir() else args.evaluator
     scorer = Classifier.from_pretrained(scorer_path) if scorer_path != args.evaluator else evaluator
     calib = Calibration.fit(measured_curve_rows(scorer, report_.images, report_.grid[["label", "requested_s", "seed"]]),

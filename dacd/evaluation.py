@@ -8,6 +8,7 @@ and measured by the same evaluator (the real-data ceiling).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,49 @@ def markdown_table(table: pd.DataFrame, index: bool = False) -> str:
     cell = lambda v: "—" if isinstance(v, float) and v != v else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["| " + " | ".join(map(str, t.columns)) + " |", "|---" * len(t.columns) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in t.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def controllability_means(src: dict, title: str = "calibrated") -> str:
+    """The dial experiments' table (bench/results/*/means.py): `src` maps a row name "<arm>, <detail>"
+    to {judge seed: a folder of `bench/controllability.py --calibrated`}; each row gives Spearman of cell
+    means per judge seed and the means over them of Spearman, MAE, medium-band share, accuracy at
+    s <= 0.2 and the lowest class's Spearman; below, each arm's (the name before the first comma) mean
+    Spearman over its rows. A folder without summary.json is left out (the row names the seeds it has)."""
+    def mean(x):
+        return sum(x) / len(x)
+
+    lines = [f"| {title} | Spearman (cell means), judge seeds 1, 2, 3 | mean | MAE, mean "
+             "| medium-band share, mean | accuracy at s <= 0.2, mean | lowest class Spearman, mean |",
+             "|---|---|---|---|---|---|---|"]
+    arms, arms_seed1 = {}, {}
+    for name, folders in src.items():
+        have = {k: json.loads((Path(f) / "summary.json").read_text()) for k, f in sorted(folders.items())
+                if (Path(f) / "summary.json").is_file()}
+        if not have:
+            lines.append(f"| {name} | not run | | | | | |")
+            continue
+        runs = list(have.values())
+        sp = [r["dacd"]["spearman_overall"] for r in runs]
+        per_class = {c: mean([r["dacd"]["spearman_per_class"][c] for r in runs])
+                     for c in runs[0]["dacd"]["spearman_per_class"]}
+        low = min(per_class, key=per_class.get)
+        arm = name.split(",")[0]
+        arms.setdefault(arm, []).append(mean(sp))
+        if 1 in have:
+            arms_seed1.setdefault(arm, []).append(have[1]["dacd"]["spearman_overall"])
+        seeds = "" if sorted(have) == sorted(folders) else \
+            f" (judge seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))} only)"
+        lines.append(f"| {name}{seeds} | {', '.join(f'{x:.3f}' for x in sp)} | {mean(sp):.3f} "
+                     f"| {mean([r['dacd']['mae'] for r in runs]):.3f} "
+                     f"| {100 * mean([r['medium_band_share']['dacd'] for r in runs]):.1f}% "
+                     f"| {100 * mean([r['accuracy_at_s_le_0.2'] for r in runs]):.1f}% | {low} {per_class[low]:.2f} |")
+    lines.append("")
+    for arm, means in arms.items():
+        s1 = arms_seed1.get(arm, [])
+        at1 = f"; at judge seed 1 alone {mean(s1):.3f} ({min(s1):.3f}-{max(s1):.3f})" if s1 else ""
+        lines.append(f"{arm}: mean Spearman over its {len(means)} training runs {mean(means):.3f} (range "
+                     f"{min(means):.3f}-{max(means):.3f}){at1}")
     return "\n".join(lines)
 
 

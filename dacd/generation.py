@@ -461,8 +461,9 @@ def _calibration_record(pipe, sampling: SamplingSettings, anchoring) -> dict:
         differences = []
     if curve is None:
         return {}
-    content = json.dumps({"requested": curve.requested, "measured": curve.measured, "meta": curve.meta},
-                         sort_keys=True, default=str)
+    # what conditioning depends on: the knots and how they are made monotone (not notes in the meta)
+    content = json.dumps({"requested": curve.requested, "measured": curve.measured, "monotone": curve.monotone},
+                         sort_keys=True)
     return {"calibration": {"fingerprint": hashlib.sha256(content.encode()).hexdigest()[:16],
                             "measured_by": curve.meta.get("measured_by"), "differences": differences}}
 
@@ -474,8 +475,17 @@ def _check_or_write_config(out_dir: Path, config: dict, is_main: bool, barrier) 
         if path.is_file():
             old = _with_model_recorded(json.loads(path.read_text()))
             keys = ("plan_fingerprint", "model", "sampling", "batch_size", "selection", "pilot", "anchoring",
-                    "feedback", "calibration", "pooling", "pool")
-            if any(old.get(k) != config.get(k) for k in keys):
+                    "feedback", "pooling", "pool")
+            # a calibrated set is resumed only through the same curve (its content, not the recorded
+            # differences' wording); a folder written before curves were recorded is taken as it is
+            old_curve, new_curve = ((c.get("calibration") or {}).get("fingerprint") for c in (old, config))
+            if "calibration" not in old and new_curve is not None:
+                import warnings  # noqa: PLC0415
+
+                warnings.warn(f"{out_dir} was written before sets recorded their calibration curve: it is resumed "
+                              "as if made with the current one", stacklevel=3)
+                old_curve = new_curve
+            if any(old.get(k) != config.get(k) for k in keys) or old_curve != new_curve:
                 # every setting that differs, not only the ones that decide (the plan fingerprint alone
                 # would not say that --mu changed)
                 shown = sorted(config, key=lambda k: k == "plan_fingerprint")
@@ -667,7 +677,7 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     return summary
 
 
-_DONOR_KEYS = ("model", "sampling", "sampling_mode", "selection", "pilot", "anchoring", "feedback")
+_DONOR_KEYS = ("model", "sampling", "sampling_mode", "selection", "pilot", "anchoring", "feedback", "calibration")
 _ROW_KEYS = ("seed", "requested_s", "prompt", "label")
 
 
@@ -818,6 +828,13 @@ class Pooling:
 def committee_key(folders) -> str:
     """A short name of a committee's content (its members' fingerprints), for a pool's score cache."""
     return "-".join(model_fingerprint(f)[:8] for f in folders)
+
+
+def feedback_scorer_name(folders) -> str:
+    """How generation.json names the classifiers that steer feedback: one by its folder's name (as
+    sets did before committees), several by their content ("committee " + `committee_key`)."""
+    folders = list(folders)
+    return Path(folders[0]).name if len(folders) == 1 else "committee " + committee_key(folders)
 
 
 def _pool_difficulty_record(spec: DifficultySpec | None) -> dict:

@@ -252,7 +252,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
 
     def conditioning_difficulties(self, labels, requested, calibrated: bool) -> list[float]:
         """What the encoder is conditioned on: the request, or with `calibrated` the value whose
-        images measured as requested (the checkpoint's calibration curve)."""
+        images measured as requested (the checkpoint's calibration curve; measured by whatever its
+        meta's `measured_by` names: the shipped curve, the mean s of the three scoring classifiers)."""
         if not calibrated:
             return list(requested)
         if self.calibration is None:

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import ROOT, copy_dacd, load_module, run_script
 
 from dacd.calibration import Calibration
@@ -192,9 +193,13 @@ def test_calibrate_committee_curve_is_the_mean_of_its_members_curves(tiny_dacd, 
     import shutil
 
     calibrate = load_module(ROOT / "train" / "calibrate.py")
+    from dacd.classifier import build_classifier
+
     a, b = tiny_checkpoint / "classifier", tmp_path / "classifier-b"
-    shutil.copytree(tiny_checkpoint / "evaluator", b)  # another architecture's weights, under a member's name
-    common = ["--model", str(tiny_dacd), "--n", "2", "--steps", "2", "--no-progress"]
+    torch.manual_seed(0)  # another architecture, untrained: it measures the images otherwise
+    build_classifier("resnet14t", in_chans=1, num_classes=10).save_pretrained(b)
+    common = ["--model", str(tiny_dacd), "--n", "2", "--steps", "2", "--no-progress",
+              "--evaluator", str(tiny_checkpoint / "evaluator")]
     for name, extra in (("a", ["--scorer", str(a)]), ("b", ["--scorer", str(b)]),
                         ("ab", ["--committee", str(a), str(b)])):
         assert calibrate.main([*common, *extra, "--out", str(tmp_path / name)]) == 0
@@ -207,12 +212,19 @@ def test_calibrate_committee_curve_is_the_mean_of_its_members_curves(tiny_dacd, 
         calibrate.main([*common, "--scorer", str(a), "--committee", str(a), str(b), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="evaluation classifier"):  # the judge never fits the curve
         calibrate.main([*common, "--committee", str(a), str(tiny_checkpoint / "evaluator"), "--out", str(tmp_path)])
+    shutil.copytree(tiny_checkpoint / "evaluator", tmp_path / "classifier-c")  # not under another name either
+    with pytest.raises(SystemExit, match="evaluation classifier"):
+        calibrate.main([*common, "--committee", str(a), str(tmp_path / "classifier-c"), "--out", str(tmp_path)])
     model = copy_dacd(tiny_dacd, tmp_path / "dacd")  # bench/controllability.py refuses a curve its judge fitted
-    Calibration(both.requested, both.measured, {**both.meta, "committee": ["classifier", "evaluator"]}).save(model)
+    from dacd.weights import model_fingerprint
+
     controllability = load_module(ROOT / "bench" / "controllability.py")
-    with pytest.raises(SystemExit, match="fitted with evaluator, the evaluator that judges it"):
-        controllability.main(["--calibrated", "--model", str(model), "--evaluator", str(tiny_checkpoint / "evaluator"),
-                              "--baseline", "", "--out", str(tmp_path / "ctrl")])
+    for meta in ({"committee": ["classifier", "evaluator"]},  # by name
+                 {"member_fingerprints": [model_fingerprint(tiny_checkpoint / "evaluator")]}):  # by content
+        Calibration(both.requested, both.measured, {**both.meta, **meta}).save(model)
+        with pytest.raises(SystemExit, match="the evaluator that judges it"):
+            controllability.main(["--calibrated", "--model", str(model), "--evaluator",
+                                  str(tiny_checkpoint / "evaluator"), "--baseline", "", "--out", str(tmp_path / "ctrl")])
 
 
 @pytest.mark.slow
@@ -241,3 +253,27 @@ def test_calibration_fit_takes_the_mean_per_class_and_grid_value():
     assert cal.measured["0"] == pytest.approx([0.3, 0.8]) and cal.measured["1"] == pytest.approx([0.05, 0.5])
     with pytest.raises(ValueError, match="lacks images"):
         Calibration.fit(rows.iloc[:6])  # class 1 has no image at 0.9
+
+
+def test_controllability_means_averages_judge_seeds_and_names_missing_ones(tmp_path):
+    from dacd.evaluation import controllability_means
+
+    def judged(name, spearman, mae=0.1, medium=0.2, acc=0.9, per_class=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({
+            "dacd": {"spearman_overall": spearman, "mae": mae, "spearman_per_class": per_class or {"Bag": spearman}},
+            "medium_band_share": {"dacd": medium}, "accuracy_at_s_le_0.2": acc}))
+        return str(folder)
+
+    src = {"a, run 0": {1: judged("a1", 0.8, per_class={"Bag": 0.5, "Coat": 0.9}),
+                        2: judged("a2", 0.6, mae=0.3, per_class={"Bag": 0.7, "Coat": 0.2})},
+           "a, run 1": {1: str(tmp_path / "never"), 2: judged("b2", 0.9)},
+           "c, run 0": {1: str(tmp_path / "nowhere")}}
+    lines = controllability_means(src, title="t").splitlines()
+    assert lines[0].startswith("| t |")
+    assert lines[2] == "| a, run 0 | 0.800, 0.600 | 0.700 | 0.200 | 20.0% | 90.0% | Coat 0.55 |"
+    assert lines[3].startswith("| a, run 1 (judge seed 2 only) | 0.900 | 0.900 |")
+    assert lines[4] == "| c, run 0 | not run | | | | | |"
+    # the arm: the mean of its runs' means; judge seed 1 alone only from the runs that have it
+    assert lines[-1] == "a: mean Spearman over its 2 training runs 0.800 (range 0.700-0.900); at judge seed 1 alone 0.800 (0.800-0.800)"

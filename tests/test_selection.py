@@ -599,5 +599,10 @@ def test_a_calibrated_set_records_its_curve_and_is_not_resumed_through_another(t
                                    {"measured_by": "test", "steps": 15})
     with pytest.raises(GenerationError, match="calibration.fingerprint"):
         generate_dataset(pipe, plan, tmp_path / "set", sampling=calibrated, **kw)
+    cfg = json.loads((tmp_path / "set" / "generation.json").read_text())
+    del cfg["calibration"]  # a set written before curves were recorded: resumed, with a warning
+    (tmp_path / "set" / "generation.json").write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match="before sets recorded their calibration curve"):
+        assert generate_dataset(pipe, plan, tmp_path / "set", sampling=calibrated, **kw)["complete"]
     generate_dataset(pipe, plan, tmp_path / "plain", sampling=FAST, **kw)
     assert "calibration" not in json.loads((tmp_path / "plain" / "generation.json").read_text())

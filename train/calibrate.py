@@ -10,9 +10,10 @@ scoring classifiers, never by the evaluation classifier, so `bench/controllabili
 --seed 1` judges the curve on other images with a classifier that did not fit it. By default the
 curve is fitted to the mean s of the embedded checkpoint's three scoring classifiers (classifier/,
 the one that defines s, classifier-2/ and classifier-3/: `--committee` names others, `--scorer` one
-alone): aimed at a committee rather than at one network, calibrated requests land nearer where an
-independent judge measures them (bench/results/controllability-committee-cal: Spearman 0.886
-against 0.865 over judge seeds 1-3 on the shipped dacd). A stage of `make checkpoints`.
+alone): aimed at a committee rather than at one network, calibrated requests landed nearer where an
+independent judge measures them on the shipped dacd (bench/results/controllability-committee-cal:
+Spearman 0.886 against 0.865 over judge seeds 1-3; on two other training runs +0.013 and +0.002, on
+the first base's dacd -0.002). A stage of `make checkpoints`.
 
     python train/calibrate.py --img2img-strength 0.5            # the curve for edits of real images
 
@@ -50,6 +51,7 @@ from dacd.generation import committee_scores
 from dacd.img2img import DifficultyControlledImg2ImgPipeline
 from dacd.pipeline import DifficultyControlledPipeline
 from dacd.sampling import SamplingSettings
+from dacd.weights import model_fingerprint
 
 
 def parse_args(argv=None):
@@ -63,6 +65,8 @@ def parse_args(argv=None):
                         "either: the embedded checkpoint's " + ", ".join(CALIBRATION_COMMITTEE) + "); never the "
                         "evaluation classifier, which judges the curve (bench/controllability.py refuses a curve "
                         "it fitted)")
+    p.add_argument("--evaluator", default=str(EMBEDDED_CHECKPOINT / LAYOUT.evaluator),
+                   help="the evaluation classifier, refused as a member (by name and by content)")
     p.add_argument("--n", type=int, default=20, help="images per (class, requested-s) cell")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=SAMPLING.num_inference_steps)
@@ -130,7 +134,9 @@ def main(argv=None):
     if absent:
         raise SystemExit(f"no classifier at {', '.join(absent)}: `python train/make_checkpoints.py --stages "
                          "classifier-2 classifier-3` builds the embedded ones, or pass --scorer/--committee")
-    judge = [m for m in members if Path(m).name == LAYOUT.evaluator]
+    judge_fp = model_fingerprint(args.evaluator) if Path(args.evaluator).is_dir() else None
+    judge = [m for m in members if Path(m).name == LAYOUT.evaluator
+             or (judge_fp is not None and model_fingerprint(m) == judge_fp)]
     if judge:
         raise SystemExit(f"{', '.join(judge)} is the evaluation classifier, which judges calibrated sampling "
                          "(bench/controllability.py): fit the curve with the scoring classifier and its committee")
@@ -139,7 +145,8 @@ def main(argv=None):
     rows = grid_rows(list(range(pipe.num_classes)), args.n, args.seed)
     names = [Path(m).name for m in members]
     meta = {"measured_by": names[0] if len(names) == 1 else "committee mean of " + ", ".join(names),
-            **({"committee": names} if len(names) > 1 else {}), "n_per_cell": args.n, "steps": args.steps,
+            **({"committee": names} if len(names) > 1 else {}),
+            "member_fingerprints": [model_fingerprint(m) for m in members], "n_per_cell": args.n, "steps": args.steps,
             "scheduler": args.scheduler, "guidance_scale": args.guidance,
             "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed,
             "monotone": args.monotone or "running-max"}

@@ -89,6 +89,7 @@ from dacd.generation import (
     anchor_images,
     assign_anchors,
     committee_key,
+    feedback_scorer_name,
     counts_from_ratio,
     generate_dataset,
     generate_pooled_set,
@@ -234,6 +235,8 @@ def parse_args(argv=None):
                 "--looser-committee folders")
     if args.feedback_scale and not (args.feedback_scale > 0 and "pooled" in args.samplings):
         p.error("--feedback-scale steers pools: a scale > 0 with --samplings pooled (edits take no feedback)")
+    if args.feedback_scorer and not args.feedback_scale:
+        p.error("--feedback-scorer steers with --feedback-scale: add a scale > 0")
     args.feedback_scorer = args.feedback_scorer or list(args.committee)
     if args.feedback_scale and any(Path(f).resolve() == judge for f in args.feedback_scorer):
         p.error("the evaluation classifier judges the sets and must not steer them: pass other --feedback-scorer "
@@ -286,7 +289,8 @@ def sampling_label(args, mode: str) -> str:
     with another --committee than the shipped two gets '-c<members>', e.g. 'mu-pooled-c3', so its
     cells stand beside the default committee's in one table (folders and cells differ anyway: the
     committee is part of their identity). A pooled sampling with a --looser-committee gets
-    't<members>' after that, e.g. 'mu-pooled-c3t2' (or 'pooled-t1')."""
+    't<members>' after that, e.g. 'mu-pooled-c3t2' (or 'pooled-t1'), and pools steered by feedback
+    'fb<scale>', e.g. 'mu-pooled-c3fb2'."""
     per_mu = mode in ("pooled", "anchored-pooled") and args.pool_difficulty == "plan"
     label = mode.replace("pooled", "mu-pooled") if per_mu else mode
     tag = ""
@@ -427,7 +431,7 @@ def build_real_sets(args, sets, real, pool, pool_s, counts) -> list:
 def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
     """Generate (or resume) each generated set that a missing cell needs, at the largest ratio."""
 
-    pipes, evaluator, committee, looser, feedback = {}, None, None, [], None
+    pipes, evaluator, committee, looser, feedback, loaded = {}, None, None, [], None, {}  # loaded: each folder once
     for st in sets.values():
         if st["kind"] != "generated" or st["name"] not in needed or (st["folder"] / "manifest.parquet").is_file():
             continue
@@ -440,7 +444,6 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             raise SystemExit(f"{model} knows classes {list(pipe.class_names)}, the data {list(real.class_names)}")
         evaluator = evaluator or Classifier.from_pretrained(args.evaluator)
         if (st["selection"] is not None or st["pooling"] is not None) and committee is None:
-            loaded = {}  # shared members load once
             committee = load_classifiers(args.committee, loaded=loaded)
             looser = ([(load_classifiers(args.looser_committee, loaded=loaded), committee_key(args.looser_committee))]
                       if args.looser_committee else [])
@@ -451,8 +454,8 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
             anchors = anchor_images(st["pool"]["plan"] if st["pooling"] is not None else st["plan"], real.ids,
                                     real.images)
         if st["feedback"] is not None and feedback is None:  # steered pools: the scorers' gradient
-            feedback = FeedbackGuidance(tuple(load_classifiers(args.feedback_scorer)), args.feedback_scale,
-                                        args.feedback_steps)
+            feedback = FeedbackGuidance(tuple(load_classifiers(args.feedback_scorer, loaded=loaded)),
+                                        args.feedback_scale, args.feedback_steps)
         if st["pooling"] is not None:
             # feedback needs gradients, which inference mode forbids even inside enable_grad
             with torch.inference_mode(st["feedback"] is None):
@@ -466,7 +469,7 @@ def make_generated_sets(args, sets, real, needed: set, progress: bool) -> None:
                                     looser=looser,
                                     **({} if st["feedback"] is None else
                                        {"feedback": feedback,
-                                        "feedback_scorer": "committee " + committee_key(args.feedback_scorer)}),
+                                        "feedback_scorer": feedback_scorer_name(args.feedback_scorer)}),
                                     sampling=st["settings"], batch_size=args.gen_batch_size, progress=progress,
                                     real_subset=real.name,
                                     extra_config={"difficulty": {**st["spec"].__dict__,

@@ -50,6 +50,7 @@ from dacd.generation import (
     anchor_images,
     assign_anchors,
     committee_key,
+    feedback_scorer_name,
     counts_from_ratio,
     generate_dataset,
     generate_pooled_set,
@@ -96,7 +97,8 @@ def parse_args(argv=None):
     s.add_argument("--scheduler", default=None, help="dpm++ or ddim (default: the pipeline's)")
     s.add_argument("--guidance", type=float, default=None)
     s.add_argument("--difficulty-guidance", type=float, default=None)
-    s.add_argument("--calibrated", action="store_true", help="condition on the value that measures as requested")
+    s.add_argument("--calibrated", action="store_true", help="condition on the value that measures as requested "
+                   "(by the curve's classifiers: for the shipped one, the mean s of the three scoring classifiers)")
     s.add_argument("--batch-size", type=int, default=32, help="images per chunk (keep it fixed when resuming)")
     sel = p.add_argument_group("selection (sampling 'selected': over-generate, keep what the committee measures as asked)")
     sel.add_argument("--select", action="store_true", help="try each row up to --max-tries times and keep the try "
@@ -269,8 +271,7 @@ def main(argv=None):
                                                      for f in fb_folders):
             raise SystemExit("error: the evaluation classifier judges the set and must not steer it: pass another "
                              "--feedback-scorer")
-        # one scorer is recorded by its folder name (as before committees), several by their content
-        fb_name = Path(fb_folders[0]).name if len(fb_folders) == 1 else "committee " + committee_key(fb_folders)
+        fb_name = feedback_scorer_name(fb_folders)
         try:
             scorers = load_classifiers(fb_folders, state.device, loaded)
             feedback = FeedbackGuidance(scorers[0] if len(scorers) == 1 else tuple(scorers), args.feedback_scale,

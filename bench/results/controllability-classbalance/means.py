@@ -4,10 +4,7 @@ global balance (bench/results/controllability-spread; training seed 0 is the shi
 repository root:
     python bench/results/controllability-classbalance/means.py > bench/results/controllability-classbalance/means.md
 """
-import sys
-
-sys.path.insert(0, "bench")
-from seed_means import report  # noqa: E402
+from dacd.evaluation import controllability_means
 
 SEEDS = "bench/results/controllability-seeds"
 SPREAD = "bench/results/controllability-spread"
@@ -20,4 +17,4 @@ src = {
     **{f"per-class balance, training seed {t}": {k: f"{HERE}/vc-s{t}-seed{k}" for k in (1, 2, 3)} for t in (0, 1, 2)},
 }
 
-report(src, title="calibrated, v base")
+print(controllability_means(src, title="calibrated, v base"))

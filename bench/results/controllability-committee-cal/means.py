@@ -3,10 +3,7 @@ scoring classifier alone (earlier folders) and to the committee's mean s (this f
 repository root:
     python bench/results/controllability-committee-cal/means.py > bench/results/controllability-committee-cal/means.md
 """
-import sys
-
-sys.path.insert(0, "bench")
-from seed_means import report  # noqa: E402
+from dacd.evaluation import controllability_means
 
 SEEDS = "bench/results/controllability-seeds"
 SPREAD = "bench/results/controllability-spread"
@@ -23,4 +20,4 @@ src = {
     "v committee curve, training seed 2": {k: f"{HERE}/v-s2-seed{k}" for k in (1, 2, 3)},
 }
 
-report(src)
+print(controllability_means(src))

@@ -3,10 +3,7 @@ PLAN.md: training seed 0 (the shipped models, from bench/results/controllability
 training seeds 1 and 2 (this folder). Run from the repository root:
     python bench/results/controllability-spread/means.py > bench/results/controllability-spread/means.md
 """
-import sys
-
-sys.path.insert(0, "bench")
-from seed_means import report  # noqa: E402
+from dacd.evaluation import controllability_means
 
 SEEDS = "bench/results/controllability-seeds"
 HERE = "bench/results/controllability-spread"
@@ -21,4 +18,4 @@ src = {
     "v chain, training seed 2": {k: f"{HERE}/v-s2-seed{k}" for k in (1, 2, 3)},
 }
 
-report(src)
+print(controllability_means(src))
