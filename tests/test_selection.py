@@ -602,7 +602,7 @@ def test_a_calibrated_set_records_its_curve_and_is_not_resumed_through_another(t
     cfg = json.loads((tmp_path / "set" / "generation.json").read_text())
     del cfg["calibration"]  # a set written before curves were recorded: resumed, with a warning
     (tmp_path / "set" / "generation.json").write_text(json.dumps(cfg))
-    with pytest.warns(UserWarning, match="before sets recorded their calibration curve"):
+    with pytest.warns(CalibrationSettingsWarning), pytest.warns(UserWarning, match="before sets recorded their"):
         assert generate_dataset(pipe, plan, tmp_path / "set", sampling=calibrated, **kw)["complete"]
     generate_dataset(pipe, plan, tmp_path / "plain", sampling=FAST, **kw)
     assert "calibration" not in json.loads((tmp_path / "plain" / "generation.json").read_text())
