@@ -84,7 +84,7 @@ def main(argv=None):
         baseline = DifficultyControlledPipeline.from_pretrained(args.baseline)
         baseline.set_progress_bar_config(disable=True)
     if args.calibrated:
-        curve = Calibration.load(args.model)
+        curve = pipe.calibration  # loaded with the model
         if curve is None:
             raise SystemExit(f"{args.model} has no {LAYOUT.calibration}: fit one with train/calibrate.py --model {args.model}")
         fitters = curve.meta.get("committee") or [curve.meta.get("measured_by")]

@@ -8,8 +8,9 @@ the moved x0, so any scheduler that works on alphas_cumprod takes it as is). Lat
 unguided and clean up what the gradient left.
 
 `scorer` may be a committee (a tuple of classifiers): s is then the mean of the members' s, the
-measure pooled selection matches with, and the gradient is that mean's (an ensemble's gradient
-transfers to other classifiers more than one model's does).
+measure pooled selection matches with, and the gradient is that mean's. On pools of the shipped
+dacd it did not help (bench/results/mupool-v/probe50-d1-c3-fb: the steered sets' medium share and
+label accuracy both fell).
 
 The step is normalised per image: x0 <- x0 - scale * (s - s_target) * g / rms(g), g = ds/dx0, so
 `scale` is in the units of the scaled latents, which have about unit spread (0.5 moves an image
@@ -90,7 +91,9 @@ class FeedbackGuidance:
     def hook(self, pipe, sched, labels, targets):
         """A per-step function `(i, t, latents, model_output) -> model_output` for `pipe.denoise`."""
         kind = self.check(pipe, sched)
-        members = self.members
+        # each member may sit on another device or dtype than the pipeline: its labels live beside it
+        members = [(m, next(m.parameters()), torch.as_tensor(labels, device=next(m.parameters()).device))
+                   for m in self.members]
         target = torch.as_tensor(targets, dtype=torch.float32)
         alphas = sched.alphas_cumprod.double()
         sf = pipe.vae.config.scaling_factor
@@ -102,22 +105,20 @@ class FeedbackGuidance:
             sa, so = a ** 0.5, (1 - a) ** 0.5
             lat, o = latents.float(), out.float()  # float32 arithmetic: dividing by sqrt(a) magnifies fp16 rounding
             x0 = (lat - so * o) / sa if kind == "epsilon" else sa * lat - so * o
-            was_training = [m.training for m in members]
-            for m in members:
+            was_training = [m.training for m, _, _ in members]
+            for m, _, _ in members:
                 m.eval()
             try:
                 with torch.enable_grad():
                     x = x0.detach().requires_grad_(True)
                     img = (pipe.vae.decode(x.to(pipe.vae.dtype) / sf, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)
                     s = 0.0
-                    for m in members:  # each member may sit on another device or dtype than the pipeline
-                        w = next(m.parameters())
+                    for m, w, y in members:
                         p = torch.softmax(m(img.to(w.device, w.dtype)).float(), -1)
-                        y = torch.as_tensor(labels, device=w.device)
                         s = s + (1 - p[torch.arange(len(y), device=w.device), y]).to(x.device) / len(members)
                     (grad,) = torch.autograd.grad(s.sum(), x)  # images are independent: per-image ds/dx0
             finally:
-                for m, was in zip(members, was_training):
+                for (m, _, _), was in zip(members, was_training):
                     m.train(was)
             rms = grad.pow(2).mean(dim=tuple(range(1, grad.ndim)), keepdim=True).sqrt().clamp_min(1e-12)
             err = (s.detach() - target.to(grad.device)).view(-1, *[1] * (grad.ndim - 1))

@@ -134,9 +134,9 @@ def main(argv=None):
     if absent:
         raise SystemExit(f"no classifier at {', '.join(absent)}: `python train/make_checkpoints.py --stages "
                          "classifier-2 classifier-3` builds the embedded ones, or pass --scorer/--committee")
+    fingerprints = [model_fingerprint(m) for m in members]
     judge_fp = model_fingerprint(args.evaluator) if Path(args.evaluator).is_dir() else None
-    judge = [m for m in members if Path(m).name == LAYOUT.evaluator
-             or (judge_fp is not None and model_fingerprint(m) == judge_fp)]
+    judge = [m for m, fp in zip(members, fingerprints) if Path(m).name == LAYOUT.evaluator or fp == judge_fp]
     if judge:
         raise SystemExit(f"{', '.join(judge)} is the evaluation classifier, which judges calibrated sampling "
                          "(bench/controllability.py): fit the curve with the scoring classifier and its committee")
@@ -146,7 +146,7 @@ def main(argv=None):
     names = [Path(m).name for m in members]
     meta = {"measured_by": names[0] if len(names) == 1 else "committee mean of " + ", ".join(names),
             **({"committee": names} if len(names) > 1 else {}),
-            "member_fingerprints": [model_fingerprint(m) for m in members], "n_per_cell": args.n, "steps": args.steps,
+            "member_fingerprints": fingerprints, "n_per_cell": args.n, "steps": args.steps,
             "scheduler": args.scheduler, "guidance_scale": args.guidance,
             "difficulty_guidance_scale": args.difficulty_guidance, "seed": args.seed,
             "monotone": args.monotone or "running-max"}
