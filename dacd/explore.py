@@ -187,6 +187,7 @@ def cpu_cores() -> int:
 
 
 EXACT = Selection(max_tries=6, tolerance=0.05, label_rule=True, pilot=0)  # the app's "exact difficulty" (per image)
+DISTRIBUTION_SETS = ("requested", "dacd", "dacd exact", "baseline", "real")  # a Distributions result's sets, in order
 NEAR_WIDTH, NEAR_MIN_COUNT = 0.05, 50  # "few real images near the requested s" below this count
 CHUNK_SIZE = 32  # images per pipeline call
 MODELS = {"dacd": LAYOUT.dacd, "baseline": LAYOUT.baseline}  # model kind -> its folder in the checkpoint
@@ -421,32 +422,48 @@ class Workbench(Explorer):
         return result
 
     def distribution(self, mu: float = DIFFICULTY.mu, sigma: float = DIFFICULTY.sigma, n: int = 200, class_name=None, seed: int = 0,
-                     progress=None) -> dict:
-        """Requested s ~ N(mu, sigma), and measured s for dacd, the baseline and real test images."""
+                     progress=None, *, exact: bool = False, selection: Selection = EXACT) -> dict:
+        """Requested s ~ N(mu, sigma), and measured s for dacd, the baseline and real test images.
+
+        `exact` adds "dacd exact": the same rows (same seeds: try 1 is the plain dacd image) with
+        Generate's exact difficulty, each tried up to `selection.max_tries` times and kept when the
+        scoring committee measures it within `selection.tolerance` of its request, every member
+        still naming the class (else the nearest try); `exact_tries` and `exact_accepted` say what
+        that cost and how often it succeeded."""
         mu = APP_LIMITS["mu"].check(mu)
         sigma = APP_LIMITS["sigma"].check(sigma)
         n = APP_LIMITS["distribution_n"].check(n)
         seed = APP_LIMITS["seed"].check(seed)
         classes = list(range(len(self.class_names))) if class_name in (None, "", "all") else [self.class_index(class_name)]
         test = self.require_real("test")  # before generating: the real curve needs it
+        committee = self.committee() if exact else ()  # refused before any work when it is missing
         rng = np.random.default_rng(seed)
         labels = rng.choice(classes, n)
         req = evaluation.draw_difficulties(n, mu, sigma, seed)
         seeds = (seed * 10_000 + np.arange(n)).tolist()
         out = {"requested": req, "labels": labels}
-        for kind in ["dacd"] + (["baseline"] if self.has_model("baseline") else []):
-            imgs = sample(self.pipeline(kind), labels.tolist(), req.tolist(), seeds, SamplingSettings(),
-                          chunk_size=CHUNK_SIZE, workers=1, progress=progress, desc=kind).images
+        runs = [("dacd", "dacd", {})]
+        if exact:
+            runs.append(("dacd exact", "dacd", dict(
+                accept=committee_accept(committee, labels.tolist(), req.tolist(), selection),
+                max_tries=selection.max_tries)))
+        if self.has_model("baseline"):
+            runs.append(("baseline", "baseline", {}))
+        for name, kind, select in runs:
+            res = sample(self.pipeline(kind), labels.tolist(), req.tolist(), seeds, SamplingSettings(),
+                         chunk_size=CHUNK_SIZE, workers=1, progress=progress, desc=name, **select)
             # workers=1: a comparison is the long job; on its own queue and one core it leaves the
             # other cores to Generate and Sweep (bench/app_latency.py: Generate during Distributions)
-            out[kind] = self.measure(imgs, labels)[0]
+            out[name] = self.measure(res.images, labels)[0]
+            if select:
+                out["exact_tries"] = float(np.mean(res.tries))
+                out["exact_accepted"] = float(np.mean(res.accepted))
         t = self.scores
         te = t[t.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
         pos = evaluation.real_ceiling_sample(te, req, labels)
         m, _ = self._get("real_test_measured", lambda: evaluation.measure(self.evaluator, test.images, test.labels))
         out["real"] = m.measured_s.to_numpy()[pos]
-        out["shares"] = {k: evaluation.medium_share(v, MEDIUM_BAND) for k, v in out.items()
-                         if k in ("requested", "dacd", "baseline", "real")}
+        out["shares"] = {k: evaluation.medium_share(out[k], MEDIUM_BAND) for k in DISTRIBUTION_SETS if k in out}
         out["band"] = MEDIUM_BAND
         return out
 

@@ -138,8 +138,10 @@ def sweep_lines(s_values, measured, seeds, baseline_measured=None):
     return fig
 
 
-DISTRIBUTION_COLORS = {"requested": "#adb5bd", "dacd": "#e76f51", "baseline": "#2a9d8f", "real": "#264653"}
+DISTRIBUTION_COLORS = {"requested": "#adb5bd", "dacd": "#e76f51", "dacd exact": "#f4a261", "baseline": "#2a9d8f",
+                       "real": "#264653"}
 DISTRIBUTION_NAMES = {"requested": "requested s (the plan)", "dacd": "dacd images, measured",
+                      "dacd exact": "dacd images, exact difficulty, measured",
                       "baseline": "baseline images, measured", "real": "real test images, measured"}
 
 

@@ -29,6 +29,7 @@ from .defaults import (
 from .explore import (
     BROWSE_PERCENTILES,
     DEFAULT_VIEW,
+    DISTRIBUTION_SETS,
     EDIT_LEVELS,
     EXACT,
     NEAR_MIN_COUNT,
@@ -610,15 +611,21 @@ class DistributionInputs:
     n: int = limited("distribution_n")
     class_name: str  # a class, or "all"
     seed: int = limited("seed")
+    exact: bool
 
 
 def distribution_outputs(r: dict):
     """The figure and the share table of a Distributions result (live or the stored default view)."""
-    curves = {k: r[k] for k in ("requested", "dacd", "baseline", "real") if k in r}
+    curves = {k: r[k] for k in DISTRIBUTION_SETS if k in r}
     lo, hi = r["band"]
     rows = "\n".join(f"| {k} | {v:.1%} |" for k, v in r["shares"].items())
     text = (f"Share of images in the medium band [{lo}, {hi}] (all measured by the evaluation classifier "
             f"except *requested*):\n\n| set | share |\n|---|---|\n{rows}")
+    if "exact_tries" in r:
+        text += (f"\n\n*dacd exact*: {r['exact_tries']:.1f} tries per image on average; "
+                 f"{r['exact_accepted']:.0%} of its images within ±{EXACT.tolerance} of their requested s by the "
+                 "scoring classifiers and still named as their class by each (the others: the nearest of "
+                 f"{EXACT.max_tries} tries).")
     return distribution_figure(curves, r["band"]), text
 
 
@@ -627,7 +634,8 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
     @gpu
     @takes(DistributionInputs)
     def distribution(x: DistributionInputs, progress=gr.Progress()):
-        r = ex.distribution(x.mu, x.sigma, x.n, x.class_name, x.seed, progress=lambda f, d: progress(f, desc=d))
+        r = ex.distribution(x.mu, x.sigma, x.n, x.class_name, x.seed, progress=lambda f, d: progress(f, desc=d),
+                            exact=bool(x.exact))
         return distribution_outputs(r)
 
     with gr.Tab("Distributions", id="distribution"):
@@ -637,7 +645,9 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
              "measured on the **dacd** images, on the **baseline** model's images (same classes, no difficulty "
              "dial) and on **real** test images chosen for the same plan. The closer a set's histogram is to the "
              "plan, the better the dial works; the shaded *medium band* is where the paper says useful training "
-             "images lie. The default view is precomputed; *Compare* recomputes it for your settings.")
+             "images lie. The default view is precomputed; *Compare* recomputes it for your settings. *Exact "
+             "difficulty* adds the dacd images made as Generate's switch makes them (tried until the scoring "
+             "classifiers measure the requested s and still name the class): slower, by its tries per image.")
         with gr.Row():
             mu = Slider("mu", value=DIFFICULTY.mu, step=0.05, label="mu (mean difficulty asked for)", min_width=160)
             sigma = Slider("sigma", value=DIFFICULTY.sigma, step=0.01, label="sigma (spread)", min_width=160)
@@ -646,13 +656,15 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
             cls = ClassBox(["all"] + class_names, class_names, extra=("all",), value="all", label="class",
                            min_width=160)
             seed = Number("seed", value=0, label="seed", precision=0, min_width=120)
+            dist_exact = gr.Checkbox(False, label=f"exact difficulty for dacd (up to {EXACT.max_tries} tries per "
+                                     "image; slower)", min_width=160)
             btn = gr.Button("Compare", variant="primary", elem_id="distribution-button")
         with gr.Row():
             fig = gr.Plot(label="histograms", min_width=320, scale=2)
             with gr.Column(min_width=260):  # a column's min width makes the row wrap on phones
                 shares = gr.Markdown(label="medium-band shares", elem_id="distribution-shares")
         calib = gr.Plot(label="calibration curve")
-        inputs = in_order(DistributionInputs, mu=mu, sigma=sigma, n=n, class_name=cls, seed=seed)
+        inputs = in_order(DistributionInputs, mu=mu, sigma=sigma, n=n, class_name=cls, seed=seed, exact=dist_exact)
         # its own queue: a long comparison never holds up Generate or Sweep
         btn.click(distribution, inputs, [fig, shares], api_name="distribution", concurrency_id="distribution",
                   concurrency_limit=1)

@@ -19,7 +19,7 @@ API = {
     "/export": [],
     "/sweep": [("class_name", "Shirt"), ("seeds", "0, 1, 2, 3"), ("columns", 8), ("difficulty_only", False),
                ("steps", 15), ("source_id", ""), ("strength", 0.5), ("source_image", None)],
-    "/distribution": [("mu", 0.5), ("sigma", 0.1), ("n", 200), ("class_name", "all"), ("seed", 0)],
+    "/distribution": [("mu", 0.5), ("sigma", 0.1), ("n", 200), ("class_name", "all"), ("seed", 0), ("exact", False)],
     "/browse": [("class_name", "T-shirt/top")],
     "/show_image": [("image_id", REQUIRED)],
     "/edit": [("image_id", REQUIRED), ("strength", 0.5), ("seed", 0)],

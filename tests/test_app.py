@@ -4,6 +4,7 @@ import re
 import zipfile
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import copy_dacd
@@ -183,6 +184,26 @@ def test_distribution(client):
     for name in ("requested", "dacd", "baseline", "real"):
         assert f"| {name} |" in text
     refused(lambda: client.predict(0.5, 2.0, 20, "all", 0, api_name="/distribution"), "Sigma must be")
+
+
+def test_distribution_with_exact_difficulty(client, tiny_checkpoint, fake_fmnist, tmp_path):
+    fig, text = client.predict(0.5, 0.1, 6, "all", 0, True, api_name="/distribution")
+    assert "| dacd exact |" in text and "tries per image on average" in text
+    ex = Workbench(tiny_checkpoint, data_dir=fake_fmnist)
+    plain, r = ex.distribution(0.5, 0.1, 6, "all", 3), ex.distribution(0.5, 0.1, 6, "all", 3, exact=True)
+    assert "dacd exact" not in plain and "exact_tries" not in plain
+    np.testing.assert_array_equal(r["dacd"], plain["dacd"])  # the exact set is added; the others stay
+    np.testing.assert_array_equal(r["real"], plain["real"])
+    assert len(r["dacd exact"]) == 6 and np.isfinite(r["dacd exact"]).all()
+    assert 1 <= r["exact_tries"] <= 6 and 0 <= r["exact_accepted"] <= 1
+    assert list(r["shares"]) == ["requested", "dacd", "dacd exact", "baseline", "real"]
+    root = tmp_path / "no-scorer"
+    root.mkdir()
+    for item in tiny_checkpoint.iterdir():
+        if item.name != "classifier":
+            (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    with pytest.raises(ValueError, match=r"Exact difficulty needs the checkpoint's scoring classifier"):
+        Workbench(root, data_dir=fake_fmnist).distribution(0.5, 0.1, 6, "all", 0, exact=True)
 
 
 def test_browse(client):
