@@ -27,6 +27,16 @@ GEN = dict(class_name="Trouser", s=0.3, calibrated=False, n=3, seed=7, randomize
            prompt="", exact=False)
 
 
+def without_scorer(checkpoint, tmp_path):
+    """A copy of the checkpoint (links) without its scoring classifier."""
+    root = tmp_path / "no-scorer"
+    root.mkdir()
+    for item in checkpoint.iterdir():
+        if item.name != "classifier":
+            (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    return root
+
+
 def refused(call, match: str) -> str:
     """The call must fail with an exception whose text matches `match` (not a bare HTTP status:
     gradio_client drops the body of a refused request, so checks run inside the event) and reads
@@ -197,11 +207,7 @@ def test_distribution_with_exact_difficulty(client, tiny_checkpoint, fake_fmnist
     assert len(r["dacd exact"]) == 6 and np.isfinite(r["dacd exact"]).all()
     assert 1 <= r["exact_tries"] <= 6 and 0 <= r["exact_accepted"] <= 1
     assert list(r["shares"]) == ["requested", "dacd", "dacd exact", "baseline", "real"]
-    root = tmp_path / "no-scorer"
-    root.mkdir()
-    for item in tiny_checkpoint.iterdir():
-        if item.name != "classifier":
-            (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    root = without_scorer(tiny_checkpoint, tmp_path)
     with pytest.raises(ValueError, match=r"Exact difficulty needs the checkpoint's scoring classifier"):
         Workbench(root, data_dir=fake_fmnist).distribution(0.5, 0.1, 6, "all", 0, exact=True)
 
@@ -290,11 +296,7 @@ def test_exact_difficulty_selects_per_image_and_is_refused_without_a_scoring_cla
     plain = Workbench(tiny_checkpoint, data_dir=fake_fmnist).generate("Trouser", 0.3, 2, 7, steps=2)
     for t, a, im, im0 in zip(r.tries, r.accepted, r.images, plain.images):  # try 1 is the plain image
         assert (t == 1) <= bool((im == im0).all())
-    root = tmp_path / "no-scorer"
-    root.mkdir()
-    for item in tiny_checkpoint.iterdir():
-        if item.name != "classifier":
-            (root / item.name).symlink_to(item.resolve(), target_is_directory=item.is_dir())
+    root = without_scorer(tiny_checkpoint, tmp_path)
     with pytest.raises(ValueError, match=r"Exact difficulty needs the checkpoint's scoring classifier \(classifier/\)"):
         Workbench(root, data_dir=fake_fmnist).generate("Trouser", 0.3, 1, 0, steps=2, exact=True)
 
