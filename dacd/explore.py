@@ -429,7 +429,8 @@ class Workbench(Explorer):
         Generate's exact difficulty, each tried up to `selection.max_tries` times and kept when the
         scoring committee measures it within `selection.tolerance` of its request, every member
         still naming the class (else the nearest try); `exact_tries` and `exact_accepted` say what
-        that cost and how often it succeeded."""
+        that cost and how often it succeeded (`exact_max_tries`, `exact_tolerance`: the rule). All
+        sets sample uncalibrated at the default settings."""
         mu = APP_LIMITS["mu"].check(mu)
         sigma = APP_LIMITS["sigma"].check(sigma)
         n = APP_LIMITS["distribution_n"].check(n)
@@ -456,8 +457,8 @@ class Workbench(Explorer):
             # other cores to Generate and Sweep (bench/app_latency.py: Generate during Distributions)
             out[name] = self.measure(res.images, labels)[0]
             if select:
-                out["exact_tries"] = float(np.mean(res.tries))
-                out["exact_accepted"] = float(np.mean(res.accepted))
+                out.update(exact_tries=float(np.mean(res.tries)), exact_accepted=float(np.mean(res.accepted)),
+                           exact_max_tries=selection.max_tries, exact_tolerance=selection.tolerance)
         t = self.scores
         te = t[t.split == "test"].set_index("id").loc[list(test.ids)].reset_index()
         pos = evaluation.real_ceiling_sample(te, req, labels)

@@ -623,9 +623,9 @@ def distribution_outputs(r: dict):
             f"except *requested*):\n\n| set | share |\n|---|---|\n{rows}")
     if "exact_tries" in r:
         text += (f"\n\n*dacd exact*: {r['exact_tries']:.1f} tries per image on average; "
-                 f"{r['exact_accepted']:.0%} of its images within ±{EXACT.tolerance} of their requested s by the "
-                 "scoring classifiers and still named as their class by each (the others: the nearest of "
-                 f"{EXACT.max_tries} tries).")
+                 f"{r['exact_accepted']:.1%} of its images within ±{r['exact_tolerance']} of their requested s by "
+                 "the scoring classifiers and still named as their class by each (the others: the nearest of "
+                 f"{r['exact_max_tries']} tries).")
     return distribution_figure(curves, r["band"]), text
 
 
@@ -646,8 +646,9 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
              "dial) and on **real** test images chosen for the same plan. The closer a set's histogram is to the "
              "plan, the better the dial works; the shaded *medium band* is where the paper says useful training "
              "images lie. The default view is precomputed; *Compare* recomputes it for your settings. *Exact "
-             "difficulty* adds the dacd images made as Generate's switch makes them (tried until the scoring "
-             "classifiers measure the requested s and still name the class): slower, by its tries per image.")
+             "difficulty* adds dacd images selected per image as Generate's switch does (tried until the scoring "
+             "classifiers measure the requested s and still name the class; every set here samples uncalibrated "
+             "at the default settings): slower, by its tries per image.")
         with gr.Row():
             mu = Slider("mu", value=DIFFICULTY.mu, step=0.05, label="mu (mean difficulty asked for)", min_width=160)
             sigma = Slider("sigma", value=DIFFICULTY.sigma, step=0.01, label="sigma (spread)", min_width=160)

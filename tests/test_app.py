@@ -12,6 +12,7 @@ from conftest import copy_dacd
 from dacd.calibration import Calibration
 from dacd.defaults import EMBEDDED_CHECKPOINT
 from dacd.explore import Workbench
+from dacd.generation import Selection
 
 pytestmark = pytest.mark.slow
 
@@ -207,6 +208,14 @@ def test_distribution_with_exact_difficulty(client, tiny_checkpoint, fake_fmnist
     assert len(r["dacd exact"]) == 6 and np.isfinite(r["dacd exact"]).all()
     assert 1 <= r["exact_tries"] <= 6 and 0 <= r["exact_accepted"] <= 1
     assert list(r["shares"]) == ["requested", "dacd", "dacd exact", "baseline", "real"]
+    # the two extremes of the rule: every first try accepted (the plain images), none ever
+    easy = ex.distribution(0.5, 0.1, 6, "all", 3, exact=True,
+                           selection=Selection(max_tries=3, tolerance=1.0, label_rule=False, pilot=0))
+    assert easy["exact_tries"] == 1 and easy["exact_accepted"] == 1
+    np.testing.assert_array_equal(easy["dacd exact"], plain["dacd"])
+    never = ex.distribution(0.5, 0.1, 6, "all", 3, exact=True,
+                            selection=Selection(max_tries=3, tolerance=0.0, label_rule=True, pilot=0))
+    assert never["exact_tries"] == 3 and never["exact_accepted"] == 0 and never["exact_max_tries"] == 3
     root = without_scorer(tiny_checkpoint, tmp_path)
     with pytest.raises(ValueError, match=r"Exact difficulty needs the checkpoint's scoring classifier"):
         Workbench(root, data_dir=fake_fmnist).distribution(0.5, 0.1, 6, "all", 0, exact=True)
