@@ -653,12 +653,13 @@ def distribution_tab(ex: Workbench, class_names: list[str]):
             mu = Slider("mu", value=DIFFICULTY.mu, step=0.05, label="mu (mean difficulty asked for)", min_width=160)
             sigma = Slider("sigma", value=DIFFICULTY.sigma, step=0.01, label="sigma (spread)", min_width=160)
             n = Slider("distribution_n", value=DEFAULT_VIEW["n"], step=1, label="N (images per set)", min_width=160)
+        with gr.Row():  # a row of its own: squeezed beside class and seed on a phone, its label was cut
+            dist_exact = gr.Checkbox(False, label=f"exact difficulty for dacd (up to {EXACT.max_tries} tries per "
+                                     "image; slower)", elem_id="distribution-exact")
         with gr.Row():
             cls = ClassBox(["all"] + class_names, class_names, extra=("all",), value="all", label="class",
                            min_width=160)
             seed = Number("seed", value=0, label="seed", precision=0, min_width=120)
-            dist_exact = gr.Checkbox(False, label=f"exact difficulty for dacd (up to {EXACT.max_tries} tries per "
-                                     "image; slower)", min_width=160)
             btn = gr.Button("Compare", variant="primary", elem_id="distribution-button")
         with gr.Row():
             fig = gr.Plot(label="histograms", min_width=320, scale=2)

@@ -67,6 +67,12 @@ return Array.from(document.querySelectorAll(arguments[0] + ' img'))
   .filter(e => e.offsetParent !== null).map(e => e.getBoundingClientRect().width);
 """
 
+CONTROL_LABEL_JS = """
+const s = document.querySelector(arguments[0] + ' label span'), r = s.getBoundingClientRect();
+return {text: s.innerText, width: r.width, left: r.left, right: r.right, screen: document.documentElement.clientWidth,
+        sw: s.scrollWidth, cw: s.clientWidth, sh: s.scrollHeight, ch: s.clientHeight};
+"""
+
 SCROLLS_SIDEWAYS_JS = """
 const e = document.querySelector(arguments[0]);
 if (e === null || getComputedStyle(e).overflowX !== 'auto') return false;
@@ -131,6 +137,11 @@ def test_every_tab_in_a_real_browser(driver, app_url, width_name):
 
     # Distributions: a comparison with the share of each set in the medium band
     open_tab(d, "Distributions")
+    # its switch's label: on the screen, whole, and a few words a line (beside class and seed on a phone it was
+    # a 63 px column running off the screen)
+    box = d.execute_script(CONTROL_LABEL_JS, "#distribution-exact")
+    assert box["left"] >= 0 and box["right"] <= box["screen"] and box["width"] >= 120, box
+    assert box["sw"] <= box["cw"] and box["sh"] <= box["ch"] + 1, f"label cut: {box}"
     from selenium.webdriver.common.keys import Keys
 
     n_box = next(e for e in by_css(d, "input[type='number'][aria-label*='N (images per set)']") if e.is_displayed())
