@@ -145,7 +145,10 @@ def measures(images, labels, evaluator, real_feats, real_labels, class_names, k:
     per_class = []
     for c, name in enumerate(class_names):
         g, r = feats[labels == c], real_feats[real_labels == c]
-        per_class.append({"class": name, "kid": kid(r, g), "accuracy": float((m.pred.to_numpy()[labels == c] == c).mean())})
+        # spread of the images' mean brightness: a schedule whose last step leaks the image mean squeezes it
+        brightness = np.asarray(images[labels == c], np.float64).reshape(int((labels == c).sum()), -1).mean(1) / 255
+        per_class.append({"class": name, "kid": kid(r, g), "accuracy": float((m.pred.to_numpy()[labels == c] == c).mean()),
+                          "brightness_sd": float(brightness.std()) if len(brightness) else np.nan})
     pick = np.random.default_rng(0).permutation(len(real_feats))[:len(feats)]  # as many real rows as generated
     row = {"evaluator_accuracy": float((m.pred.to_numpy() == labels).mean()),
            "kid_class_mean": float(np.nanmean([p["kid"] for p in per_class])),
@@ -244,7 +247,10 @@ def main(argv=None):
     kid_wide = per_class.pivot(index="class", columns="model", values="kid").loc[names]
     text = (f"N = {args.per_class} per class ({args.per_class * len(names)} images); CAS seeds {args.cas_seeds}; "
             f"KID and manifold metrics in the evaluator's feature space against real test images.\n\n"
-            + markdown_table(show) + "\n\nKID per class:\n\n" + markdown_table(kid_wide, index=True) + "\n")
+            + markdown_table(show) + "\n\nKID per class:\n\n" + markdown_table(kid_wide, index=True)
+            + "\n\nSpread (sd) of the images' mean brightness per class (real-random: the real images' own):\n\n"
+            + markdown_table(per_class.pivot(index="class", columns="model", values="brightness_sd").loc[names],
+                             index=True) + "\n")
     emit_report(text, out, "fidelity.md")
     return table
 

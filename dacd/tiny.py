@@ -48,6 +48,10 @@ class TinySDConfig:
     text_heads: int = 4
     text_intermediate: int = 128
     prediction_type: str = "epsilon"  # "v_prediction" builds an SD2-shaped base
+    # rescale the betas to zero terminal SNR and sample with "trailing" timesteps (Lin et al. 2024, "Common
+    # diffusion noise schedules and sample steps are flawed"): the last training step is pure noise, so no
+    # image brightness leaks through it that sampling from pure noise could not reproduce; needs v_prediction
+    zero_terminal_snr: bool = False
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -179,6 +183,12 @@ def build_scheduler(cfg: TinySDConfig, kind: str = "ddim"):
 
     common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   prediction_type=cfg.prediction_type, clip_sample=False)
+    if cfg.zero_terminal_snr:
+        if cfg.prediction_type != "v_prediction":
+            raise ValueError(f"a zero-terminal-SNR schedule needs prediction_type='v_prediction' (at pure noise an "
+                             f"{cfg.prediction_type} model cannot say the image), got {cfg.prediction_type!r}: "
+                             "pass --prediction-type v_prediction with --zero-terminal-snr")
+        common.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     if kind == "ddpm":
         return DDPMScheduler(**common)
     return DDIMScheduler(**common, set_alpha_to_one=False, steps_offset=1)

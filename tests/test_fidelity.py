@@ -86,6 +86,11 @@ def test_candidate_bases_and_the_fidelity_bench(fake_fmnist, tiny_evaluator, tmp
     assert len(per_class) == 20 and per_class.kid.notna().all()
     assert "KID per class" in (out / "fidelity.md").read_text()
     images = next(work.glob("fidelity-cache/lat16-minsnr_base-*/images.npy"))
+    gen_images = np.load(images)
+    mine = per_class[per_class.model == "lat16-minsnr/base"]
+    expected = (gen_images.reshape(10, 8, -1).astype(np.float64).mean(-1) / 255).std(1)  # 8 images per class
+    np.testing.assert_allclose(mine.brightness_sd.to_numpy(), expected, rtol=1e-6)
+    assert "mean brightness" in (out / "fidelity.md").read_text()
     stamp = images.stat().st_mtime_ns
     run_script(*cmd)
     assert images.stat().st_mtime_ns == stamp

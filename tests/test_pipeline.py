@@ -3,11 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
 
 from dacd.calibration import Calibration
 from dacd.encoder import DifficultyEncoder
 from dacd.pipeline import SCHEDULERS, DifficultyControlledPipeline
-from dacd.tiny import TinySDConfig, build_components
+from dacd.tiny import TinySDConfig, build_components, save_sd_folder
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
 TINY = TinySDConfig(vae_channels=(16, 32, 32), unet_channels=(32, 64), unet_top_attention=True, cross_attention_dim=32,
@@ -156,6 +157,28 @@ def test_sd2_shaped_base_generates():
     p = dummy_pipeline(config=cfg)
     assert p.unet.config.use_linear_projection and p.scheduler.config.prediction_type == "v_prediction"
     assert run(p).images.shape == (2, 32, 32, 1)
+
+
+def test_zero_terminal_snr_base_starts_sampling_from_pure_noise(tmp_path):
+    cfg = TinySDConfig(**{**TINY.__dict__, "prediction_type": "v_prediction", "zero_terminal_snr": True})
+    save_sd_folder(tmp_path / "zsnr", build_components(cfg, class_names=CLASSES), cfg)
+    sd = StableDiffusionPipeline.from_pretrained(tmp_path / "zsnr")  # the schedule travels in the folder's config
+    p = dummy_pipeline(config=cfg)
+    p.scheduler = sd.scheduler
+    assert p.scheduler.alphas_cumprod[-1].item() == 0.0  # the last training step is pure noise
+    plain = dummy_pipeline(config=TinySDConfig(**{**TINY.__dict__, "prediction_type": "v_prediction"}))
+    assert plain.scheduler.alphas_cumprod[-1].item() > 1e-3
+    for name in ("ddim", "dpm++", "euler"):
+        sched = p.get_scheduler(name)
+        sched.set_timesteps(15)
+        assert int(sched.timesteps[0]) == 999, name  # trailing spacing: sampling starts where training noise is pure
+        out = run(p, scheduler=name).images
+        assert np.isfinite(out).all() and out.shape == (2, 32, 32, 1)
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    with pytest.raises(ValueError, match="v_prediction"):
+        build_components(TinySDConfig(**{**TINY.__dict__, "zero_terminal_snr": True}), class_names=CLASSES)
 
 
 def test_u_net_without_top_attention_still_conditions_on_difficulty():

@@ -45,6 +45,10 @@ def parse_args(argv=None):
     p.add_argument("--checkpointing-steps", type=int, default=b.checkpointing_steps)
     p.add_argument("--prediction-type", default=t.prediction_type, choices=["epsilon", "v_prediction"],
                    help="v_prediction builds an SD2-shaped base (linear projections)")
+    p.add_argument("--zero-terminal-snr", action="store_true",
+                   help="rescale the noise schedule to zero SNR at its last step and sample with trailing "
+                        "timesteps (needs --prediction-type v_prediction; pair it with --snr-gamma 0: min-SNR "
+                        "weights of v targets vanish at zero SNR)")
     p.add_argument("--unet-channels", type=int, nargs="+", default=list(t.unet_channels))
     p.add_argument("--unet-top-attention", action=argparse.BooleanOptionalAction, default=t.unet_top_attention,
                    help="cross-attention in the first U-Net block too (off: plain convolutions there, attention "
@@ -81,7 +85,10 @@ def main(argv=None):
                         unet_channels=tuple(args.unet_channels), unet_layers_per_block=args.unet_layers_per_block,
                         unet_top_attention=args.unet_top_attention, vae_channels=tuple(args.vae_channels),
                         latent_channels=args.latent_channels,
-                        prediction_type=args.prediction_type)
+                        prediction_type=args.prediction_type, zero_terminal_snr=args.zero_terminal_snr)
+    if tiny.zero_terminal_snr and cfg.snr_gamma:
+        print(f"warning: --zero-terminal-snr with min-SNR weighting (--snr-gamma {cfg.snr_gamma:g}) gives the last "
+              "noise levels almost no weight and the last one none; --snr-gamma 0 trains them")
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     parts = build_components(tiny, class_names=train.class_names, seed=args.seed)
