@@ -145,7 +145,7 @@ def measures(images, labels, evaluator, real_feats, real_labels, class_names, k:
     per_class = []
     for c, name in enumerate(class_names):
         g, r = feats[labels == c], real_feats[real_labels == c]
-        # spread of the images' mean brightness: a schedule whose last step leaks the image mean squeezes it
+        # spread of the images' mean brightness (generators here squeeze it; bench/results/base-zsnr)
         brightness = np.asarray(images[labels == c], np.float64).reshape(int((labels == c).sum()), -1).mean(1) / 255
         per_class.append({"class": name, "kid": kid(r, g), "accuracy": float((m.pred.to_numpy()[labels == c] == c).mean()),
                           "brightness_sd": float(brightness.std()) if len(brightness) else np.nan})

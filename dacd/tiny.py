@@ -50,7 +50,8 @@ class TinySDConfig:
     prediction_type: str = "epsilon"  # "v_prediction" builds an SD2-shaped base
     # rescale the betas to zero terminal SNR and sample with "trailing" timesteps (Lin et al. 2024, "Common
     # diffusion noise schedules and sample steps are flawed"): the last training step is pure noise, so no
-    # image brightness leaks through it that sampling from pure noise could not reproduce; needs v_prediction
+    # image brightness leaks through it that sampling from pure noise could not reproduce; needs v_prediction.
+    # On the embedded default's shape it measured worse (bench/results/base-zsnr): off by default
     zero_terminal_snr: bool = False
 
 

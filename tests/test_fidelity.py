@@ -1,17 +1,20 @@
 """The fidelity measures of the base-generator comparison: SSIM, manifold metrics, min-SNR
-weights, a 16x16-latent base, and bench/fidelity.py end to end on tiny models."""
+weights, a 16x16-latent base, bench/fidelity.py end to end on tiny models, and bench/kid_means.py."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_script
+from conftest import load_module, run_script
 
 from dacd.evaluation import manifold_metrics, ssim
 from dacd.tiny import TinySDConfig, build_scheduler
 from dacd.training import min_snr_weights
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ssim_is_one_for_identical_images_and_falls_with_noise():
@@ -110,3 +113,30 @@ def test_fidelity_refuses_two_models_of_one_label_before_any_work(tmp_path):
     proc = run_script("bench/fidelity.py", "--models", a, tmp_path / "first-base" / "baseline", "--out", out,
                       "--data-dir", tmp_path / "no-data", check=False, timeout=120)
     assert "several --models" not in proc.stderr  # labels differ: it goes on (and stops at the missing data)
+
+
+def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp_path, capsys):
+    means = load_module(ROOT / "bench" / "kid_means.py")
+    rows = {  # (model, class) -> KID in draw 0, draw 1
+        ("a", "Bag"): (0.10, 0.20), ("a", "Coat"): (0.01, 0.03),
+        ("ref", "Bag"): (0.05, 0.05), ("ref", "Coat"): (0.04, 0.04),
+        ("real-random", "Bag"): (0.0, 0.0), ("real-random", "Coat"): (0.0, 0.0),
+    }
+    runs = []
+    for d in (0, 1):
+        run = tmp_path / f"seed{d}"
+        run.mkdir()
+        pd.DataFrame([{"class": c, "kid": v[d], "accuracy": 1.0, "brightness_sd": 0.1 * (d + 1), "model": m}
+                      for (m, c), v in rows.items()]).to_csv(run / "per_class.csv", index=False)
+        runs.append(str(run))
+    means.main(["--runs", *runs, "--models", "a=model A", "--reference", "ref=the reference"])
+    out = capsys.readouterr().out
+    assert "| Bag | 0.100, 0.200 | 0.150 | 0.050, 0.050 | 0.050 | **no** |" in out  # mean above the reference's
+    assert "| Coat | 0.010, 0.030 | 0.020 | 0.040, 0.040 | 0.040 | yes |" in out
+    assert "model A: below the reference in 1 of 2 classes" in out
+    assert "model A 0.0850, the reference 0.0450" in out  # class means of the per-class means
+    assert "| Bag | 0.1000, 0.2000 | 0.1500 | 0.1000, 0.2000 | 0.1500 | 0.1000, 0.2000 | 0.1500 |" in out
+    with pytest.raises(SystemExit, match="not in every per_class.csv: b"):
+        means.main(["--runs", *runs, "--models", "b", "--reference", "ref"])
+    with pytest.raises(SystemExit, match="is missing"):
+        means.main(["--runs", str(tmp_path / "nowhere"), "--models", "a", "--reference", "ref"])

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Per-class KID and brightness spread averaged over several draws of bench/fidelity.py.
+
+Each --runs folder is one `bench/fidelity.py --seed K --out ...` output (its per_class.csv). Prints, as
+markdown, each class's KID per draw and its mean for every --models entry, whether that mean is below
+the --reference model's, the class-mean KID, and the same table of each class's spread (sd) of mean
+brightness with the real images' own:
+
+    python bench/kid_means.py --runs bench/results/base-long/seed0 bench/results/base-long/seed1 \\
+        bench/results/base-long/seed2 --models "vlong-s1/baseline @ guidance 2=v baseline, base 5,000 steps" \\
+        --reference "first-base/baseline @ guidance 2=first base baseline"
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+REAL = "real-random"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, help="bench/fidelity.py --out folders, one per draw")
+    p.add_argument("--models", nargs="+", required=True,
+                   help="'<model as in per_class.csv>=<name to print>' (or just the model), compared with --reference")
+    p.add_argument("--reference", required=True, help="'<model>=<name>': the model each one has to beat, per class")
+    return p.parse_args(argv)
+
+
+def _named(spec: str) -> tuple[str, str]:
+    model, _, name = spec.partition("=")
+    return model, name or model
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    frames = []
+    for k, run in enumerate(args.runs):
+        path = Path(run) / "per_class.csv"
+        if not path.is_file():
+            raise SystemExit(f"bench/kid_means.py: {path} is missing: run bench/fidelity.py --out {run} first")
+        frames.append(pd.read_csv(path).assign(draw=k))
+    runs = pd.concat(frames)
+    models = dict(_named(m) for m in args.models)
+    ref, ref_name = _named(args.reference)
+    models[ref] = ref_name
+    missing = sorted(set(models) - set(runs.model)) or (["brightness_sd column"] if "brightness_sd" not in runs else [])
+    if missing:
+        raise SystemExit(f"bench/kid_means.py: not in every per_class.csv: {', '.join(missing)}; models there: "
+                         f"{', '.join(sorted(runs.model.unique()))}")
+    draws = list(range(len(args.runs)))
+
+    def table(value: str, fmt: str, cols: dict, versus: bool):
+        wide = runs[runs.model.isin(cols)].pivot_table(index="class", columns=["model", "draw"], values=value,
+                                                       sort=False)
+        means = {m: wide[m].mean(axis=1) for m in cols}
+        others = [m for m in cols if m != ref] if versus else []
+        head = ", ".join(str(d) for d in draws)
+        print("| class | " + " | ".join(f"{cols[m]}: draws {head} | mean" for m in cols)
+              + "".join(f" | {cols[m]} below {ref_name} (means)" for m in others) + " |")
+        print("|---|" + "---|---|" * len(cols) + "---|" * len(others))
+        counts = dict.fromkeys(others, 0)
+        for c in wide.index:
+            cells = []
+            for m in cols:
+                cells += [", ".join(format(wide.loc[c, (m, d)], fmt) for d in draws), format(means[m][c], fmt)]
+            for m in others:
+                ok = means[m][c] < means[ref][c]
+                counts[m] += ok
+                cells.append("yes" if ok else "**no**")
+            print(f"| {c} | " + " | ".join(cells) + " |")
+        print()
+        return means, counts, len(wide.index)
+
+    print("KID per class (evaluator features, against real test images):\n")
+    means, counts, n = table("kid", ".3f", models, versus=True)
+    for m, k in counts.items():
+        print(f"{models[m]}: below {ref_name} in {k} of {n} classes (means over {len(draws)} draws)")
+    print(f"class-mean KID, mean over {len(draws)} draws: "
+          + ", ".join(f"{models[m]} {means[m].mean():.4f}" for m in models))
+    print("\nSpread (sd) of the images' mean brightness per class (real images: each draw's real training images):\n")
+    table("brightness_sd", ".4f", {**models, REAL: "real images"}, versus=False)
+
+
+if __name__ == "__main__":
+    main()
