@@ -146,7 +146,8 @@ def measures(images, labels, evaluator, real_feats, real_labels, class_names, k:
     for c, name in enumerate(class_names):
         g, r = feats[labels == c], real_feats[real_labels == c]
         # spread of the images' mean brightness (generators here squeeze it; bench/results/base-zsnr)
-        brightness = np.asarray(images[labels == c], np.float64).reshape(int((labels == c).sum()), -1).mean(1) / 255
+        mine = np.asarray(images[labels == c], np.float64)
+        brightness = mine.reshape(len(mine), -1).mean(1) / 255 if len(mine) else np.zeros(0)
         per_class.append({"class": name, "kid": kid(r, g), "accuracy": float((m.pred.to_numpy()[labels == c] == c).mean()),
                           "brightness_sd": float(brightness.std()) if len(brightness) else np.nan})
     pick = np.random.default_rng(0).permutation(len(real_feats))[:len(feats)]  # as many real rows as generated

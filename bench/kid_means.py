@@ -37,28 +37,32 @@ def _named(spec: str) -> tuple[str, str]:
 
 def main(argv=None):
     args = parse_args(argv)
-    frames = []
-    for k, run in enumerate(args.runs):
-        path = Path(run) / "per_class.csv"
-        if not path.is_file():
-            raise SystemExit(f"bench/kid_means.py: {path} is missing: run bench/fidelity.py --out {run} first")
-        frames.append(pd.read_csv(path).assign(draw=k))
-    runs = pd.concat(frames)
     models = dict(_named(m) for m in args.models)
     ref, ref_name = _named(args.reference)
     models[ref] = ref_name
-    missing = sorted(set(models) - set(runs.model)) or (["brightness_sd column"] if "brightness_sd" not in runs else [])
-    if missing:
-        raise SystemExit(f"bench/kid_means.py: not in every per_class.csv: {', '.join(missing)}; models there: "
-                         f"{', '.join(sorted(runs.model.unique()))}")
-    draws = list(range(len(args.runs)))
+    draws = [Path(run).name or str(run) for run in args.runs]  # each draw is named by its folder (seed0, ...)
+    if len(set(draws)) < len(draws):
+        raise SystemExit(f"bench/kid_means.py: --runs folders need distinct names, got {', '.join(draws)}")
+    frames = []
+    for run, draw in zip(args.runs, draws):
+        path = Path(run) / "per_class.csv"
+        if not path.is_file():
+            raise SystemExit(f"bench/kid_means.py: {path} is missing: run bench/fidelity.py --out {run} first")
+        frame = pd.read_csv(path)
+        missing = sorted((set(models) | {REAL}) - set(frame.model))
+        if missing or "brightness_sd" not in frame:  # a mean over fewer draws than asked would pass unnoticed
+            raise SystemExit(f"bench/kid_means.py: {path} lacks {', '.join(missing) or 'the brightness_sd column'} "
+                             f"(made by an older bench/fidelity.py or for other --models); models there: "
+                             f"{', '.join(sorted(frame.model.unique()))}")
+        frames.append(frame.assign(draw=draw))
+    runs = pd.concat(frames)
 
     def table(value: str, fmt: str, cols: dict, versus: bool):
         wide = runs[runs.model.isin(cols)].pivot_table(index="class", columns=["model", "draw"], values=value,
                                                        sort=False)
         means = {m: wide[m].mean(axis=1) for m in cols}
         others = [m for m in cols if m != ref] if versus else []
-        head = ", ".join(str(d) for d in draws)
+        head = ", ".join(draws)
         print("| class | " + " | ".join(f"{cols[m]}: draws {head} | mean" for m in cols)
               + "".join(f" | {cols[m]} below {ref_name} (means)" for m in others) + " |")
         print("|---|" + "---|---|" * len(cols) + "---|" * len(others))

@@ -126,17 +126,24 @@ def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp
     for d in (0, 1):
         run = tmp_path / f"seed{d}"
         run.mkdir()
-        pd.DataFrame([{"class": c, "kid": v[d], "accuracy": 1.0, "brightness_sd": 0.1 * (d + 1), "model": m}
+        pd.DataFrame([{"class": c, "kid": v[d], "accuracy": 1.0, "model": m,
+                       "brightness_sd": {"a": 0.1, "ref": 0.2, "real-random": 0.3}[m] * (d + 1)}
                       for (m, c), v in rows.items()]).to_csv(run / "per_class.csv", index=False)
         runs.append(str(run))
     means.main(["--runs", *runs, "--models", "a=model A", "--reference", "ref=the reference"])
     out = capsys.readouterr().out
+    assert "draws seed0, seed1 | mean" in out
     assert "| Bag | 0.100, 0.200 | 0.150 | 0.050, 0.050 | 0.050 | **no** |" in out  # mean above the reference's
     assert "| Coat | 0.010, 0.030 | 0.020 | 0.040, 0.040 | 0.040 | yes |" in out
     assert "model A: below the reference in 1 of 2 classes" in out
     assert "model A 0.0850, the reference 0.0450" in out  # class means of the per-class means
-    assert "| Bag | 0.1000, 0.2000 | 0.1500 | 0.1000, 0.2000 | 0.1500 | 0.1000, 0.2000 | 0.1500 |" in out
-    with pytest.raises(SystemExit, match="not in every per_class.csv: b"):
+    # brightness spread: model A, the reference, then the real images, each with its own values
+    assert "| Bag | 0.1000, 0.2000 | 0.1500 | 0.2000, 0.4000 | 0.3000 | 0.3000, 0.6000 | 0.4500 |" in out
+    with pytest.raises(SystemExit, match="seed0/per_class.csv lacks b"):
         means.main(["--runs", *runs, "--models", "b", "--reference", "ref"])
+    one = pd.read_csv(tmp_path / "seed1" / "per_class.csv")
+    one[one.model != "a"].to_csv(tmp_path / "seed1" / "per_class.csv", index=False)  # a model missing from one draw
+    with pytest.raises(SystemExit, match="seed1/per_class.csv lacks a"):
+        means.main(["--runs", *runs, "--models", "a", "--reference", "ref"])
     with pytest.raises(SystemExit, match="is missing"):
         means.main(["--runs", str(tmp_path / "nowhere"), "--models", "a", "--reference", "ref"])

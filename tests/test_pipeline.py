@@ -172,6 +172,7 @@ def test_zero_terminal_snr_base_starts_sampling_from_pure_noise(tmp_path):
         sched = p.get_scheduler(name)
         sched.set_timesteps(15)
         assert int(sched.timesteps[0]) == 999, name  # trailing spacing: sampling starts where training noise is pure
+        assert sched.alphas_cumprod[-1].item() < 1e-6, name  # rescaled betas too (DPM++/Euler keep 2**-24, not 0)
         out = run(p, scheduler=name).images
         assert np.isfinite(out).all() and out.shape == (2, 32, 32, 1)
 

@@ -446,3 +446,20 @@ def test_sd2_shaped_base_trains_and_generates(fake_fmnist, tiny_scores, tmp_path
     pipe.set_progress_bar_config(disable=True)
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.unet.config.use_linear_projection
     assert pipe([2], [0.5], num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 1)
+
+
+def test_a_base_run_folder_refuses_other_model_settings(tmp_path):
+    """Resuming train_base.py's run folder with another schedule or shape would mix two models."""
+    base = load_module(ROOT / "train" / "train_base.py")
+    v = TinySDConfig(prediction_type="v_prediction")
+    base.check_run_shape(tmp_path, v)  # a new folder remembers its settings
+    assert json.loads((tmp_path / "tiny_sd_config.json").read_text())["prediction_type"] == "v_prediction"
+    base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction"))  # the same settings resume
+    with pytest.raises(SystemExit, match="zero_terminal_snr: False then, True now"):
+        base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction", zero_terminal_snr=True))
+    with pytest.raises(SystemExit, match="unet_channels"):
+        base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction", unet_channels=(64, 128)))
+    saved = json.loads((tmp_path / "tiny_sd_config.json").read_text())
+    del saved["zero_terminal_snr"]  # a folder from before the option: what it does not record is not checked
+    (tmp_path / "tiny_sd_config.json").write_text(json.dumps(saved))
+    base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction", zero_terminal_snr=True))

@@ -69,6 +69,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_run_shape(run: Path, tiny: TinySDConfig) -> None:
+    """A run folder remembers the model settings it was started with; resuming it with others (another
+    shape, prediction type or noise schedule) would silently mix two models, so it is refused."""
+    path = run / "tiny_sd_config.json"
+    now = json.loads(json.dumps(asdict(tiny)))  # tuples as lists, as stored
+    if not path.exists():
+        path.write_text(json.dumps(now, indent=2) + "\n")
+        return
+    saved = json.loads(path.read_text())
+    differ = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v}
+    if differ:
+        said = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in differ.items())
+        raise SystemExit(f"train_base.py: {run} was started with other model settings ({said}): pass the same "
+                         "flags to resume it, or give a new --run-dir")
+
+
 def main(argv=None):
     args = parse_args(argv)
     t_all = time.time()
@@ -91,6 +107,7 @@ def main(argv=None):
               "noise levels almost no weight and the last one none; --snr-gamma 0 trains them")
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    check_run_shape(run, tiny)
     parts = build_components(tiny, class_names=train.class_names, seed=args.seed)
     progress = not args.no_progress
     metrics = {"tiny_config": asdict(tiny), "train_config": asdict(cfg), "n_train": len(train)}
