@@ -439,7 +439,9 @@ def test_baseline_mode(tiny_baseline):
 @pytest.mark.slow
 def test_sd2_shaped_base_trains_and_generates(fake_fmnist, tiny_scores, tmp_path):
     run_script("train/train_base.py", "--data-dir", fake_fmnist, "--output-dir", tmp_path / "base2",
-               "--run-dir", tmp_path / "run2", "--prediction-type", "v_prediction", *TINY_BASE_ARGS)
+               "--run-dir", tmp_path / "run2", "--prediction-type", "v_prediction", "--kl-weight", "1e-4",
+               *TINY_BASE_ARGS)
+    assert json.loads((tmp_path / "base2" / "metrics.json").read_text())["train_config"]["kl_weight"] == 1e-4
     out, _, proc = train(tmp_path, "dacd2", tmp_path / "base2", fake_fmnist, tiny_scores)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pipe = DifficultyControlledPipeline.from_pretrained(out)

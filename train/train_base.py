@@ -39,6 +39,9 @@ def parse_args(argv=None):
     p.add_argument("--subset", type=int, default=None, help="first N training images")
     p.add_argument("--vae-steps", type=int, default=b.vae_steps)
     p.add_argument("--vae-batch-size", type=int, default=b.vae_batch_size)
+    p.add_argument("--kl-weight", type=float, default=b.kl_weight,
+                   help="weight of the VAE's KL term beside its MSE (larger: smoother, more Gaussian latents, "
+                        "blurrier reconstructions)")
     p.add_argument("--unet-steps", type=int, default=b.unet_steps)
     p.add_argument("--unet-batch-size", type=int, default=b.unet_batch_size)
     p.add_argument("--unet-lr", type=float, default=b.unet_lr)
@@ -96,7 +99,7 @@ def main(argv=None):
     cfg = BaseTrainConfig(vae_steps=args.vae_steps, vae_batch_size=args.vae_batch_size, unet_steps=args.unet_steps,
                           unet_batch_size=args.unet_batch_size, unet_lr=args.unet_lr,
                           checkpointing_steps=args.checkpointing_steps, seed=args.seed, snr_gamma=args.snr_gamma,
-                          ema_decay=args.ema_decay)
+                          ema_decay=args.ema_decay, kl_weight=args.kl_weight)
     tiny = TinySDConfig(image_size=train.image_size, in_channels=train.in_chans,
                         unet_channels=tuple(args.unet_channels), unet_layers_per_block=args.unet_layers_per_block,
                         unet_top_attention=args.unet_top_attention, vae_channels=tuple(args.vae_channels),
