@@ -3,8 +3,8 @@
 
 Each --runs folder is one `bench/fidelity.py --seed K --out ...` output (its per_class.csv). Prints, as
 markdown, each class's KID per draw and its mean for every --models entry, whether that mean is below
-the --reference model's, the class-mean KID, and the same table of each class's spread (sd) of mean
-brightness with the real images' own:
+the --reference model's, the class-mean KID, and (for runs of bench/fidelity.py that record it) the same
+table of each class's spread (sd) of mean brightness with the real images' own:
 
     python bench/kid_means.py --runs bench/results/base-long/seed0 bench/results/base-long/seed1 \\
         bench/results/base-long/seed2 --models "vlong-s1/baseline @ guidance 2=v baseline, base 5,000 steps" \\
@@ -43,18 +43,21 @@ def main(argv=None):
     draws = [Path(run).name or str(run) for run in args.runs]  # each draw is named by its folder (seed0, ...)
     if len(set(draws)) < len(draws):
         raise SystemExit(f"bench/kid_means.py: --runs folders need distinct names, got {', '.join(draws)}")
-    frames = []
+    frames, with_brightness = [], []
     for run, draw in zip(args.runs, draws):
         path = Path(run) / "per_class.csv"
         if not path.is_file():
             raise SystemExit(f"bench/kid_means.py: {path} is missing: run bench/fidelity.py --out {run} first")
         frame = pd.read_csv(path)
         missing = sorted((set(models) | {REAL}) - set(frame.model))
-        if missing or "brightness_sd" not in frame:  # a mean over fewer draws than asked would pass unnoticed
-            raise SystemExit(f"bench/kid_means.py: {path} lacks {', '.join(missing) or 'the brightness_sd column'} "
-                             f"(made by an older bench/fidelity.py or for other --models); models there: "
-                             f"{', '.join(sorted(frame.model.unique()))}")
+        if missing:  # a mean over fewer draws than asked would pass unnoticed
+            raise SystemExit(f"bench/kid_means.py: {path} lacks {', '.join(missing)} (made for other --models); "
+                             f"models there: {', '.join(sorted(frame.model.unique()))}")
         frames.append(frame.assign(draw=draw))
+        with_brightness.append("brightness_sd" in frame)
+    if len(set(with_brightness)) > 1:
+        raise SystemExit("bench/kid_means.py: only some --runs have the brightness_sd column (older bench/fidelity.py "
+                         "runs lack it): pass runs of one version")
     runs = pd.concat(frames)
 
     def table(value: str, fmt: str, cols: dict, versus: bool):
@@ -85,8 +88,10 @@ def main(argv=None):
         print(f"{models[m]}: below {ref_name} in {k} of {n} classes (means over {len(draws)} draws)")
     print(f"class-mean KID, mean over {len(draws)} draws: "
           + ", ".join(f"{models[m]} {means[m].mean():.4f}" for m in models))
-    print("\nSpread (sd) of the images' mean brightness per class (real images: each draw's real training images):\n")
-    table("brightness_sd", ".4f", {**models, REAL: "real images"}, versus=False)
+    if with_brightness[0]:  # bench/fidelity.py runs from before the column have KID alone
+        print("\nSpread (sd) of the images' mean brightness per class (real images: each draw's real training "
+              "images):\n")
+        table("brightness_sd", ".4f", {**models, REAL: "real images"}, versus=False)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,15 @@ def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp
     assert "model A 0.0850, the reference 0.0450" in out  # class means of the per-class means
     # brightness spread: model A, the reference, then the real images, each with its own values
     assert "| Bag | 0.1000, 0.2000 | 0.1500 | 0.2000, 0.4000 | 0.3000 | 0.3000, 0.6000 | 0.4500 |" in out
+    for run in runs:  # runs from before bench/fidelity.py recorded brightness: KID alone
+        pd.read_csv(f"{run}/per_class.csv").drop(columns="brightness_sd").to_csv(f"{run}/per_class.csv", index=False)
+    means.main(["--runs", *runs, "--models", "a=model A", "--reference", "ref=the reference"])
+    out = capsys.readouterr().out
+    assert "model A: below the reference in 1 of 2 classes" in out and "brightness" not in out
+    pd.read_csv(tmp_path / "seed0" / "per_class.csv").assign(brightness_sd=0.1).to_csv(
+        tmp_path / "seed0" / "per_class.csv", index=False)
+    with pytest.raises(SystemExit, match="only some --runs have the brightness_sd column"):
+        means.main(["--runs", *runs, "--models", "a=model A", "--reference", "ref=the reference"])
     with pytest.raises(SystemExit, match="seed0/per_class.csv lacks b"):
         means.main(["--runs", *runs, "--models", "b", "--reference", "ref"])
     one = pd.read_csv(tmp_path / "seed1" / "per_class.csv")
