@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +135,9 @@ def main(argv=None):
             raise SystemExit(f"{folder} was made for another plan: train/generate.py --per-class {args.per_class} "
                              f"--mu {args.mu} --sigma {args.sigma} --seed 0")
         made_by = gen.get("model") and recorded_model(gen["model"])  # one name of a folder however spelled
-        if gen.get("sampling") != asdict(settings) or made_by != recorded_model(args.model):
+        if gen.get("sampling") != settings.as_config() or made_by != recorded_model(args.model):
             raise SystemExit(f"{folder} was made with model {gen.get('model')!r} and sampling {gen.get('sampling')}, "
-                             f"not {args.model} at {asdict(settings)} (bench/feedback.py --guidance and "
+                             f"not {args.model} at {settings.as_config()} (bench/feedback.py --guidance and "
                              "--difficulty-guidance set the two guidance scales)")
         man = man.loc[plan.id]
         imgs = np.stack([read_png(folder / p) for p in man.path])  # uint8 (N, C, H, W)

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,17 @@ CK = EMBEDDED_CHECKPOINT
 REAL = "real-random"
 
 
+def shaping_label(sampling: SamplingSettings) -> str:
+    """The guidance-shaping part of a model's row label ('' for plain guidance)."""
+    out = ""
+    if sampling.guidance_interval is not None:
+        lo, hi = sampling.guidance_interval
+        out += f", interval ({lo:g}, {hi:g}]"
+    if sampling.guidance_rescale:
+        out += f", rescale {sampling.guidance_rescale:g}"
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=[str(CK / LAYOUT.base), str(CK / LAYOUT.baseline)],
@@ -66,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--gen-steps", type=int, default=None, help="sampling steps (default: the project's)")
     p.add_argument("--guidance-scales", type=float, nargs="+", default=[None],
                    help="text guidance scales to sweep (one row per model and scale; default: the project's)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="apply text guidance only where the noise level sigma(t) is in (LO, HI] (default: everywhere)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale phi in [0, 1] (default 0: off)")
     p.add_argument("--gen-batch-size", type=int, default=50)
     p.add_argument("--k", type=int, default=5, help="neighbours of the precision/recall balls")
     p.add_argument("--seed", type=int, default=0, help="noise seeds of the generated rows and the real draw")
@@ -220,11 +233,12 @@ def main(argv=None):
         vae = None
         for gs in args.guidance_scales:
             t0 = time.time()
+            sampling = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=gs,
+                                        guidance_interval=args.guidance_interval, guidance_rescale=args.guidance_rescale)
             label = model_label(folder) + ("" if len(args.guidance_scales) == 1 and gs is None
-                                           else f" @ guidance {SamplingSettings(guidance_scale=gs).guidance_scale:g}")
-            sampling = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=gs)
+                                           else f" @ guidance {sampling.guidance_scale:g}") + shaping_label(sampling)
             cache = cache_root / (f"{model_label(folder).replace('/', '_')}-"
-                                  f"{_hash({**common, 'model': fp, 'sampling': asdict(sampling)})}")
+                                  f"{_hash({**common, 'model': fp, 'sampling': sampling.as_config()})}")
             cache.mkdir(exist_ok=True)
             vae = vae or _cached(cache / "vae.json", lambda: vae_reconstruction_error(
                 pipe.vae, torch.from_numpy(test.images[:args.vae_test])))

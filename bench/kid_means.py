@@ -9,6 +9,9 @@ table of each class's spread (sd) of mean brightness with the real images' own:
     python bench/kid_means.py --runs bench/results/base-long/seed0 bench/results/base-long/seed1 \\
         bench/results/base-long/seed2 --models "vlong-s1/baseline @ guidance 2=v baseline, base 5,000 steps" \\
         --reference "first-base/baseline @ guidance 2=first base baseline"
+
+`--reference-runs` reads the reference from other folders of the same draws (e.g. the same seeds
+sampled with plain guidance, against runs with guidance shaping).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", required=True,
                    help="'<model as in per_class.csv>=<name to print>' (or just the model), compared with --reference")
     p.add_argument("--reference", required=True, help="'<model>=<name>': the model each one has to beat, per class")
+    p.add_argument("--reference-runs", nargs="+", default=None,
+                   help="read the reference's rows from these folders instead, one per --runs folder with the same "
+                        "names (the same draws of another bench/fidelity.py setting, e.g. plain guidance)")
     return p.parse_args(argv)
 
 
@@ -43,12 +49,22 @@ def main(argv=None):
     draws = [Path(run).name or str(run) for run in args.runs]  # each draw is named by its folder (seed0, ...)
     if len(set(draws)) < len(draws):
         raise SystemExit(f"bench/kid_means.py: --runs folders need distinct names, got {', '.join(draws)}")
-    frames, with_brightness = [], []
-    for run, draw in zip(args.runs, draws):
+    ref_runs = args.reference_runs or args.runs
+    if [Path(run).name or str(run) for run in ref_runs] != draws:
+        raise SystemExit("bench/kid_means.py: --reference-runs must name the same draws as --runs, in order: got "
+                         f"{', '.join(map(str, ref_runs))} for {', '.join(draws)}")
+
+    def read(run) -> pd.DataFrame:
         path = Path(run) / "per_class.csv"
         if not path.is_file():
             raise SystemExit(f"bench/kid_means.py: {path} is missing: run bench/fidelity.py --out {run} first")
-        frame = pd.read_csv(path)
+        return pd.read_csv(path)
+
+    frames, with_brightness = [], []
+    for run, ref_run, draw in zip(args.runs, ref_runs, draws):
+        frame, path = read(run), Path(run) / "per_class.csv"
+        if args.reference_runs:
+            frame = pd.concat([frame[frame.model != ref], (other := read(ref_run))[other.model == ref]])
         missing = sorted((set(models) | {REAL}) - set(frame.model))
         if missing:  # a mean over fewer draws than asked would pass unnoticed
             raise SystemExit(f"bench/kid_means.py: {path} lacks {', '.join(missing)} (made for other --models); "

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -472,7 +472,7 @@ class Workbench(Explorer):
     def distribution_fingerprint(self, view: dict) -> str:
         """What a Distributions result depends on: the models' and the evaluator's content, the
         score table, the view's settings and the sampling defaults."""
-        h = hashlib.sha256(json.dumps({"view": view, "sampling": asdict(SamplingSettings()), "dacd": __version__},
+        h = hashlib.sha256(json.dumps({"view": view, "sampling": SamplingSettings().as_config(), "dacd": __version__},
                                       sort_keys=True).encode())
         test = self.dataset("test")  # the real curve's images
         h.update(f"{test.name}:{len(test)}".encode() + np.ascontiguousarray(test.labels).tobytes())

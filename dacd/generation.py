@@ -584,13 +584,13 @@ def generate_dataset(pipe, plan: pd.DataFrame, out_dir: str | Path, *, model_id:
     if selection is not None and selection.pilot and pipe.has_difficulty and anchoring is None:
         old = _read_config(out_dir)  # a resumed run reuses its pilot (deterministic, but not free)
         if old is not None and old.get("pilot") and old.get("selection") == asdict(selection) \
-                and old.get("model") == model_id and old.get("sampling") == asdict(sampling):
+                and old.get("model") == model_id and old.get("sampling") == sampling.as_config():
             pilot = Calibration(**old["pilot"])
         else:
             classes = sorted({pipe.class_names.index(n) for n in plan["class"]})
             pilot = fit_pilot(pipe, committee, classes, sampling, selection.pilot, batch_size,
                               faithful_only=selection.pilot_faithful)
-    config = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
+    config = {"model": model_id, "sampling": sampling.as_config(), "batch_size": int(batch_size),
               "sampling_mode": mode,  # (a pilot's conditioning replaces the checkpoint's curve)
               **(_calibration_record(pipe, sampling, anchoring) if pilot is None else {}),
               "selection": None if selection is None else asdict(selection),
@@ -1028,7 +1028,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
         pool_id["feedback"] = {"scale": float(feedback.scale), "steps": int(feedback.steps), "scorer": feedback_scorer}
     old = _read_config(Path(out_dir))
     if old is not None:  # refused before the pool is made, not after (by every process: none waits)
-        new = {"model": model_id, "sampling": asdict(sampling), "batch_size": int(batch_size),
+        new = {"model": model_id, "sampling": sampling.as_config(), "batch_size": int(batch_size),
                "pooling": asdict(pooling), "pool": pool_id, "plan_fingerprint": plan_fingerprint(plan)}
         diff = [d for k in new for d in _differences(k, old.get(k), new[k])]
         if diff:
@@ -1047,7 +1047,7 @@ def generate_pooled_set(pipe, plan: pd.DataFrame, out_dir: str | Path, *, pool_p
     if pool_summary["complete"] and process_index == 0:
         pool = score_pool(pool_dir, committee, committee_key)
         looser_scores = [score_pool(pool_dir, members, key) for members, key in looser]
-        config = {"sampling": asdict(sampling), "batch_size": int(batch_size),
+        config = {"sampling": sampling.as_config(), "batch_size": int(batch_size),
                   "sampling_mode": ("pooled" if anchoring is None else "anchored-pooled")
                   + ("" if feedback is None else "+feedback"), "pool": pool_id,
                   "pool_folder": str(pool_dir),  # the folder may move: not compared

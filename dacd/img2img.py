@@ -24,7 +24,7 @@ from PIL import Image
 
 from .data import MAX_IMAGE_BYTES, load_image
 from .defaults import EDIT_STRENGTH, SAMPLING
-from .pipeline import DifficultyControlledPipeline, _is_number
+from .pipeline import DifficultyControlledPipeline, _is_number, check_guidance_shape
 
 DEFAULT_STRENGTH = EDIT_STRENGTH  # chosen by bench/edits.py (see dacd.defaults)
 
@@ -171,13 +171,15 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
                  difficulty_guidance_scale: float | None = SAMPLING.difficulty_guidance_scale,
                  num_inference_steps: int = SAMPLING.num_inference_steps, scheduler: str | None = SAMPLING.scheduler,
                  generator=None, eta: float = 0.0, output_type: str = "pil", guidance_branches: str = "auto",
-                 return_dict: bool = True):
+                 return_dict: bool = True, guidance_interval: tuple[float, float] | None = None,
+                 guidance_rescale: float = 0.0):
         """Edit `image` (one, or one per edit) towards class `class_labels` at difficulty `difficulty`
         (arguments in the order of the text-to-image pipeline, `image` by keyword as in diffusers).
 
         `strength` in (0, 1]: the share of the denoising schedule that is rerun (the image is
         noised to that point first). Everything else as in `DifficultyControlledPipeline.__call__`;
         `calibrated=True` needs a curve fitted for edits at this strength."""
+        check_guidance_shape(guidance_interval, guidance_rescale)
         images = []
 
         def widen(n):  # the image checks need the label count; an edit may have more images than labels
@@ -202,7 +204,8 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
         latents = sched.add_noise(init, noise, timesteps[:1].repeat(n))
         extra = {"eta": eta, "generator": generator} if isinstance(sched, DDIMScheduler) else {}
         latents = self.denoise(latents, sched, call.branches, call.g_text, call.g_difficulty, extra,
-                               timesteps=timesteps)
+                               timesteps=timesteps, guidance_interval=guidance_interval,
+                               guidance_rescale=guidance_rescale)
         return self._finish_call(latents, call, output_type, return_dict)
 
 

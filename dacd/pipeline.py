@@ -100,6 +100,43 @@ def _as_list(x, n: int | None = None) -> list:
     return list(x)
 
 
+def noise_level(sched, t) -> float:
+    """sigma(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t) of the training schedule at timestep `t`
+    (the EDM noise level; infinite at a zero-terminal-SNR schedule's last step)."""
+    ab = float(sched.alphas_cumprod[int(t)])
+    return math.inf if ab <= 0 else math.sqrt((1.0 - ab) / ab)
+
+
+def guided_at(sched, t, interval) -> bool:
+    """Whether guidance applies at timestep `t`: always without an interval, else where
+    lo < sigma(t) <= hi (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval")."""
+    if interval is None:
+        return True
+    lo, hi = interval
+    return lo < noise_level(sched, t) <= hi
+
+
+def rescaled(guided: torch.Tensor, conditional: torch.Tensor, phi: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al. 2024, section 3.4): blend the guided prediction with itself
+    scaled, per image, to the conditional prediction's standard deviation; phi = 0 is plain CFG."""
+    if not phi:
+        return guided
+    dims = tuple(range(1, guided.ndim))
+    ratio = conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-12)
+    return phi * guided * ratio + (1.0 - phi) * guided
+
+
+def check_guidance_shape(guidance_interval, guidance_rescale) -> None:
+    """Clear errors for the two optional guidance-shaping arguments."""
+    if guidance_interval is not None:
+        iv = _as_list(guidance_interval)
+        if len(iv) != 2 or not all(_is_number(v) or v == math.inf for v in iv) or not 0 <= iv[0] < iv[1]:
+            raise ValueError(f"guidance_interval must be None or (lo, hi) noise levels with 0 <= lo < hi "
+                             f"(hi may be inf), got {guidance_interval!r}")
+    if not _is_number(guidance_rescale) or not 0.0 <= float(guidance_rescale) <= 1.0:
+        raise ValueError(f"guidance_rescale must be a number in [0, 1] (0: off), got {guidance_rescale!r}")
+
+
 class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """Generate images of a class at a requested difficulty `s` in [0, 1].
 
@@ -309,23 +346,25 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         return [c_00, c_p0, c_pd], g_t, g_d
 
     def denoise(self, latents, sched, branches, g_t: float, g_d: float, extra: dict, timesteps=None,
-                hook=None) -> torch.Tensor:
+                hook=None, guidance_interval=None, guidance_rescale: float = 0.0) -> torch.Tensor:
         """The sampling loop with one U-Net call per step over all branches (over `timesteps`,
         default all of the scheduler's; edits run the tail of the schedule). `hook(i, t, latents,
         model_output)` may rewrite the guided model output before each scheduler step (feedback
-        guidance)."""
+        guidance). `guidance_interval` and `guidance_rescale`: see `__call__`."""
         context = torch.cat(branches, 0)
         for i, t in enumerate(self.progress_bar(sched.timesteps if timesteps is None else timesteps)):
             x = sched.scale_model_input(latents, t)
             e = self.unet(torch.cat([x] * len(branches)), t, encoder_hidden_states=context, return_dict=False)[0]
             if len(branches) == 1:
                 eps = e
+            elif not guided_at(sched, t, guidance_interval):
+                eps = e.chunk(len(branches))[-1]  # the fully conditional prediction: both scales 1
             elif len(branches) == 2:
                 e00, epd = e.chunk(2)
-                eps = e00 + g_t * (epd - e00)
+                eps = rescaled(e00 + g_t * (epd - e00), epd, guidance_rescale)
             else:
                 e00, ep0, epd = e.chunk(3)
-                eps = e00 + g_t * (ep0 - e00) + g_d * (epd - ep0)
+                eps = rescaled(e00 + g_t * (ep0 - e00) + g_d * (epd - ep0), epd, guidance_rescale)
             if hook is not None:
                 eps = hook(i, t, latents, eps)
             latents = sched.step(eps, t, latents, **extra, return_dict=False)[0]
@@ -345,7 +384,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
                  difficulty_guidance_scale: float | None = SAMPLING.difficulty_guidance_scale,
                  num_inference_steps: int = SAMPLING.num_inference_steps, scheduler: str | None = SAMPLING.scheduler,
                  generator=None, latents=None, eta: float = 0.0, output_type: str = "pil",
-                 guidance_branches: str = "auto", return_dict: bool = True, feedback=None):
+                 guidance_branches: str = "auto", return_dict: bool = True, feedback=None,
+                 guidance_interval: tuple[float, float] | None = None, guidance_rescale: float = 0.0):
         """Generate one image per (class, difficulty) pair; scalars broadcast.
 
         Defaults are the project's (`dacd.defaults.SAMPLING`): text guidance 5, difficulty guidance 8.
@@ -356,7 +396,12 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         `generator` may be a list (one per image): equal seeds give equal noise, which is
         how a sweep holds the noise fixed along a row. `feedback` (a `dacd.feedback.FeedbackGuidance`)
         steers the first steps with a scoring classifier's gradient towards the requested difficulty.
+        `guidance_interval=(lo, hi)` applies guidance only at steps whose noise level sigma(t) is in
+        (lo, hi] (elsewhere the fully conditional prediction, both scales 1); `guidance_rescale`
+        phi in [0, 1] rescales the guided prediction towards the conditional one's spread. Both off
+        by default (the shipped sampling).
         """
+        check_guidance_shape(guidance_interval, guidance_rescale)
         # 1-2. check and broadcast inputs; conditioning sequences per guidance branch
         call = self._prepare_call(class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
                                   difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches)
@@ -369,7 +414,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
 
         # 4. denoising loop
         hook = None if feedback is None else feedback.hook(self, sched, call.labels, call.requested)
-        latents = self.denoise(latents, sched, call.branches, call.g_text, call.g_difficulty, extra, hook=hook)
+        latents = self.denoise(latents, sched, call.branches, call.g_text, call.g_difficulty, extra, hook=hook,
+                               guidance_interval=guidance_interval, guidance_rescale=guidance_rescale)
 
         # 5. decode
         return self._finish_call(latents, call, output_type, return_dict)

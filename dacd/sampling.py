@@ -38,16 +38,36 @@ class SamplingSettings:
     guidance_scale: float | None = None
     difficulty_guidance_scale: float | None = None
     calibrated: bool = False
+    # guidance shaping (the pipeline's `guidance_interval`, `guidance_rescale`); off by default
+    guidance_interval: tuple[float, float] | None = None
+    guidance_rescale: float = 0.0
 
     def __post_init__(self):
         for name in ("num_inference_steps", "scheduler", "guidance_scale", "difficulty_guidance_scale"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(SAMPLING, name))
+        if self.guidance_interval is not None:
+            self.guidance_interval = tuple(float(v) for v in self.guidance_interval)
+
+    def as_config(self) -> dict:
+        """The settings as a JSON-able dict: what sets, caches and views record as their sampling.
+        The guidance-shaping fields appear only when set, so the identity of everything made
+        before they existed stays the same."""
+        d = asdict(self)
+        if d["guidance_interval"] is None:
+            del d["guidance_interval"]
+        else:
+            d["guidance_interval"] = list(d["guidance_interval"])
+        if not d["guidance_rescale"]:
+            del d["guidance_rescale"]
+        return d
 
     def pipeline_kwargs(self, has_difficulty: bool) -> dict:
         """Keyword arguments for the pipeline; a model without a difficulty encoder (the baseline)
         gets only what applies to it."""
-        kw = {k: v for k, v in asdict(self).items() if v is not None}
+        kw = {k: v for k, v in self.as_config().items() if v is not None}
+        if "guidance_interval" in kw:
+            kw["guidance_interval"] = tuple(kw["guidance_interval"])
         if not has_difficulty:
             for k in ("difficulty_guidance_scale", "calibrated"):
                 kw.pop(k, None)

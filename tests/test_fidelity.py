@@ -115,6 +115,17 @@ def test_fidelity_refuses_two_models_of_one_label_before_any_work(tmp_path):
     assert "several --models" not in proc.stderr  # labels differ: it goes on (and stops at the missing data)
 
 
+def test_fidelity_labels_its_guidance_shaping():
+    fidelity = load_module(ROOT / "bench" / "fidelity.py")
+    from dacd.sampling import SamplingSettings
+
+    args = fidelity.parse_args(["--guidance-interval", "0.28", "5.42", "--guidance-rescale", "0.7"])
+    shaped = SamplingSettings(guidance_scale=2.0, guidance_interval=args.guidance_interval,
+                              guidance_rescale=args.guidance_rescale)
+    assert fidelity.shaping_label(shaped) == ", interval (0.28, 5.42], rescale 0.7"
+    assert fidelity.shaping_label(SamplingSettings(guidance_scale=2.0)) == ""
+
+
 def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp_path, capsys):
     means = load_module(ROOT / "bench" / "kid_means.py")
     rows = {  # (model, class) -> KID in draw 0, draw 1
@@ -156,3 +167,19 @@ def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp
         means.main(["--runs", *runs, "--models", "a", "--reference", "ref"])
     with pytest.raises(SystemExit, match="is missing"):
         means.main(["--runs", str(tmp_path / "nowhere"), "--models", "a", "--reference", "ref"])
+    # the reference read from other folders of the same draws
+    other = []
+    for d, kid in ((0, 0.5), (1, 0.7)):
+        run = tmp_path / "plain" / f"seed{d}"
+        run.mkdir(parents=True)
+        pd.DataFrame([{"class": c, "kid": kid, "accuracy": 1.0, "model": m} for m in ("ref", "a", "real-random")
+                      for c in ("Bag", "Coat")]).to_csv(run / "per_class.csv", index=False)
+        other.append(str(run))
+    for run in runs:
+        pd.DataFrame([{"class": c, "kid": v[int(run[-1])], "accuracy": 1.0, "model": m}
+                      for (m, c), v in rows.items()]).to_csv(f"{run}/per_class.csv", index=False)
+    means.main(["--runs", *runs, "--models", "a=model A", "--reference", "ref=plain", "--reference-runs", *other])
+    out = capsys.readouterr().out
+    assert "| Bag | 0.100, 0.200 | 0.150 | 0.500, 0.700 | 0.600 | yes |" in out  # a from runs, ref from other
+    with pytest.raises(SystemExit, match="same draws"):
+        means.main(["--runs", *runs, "--models", "a", "--reference", "ref", "--reference-runs", other[0]])

@@ -90,6 +90,44 @@ def test_two_branch_shortcut_equals_three_branch_formula(pipe):
     assert np.abs(other - two).max() > 1e-4
 
 
+def test_guidance_interval_switches_guidance_off_outside_its_noise_levels(pipe):
+    """(0, inf] covers every step: plain guidance; an interval above every step's noise level
+    leaves the conditional prediction alone, which is guidance 1; one covering some steps is neither."""
+    from dacd.pipeline import noise_level
+
+    kw = dict(guidance_scale=4.0, difficulty_guidance_scale=6.0, num_inference_steps=4)
+    plain = run(pipe, **kw).images
+    np.testing.assert_allclose(run(pipe, guidance_interval=(0.0, math.inf), **kw).images, plain, atol=1e-6)
+    unguided = run(pipe, guidance_scale=1.0, difficulty_guidance_scale=1.0, num_inference_steps=4).images
+    for branches in ("auto", "three"):
+        off = run(pipe, guidance_interval=(1e6, 1e7), guidance_branches=branches, **kw).images
+        np.testing.assert_allclose(off, unguided, atol=1e-5)
+    sched = pipe.get_scheduler("ddim")
+    sched.set_timesteps(4)
+    sigmas = sorted(noise_level(sched, t) for t in sched.timesteps)
+    assert sigmas[0] < sigmas[-1]
+    middle = run(pipe, guidance_interval=(0.0, sigmas[-2]), **kw).images  # every step but the noisiest
+    assert np.abs(middle - plain).max() > 1e-4 and np.abs(middle - unguided).max() > 1e-4
+
+
+def test_guidance_rescale_matches_the_conditional_spread():
+    from dacd.pipeline import rescaled
+
+    g = torch.Generator().manual_seed(0)
+    cond, guided = torch.randn(3, 4, 8, 8, generator=g), 3 * torch.randn(3, 4, 8, 8, generator=g) + 1
+    torch.testing.assert_close(rescaled(guided, cond, 0.0), guided)
+    full = rescaled(guided, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+    torch.testing.assert_close(rescaled(guided, cond, 0.7), 0.7 * full + 0.3 * guided)
+
+
+def test_guidance_rescale_changes_guided_images_only(pipe):
+    kw = dict(guidance_scale=4.0, difficulty_guidance_scale=6.0)
+    assert np.abs(run(pipe, guidance_rescale=0.7, **kw).images - run(pipe, **kw).images).max() > 1e-4
+    one = dict(guidance_scale=1.0, difficulty_guidance_scale=1.0)  # nothing to rescale without guidance
+    np.testing.assert_allclose(run(pipe, guidance_rescale=0.7, **one).images, run(pipe, **one).images, atol=1e-6)
+
+
 def test_difficulty_only_and_prompts(pipe):
     out = run(pipe, difficulty_only=True)
     assert out.prompts == ["", ""] and out.images.shape == (2, 32, 32, 1)
@@ -128,6 +166,11 @@ def test_class_names_and_ids_give_the_same_images(pipe):
     (dict(class_labels=[0], difficulty=0.5, num_inference_steps=0), "num_inference_steps"),
     (dict(class_labels=[0], difficulty=0.5, scheduler="plms"), "scheduler"),
     (dict(class_labels=[0], difficulty=0.5, calibrated=True), "calibration"),
+    (dict(class_labels=[0], difficulty=0.5, guidance_interval=(2.0, 1.0)), "guidance_interval"),
+    (dict(class_labels=[0], difficulty=0.5, guidance_interval=(math.nan, 1.0)), "guidance_interval"),
+    (dict(class_labels=[0], difficulty=0.5, guidance_interval=(1.0,)), "guidance_interval"),
+    (dict(class_labels=[0], difficulty=0.5, guidance_rescale=1.5), "guidance_rescale"),
+    (dict(class_labels=[0], difficulty=0.5, guidance_rescale=math.nan), "guidance_rescale"),
 ])
 def test_bad_inputs_raise_clear_errors(pipe, kwargs, match):
     kwargs = dict(kwargs)

@@ -32,6 +32,20 @@ def test_baseline_gets_only_what_applies(pipe):
     assert out.images.shape == (2, 32, 32, 1)
 
 
+def test_guidance_shaping_reaches_the_pipeline_and_keeps_old_identities(pipe):
+    from dataclasses import asdict
+
+    plain = SamplingSettings(2, "ddim", 2.0, 3.0)
+    old_keys = {"num_inference_steps", "scheduler", "guidance_scale", "difficulty_guidance_scale", "calibrated"}
+    assert plain.as_config() == {k: v for k, v in asdict(plain).items() if k in old_keys}  # as recorded before
+    shaped = SamplingSettings(2, "ddim", 2.0, 3.0, guidance_interval=[0.5, 3], guidance_rescale=0.5)
+    assert shaped.as_config()["guidance_interval"] == [0.5, 3.0] and shaped.as_config()["guidance_rescale"] == 0.5
+    assert shaped.pipeline_kwargs(True)["guidance_interval"] == (0.5, 3.0)
+    a = sample(pipe, [0, 1], [0.2, 0.8], [1, 2], plain)
+    b = sample(pipe, [0, 1], [0.2, 0.8], [1, 2], shaped)
+    assert np.abs(a.images - b.images).max() > 1e-4
+
+
 def test_per_row_prompts_and_progress(pipe):
     calls = []
     out = sample(pipe, [0, 0], [0.5, 0.5], [3, 3], FAST, prompts=["a photo of a T-shirt/top", ""], chunk_size=1,

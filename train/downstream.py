@@ -337,7 +337,7 @@ def plan_sets(args, real, counts) -> dict:
         dg = args.difficulty_guidance if arm == "dacd" else None  # the baseline has no difficulty branch
         settings = SamplingSettings(num_inference_steps=args.gen_steps, guidance_scale=guidance,
                                     difficulty_guidance_scale=dg)
-        ident = {"arm": arm, "model": model_identity(model), "sampling": mode, "settings": asdict(settings),
+        ident = {"arm": arm, "model": model_identity(model), "sampling": mode, "settings": settings.as_config(),
                  "plan": plan_fingerprint(plan)}
         selection = anchoring = pooling = None
         label = sampling_label(args, mode)
