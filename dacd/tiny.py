@@ -53,6 +53,10 @@ class TinySDConfig:
     # image brightness leaks through it that sampling from pure noise could not reproduce; needs v_prediction.
     # On the embedded default's shape it measured worse (bench/results/base-zsnr): off by default
     zero_terminal_snr: bool = False
+    # after the VAE is trained, set its posterior's log-variance to the floor (-30: std 3e-7), so the
+    # latents every later stage encodes (base U-Net, LoRA, scaling factor) are the posterior means; a
+    # 16x16 VAE under a light KL leaves much posterior noise (one of its 4 channels carries nothing else)
+    deterministic_encoder: bool = False
 
 
 def bytes_to_unicode() -> dict[int, str]:

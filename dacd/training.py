@@ -720,6 +720,21 @@ def train_base_unet(pipe_parts: dict, images: torch.Tensor, labels: np.ndarray, 
     return steps.summary()
 
 
+LOGVAR_FLOOR = -30.0  # diffusers' DiagonalGaussianDistribution clamps log-variances at this floor
+
+
+@torch.no_grad()
+def make_encoder_deterministic(vae) -> None:
+    """Set the VAE posterior's log-variance to the floor for every input (the log-variance half of
+    `quant_conv`: zero weights, bias at the floor), so `latent_dist.sample()` returns the mean (std
+    3e-7) everywhere diffusers or this package encodes; the means and the decoder are untouched."""
+    if vae.quant_conv is None:
+        raise ValueError("make_encoder_deterministic needs a VAE with quant_conv (use_quant_conv=True)")
+    half = vae.config.latent_channels
+    vae.quant_conv.weight[half:] = 0.0
+    vae.quant_conv.bias[half:] = LOGVAR_FLOOR
+
+
 @torch.no_grad()
 def latent_std(vae, images: torch.Tensor, n: int = 4096, seed: int = 0) -> float:
     """Std of the VAE's latents on a fixed sample: SD's `scaling_factor` is its inverse."""

@@ -440,14 +440,39 @@ def test_baseline_mode(tiny_baseline):
 def test_sd2_shaped_base_trains_and_generates(fake_fmnist, tiny_scores, tmp_path):
     run_script("train/train_base.py", "--data-dir", fake_fmnist, "--output-dir", tmp_path / "base2",
                "--run-dir", tmp_path / "run2", "--prediction-type", "v_prediction", "--kl-weight", "1e-4",
-               *TINY_BASE_ARGS)
-    assert json.loads((tmp_path / "base2" / "metrics.json").read_text())["train_config"]["kl_weight"] == 1e-4
+               "--deterministic-encoder", *TINY_BASE_ARGS)
+    metrics = json.loads((tmp_path / "base2" / "metrics.json").read_text())
+    assert metrics["train_config"]["kl_weight"] == 1e-4 and metrics["tiny_config"]["deterministic_encoder"]
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tmp_path / "base2", subfolder="vae")
+    with torch.no_grad():
+        post = vae.encode(torch.rand(2, 1, 32, 32) * 2 - 1).latent_dist
+    assert post.std.max() < 1e-6 and vae.config.scaling_factor == pytest.approx(metrics["vae_scaling_factor"])
     out, _, proc = train(tmp_path, "dacd2", tmp_path / "base2", fake_fmnist, tiny_scores)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pipe = DifficultyControlledPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.unet.config.use_linear_projection
     assert pipe([2], [0.5], num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 1)
+
+
+def test_a_deterministic_encoder_keeps_the_means_and_drops_the_posterior_noise():
+    from dacd.training import make_encoder_deterministic
+
+    vae = build_components(TinySDConfig(vae_channels=(16, 32), unet_channels=(32, 64), unet_top_attention=True),
+                           class_names=list(FASHION_MNIST_CLASSES), seed=0)["vae"].eval()
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        decoded = vae.decode(before.mean).sample
+        assert before.std.min() > 1e-3  # a fresh VAE's posterior is noisy
+        make_encoder_deterministic(vae)
+        after = vae.encode(x).latent_dist
+        torch.testing.assert_close(after.mean, before.mean)
+        assert after.std.max() < 1e-6
+        torch.testing.assert_close(after.sample(torch.Generator().manual_seed(1)), after.mean, atol=1e-5, rtol=0)
+        torch.testing.assert_close(vae.decode(after.mean).sample, decoded)
 
 
 def test_a_base_run_folder_refuses_other_model_settings(tmp_path):

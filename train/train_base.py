@@ -26,7 +26,8 @@ import torch
 from dacd.data import load_dataset
 from dacd.defaults import EMBEDDED_CHECKPOINT, LAYOUT, PROMPT_TEMPLATE
 from dacd.tiny import TinySDConfig, build_components, save_sd_folder
-from dacd.training import BaseTrainConfig, latent_std, train_base_unet, train_vae, vae_reconstruction_error
+from dacd.training import (BaseTrainConfig, latent_std, make_encoder_deterministic, train_base_unet, train_vae,
+                           vae_reconstruction_error)
 
 
 def parse_args(argv=None):
@@ -52,6 +53,9 @@ def parse_args(argv=None):
                    help="rescale the noise schedule to zero SNR at its last step and sample with trailing "
                         "timesteps (needs --prediction-type v_prediction; pair it with --snr-gamma 0: min-SNR "
                         "weights of v targets vanish at zero SNR)")
+    p.add_argument("--deterministic-encoder", action="store_true",
+                   help="after the VAE stage, make its posterior deterministic (log-variance at the floor): the "
+                        "U-Net, the LoRAs and the scaling factor then see the posterior means, not noisy samples")
     p.add_argument("--unet-channels", type=int, nargs="+", default=list(t.unet_channels))
     p.add_argument("--unet-top-attention", action=argparse.BooleanOptionalAction, default=t.unet_top_attention,
                    help="cross-attention in the first U-Net block too (off: plain convolutions there, attention "
@@ -104,7 +108,8 @@ def main(argv=None):
                         unet_channels=tuple(args.unet_channels), unet_layers_per_block=args.unet_layers_per_block,
                         unet_top_attention=args.unet_top_attention, vae_channels=tuple(args.vae_channels),
                         latent_channels=args.latent_channels,
-                        prediction_type=args.prediction_type, zero_terminal_snr=args.zero_terminal_snr)
+                        prediction_type=args.prediction_type, zero_terminal_snr=args.zero_terminal_snr,
+                        deterministic_encoder=args.deterministic_encoder)
     if tiny.zero_terminal_snr and cfg.snr_gamma:
         print(f"warning: --zero-terminal-snr with min-SNR weighting (--snr-gamma {cfg.snr_gamma:g}) gives the last "
               "noise levels almost no weight and the last one none; --snr-gamma 0 trains them")
@@ -136,6 +141,12 @@ def main(argv=None):
         parts["vae"].register_to_config(scaling_factor=sf)
         parts["vae"].save_pretrained(vae_dir)
         print(f"VAE trained in {time.time() - t0:.0f} s; scaling_factor {sf:.4f}")
+    if tiny.deterministic_encoder:  # on the trained (or reused) VAE; its decoder and means are unchanged
+        parts["vae"].to("cpu")
+        make_encoder_deterministic(parts["vae"])
+        sf = 1.0 / latent_std(parts["vae"], images)
+        parts["vae"].register_to_config(scaling_factor=sf)
+        print(f"VAE encoder made deterministic; scaling_factor of the posterior means {sf:.4f}")
     held = torch.from_numpy(load_dataset(args.data, "test", args.data_dir).images[:2000]) if args.data else images
     metrics["vae_reconstruction_test"] = vae_reconstruction_error(parts["vae"].to(device), held)
     metrics["vae_scaling_factor"] = float(parts["vae"].config.scaling_factor)
