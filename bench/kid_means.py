@@ -63,14 +63,19 @@ def main(argv=None):
     frames, with_brightness = [], []
     for run, ref_run, draw in zip(args.runs, ref_runs, draws):
         frame, path = read(run), Path(run) / "per_class.csv"
-        if args.reference_runs:
-            frame = pd.concat([frame[frame.model != ref], (other := read(ref_run))[other.model == ref]])
-        missing = sorted((set(models) | {REAL}) - set(frame.model))
-        if missing:  # a mean over fewer draws than asked would pass unnoticed
-            raise SystemExit(f"bench/kid_means.py: {path} lacks {', '.join(missing)} (made for other --models); "
-                             f"models there: {', '.join(sorted(frame.model.unique()))}")
-        frames.append(frame.assign(draw=draw))
         with_brightness.append("brightness_sd" in frame)
+        wanted = (set(models) - ({ref} if args.reference_runs else set())) | {REAL}
+        checks = [(frame, path, wanted)]
+        if args.reference_runs:
+            other = read(ref_run)
+            checks.append((other, Path(ref_run) / "per_class.csv", {ref}))
+            frame = pd.concat([frame[frame.model != ref], other[other.model == ref]])
+        for table_, where, need in checks:
+            missing = sorted(need - set(table_.model))
+            if missing:  # a mean over fewer draws than asked would pass unnoticed
+                raise SystemExit(f"bench/kid_means.py: {where} lacks {', '.join(missing)} (made for other --models); "
+                                 f"models there: {', '.join(sorted(table_.model.unique()))}")
+        frames.append(frame.assign(draw=draw))
     if len(set(with_brightness)) > 1:
         raise SystemExit("bench/kid_means.py: only some --runs have the brightness_sd column (older bench/fidelity.py "
                          "runs lack it): pass runs of one version")
@@ -105,9 +110,12 @@ def main(argv=None):
     print(f"class-mean KID, mean over {len(draws)} draws: "
           + ", ".join(f"{models[m]} {means[m].mean():.4f}" for m in models))
     if with_brightness[0]:  # bench/fidelity.py runs from before the column have KID alone
+        measured = runs.dropna(subset=["brightness_sd"]).groupby("model").draw.nunique()
+        shown = {m: name for m, name in {**models, REAL: "real images"}.items() if measured.get(m, 0) == len(draws)}
         print("\nSpread (sd) of the images' mean brightness per class (real images: each draw's real training "
-              "images):\n")
-        table("brightness_sd", ".4f", {**models, REAL: "real images"}, versus=False)
+              "images" + "".join(f"; {name}: not recorded in its runs" for m, name in models.items()
+                                 if m not in shown) + "):\n")
+        table("brightness_sd", ".4f", shown, versus=False)
 
 
 if __name__ == "__main__":

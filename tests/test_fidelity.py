@@ -175,11 +175,14 @@ def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp
         pd.DataFrame([{"class": c, "kid": kid, "accuracy": 1.0, "model": m} for m in ("ref", "a", "real-random")
                       for c in ("Bag", "Coat")]).to_csv(run / "per_class.csv", index=False)
         other.append(str(run))
-    for run in runs:
-        pd.DataFrame([{"class": c, "kid": v[int(run[-1])], "accuracy": 1.0, "model": m}
-                      for (m, c), v in rows.items()]).to_csv(f"{run}/per_class.csv", index=False)
+    for run in runs:  # runs that record brightness, a reference from runs that do not
+        pd.DataFrame([{"class": c, "kid": v[int(run[-1])], "accuracy": 1.0, "model": m, "brightness_sd": 0.1}
+                      for (m, c), v in rows.items() if m != "ref"]).to_csv(f"{run}/per_class.csv", index=False)
     means.main(["--runs", *runs, "--models", "a=model A", "--reference", "ref=plain", "--reference-runs", *other])
     out = capsys.readouterr().out
     assert "| Bag | 0.100, 0.200 | 0.150 | 0.500, 0.700 | 0.600 | yes |" in out  # a from runs, ref from other
+    assert "plain: not recorded in its runs" in out and "| Bag | 0.1000, 0.1000 | 0.1000 | 0.1000, 0.1000 |" in out
+    with pytest.raises(SystemExit, match="plain/seed0/per_class.csv lacks zzz"):
+        means.main(["--runs", *runs, "--models", "a", "--reference", "zzz", "--reference-runs", *other])
     with pytest.raises(SystemExit, match="same draws"):
         means.main(["--runs", *runs, "--models", "a", "--reference", "ref", "--reference-runs", other[0]])
