@@ -39,7 +39,7 @@ from dacd.data import load_dataset
 from dacd.defaults import DIFFICULTY, EMBEDDED_CHECKPOINT, LAYOUT
 from dacd.evaluation import (draw_difficulties, draw_per_class, emit_report, kid, manifold_metrics, markdown_table,
                              measure, train_downstream_cell)
-from dacd.sampling import SamplingSettings, sample
+from dacd.sampling import SamplingSettings, check_guidance_shape, sample
 from dacd.weights import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,13 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=None, help="images and cell results (default runs/fidelity-cache, or "
                    "<out>/cache when --out is given elsewhere)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:  # before any work, not at the first generation
+        check_guidance_shape(args.guidance_interval, args.guidance_rescale)
+    except ValueError as e:
+        p.error(str(e).replace("guidance_interval", "--guidance-interval").replace("guidance_rescale",
+                                                                                   "--guidance-rescale"))
+    return args
 
 
 def _hash(obj) -> str:
@@ -245,7 +251,8 @@ def main(argv=None):
             images = generate(pipe, labels, args.seed, args, cache, sampling)
             row, pc = measures(images, labels, evaluator, test_feats, test_labels, names, args.k)
             accs = cas(images, labels, real_images, test, args, cache, names)
-            rows.append({"model": label, "guidance_scale": sampling.guidance_scale, "fingerprint": fp,
+            shaping = {k: v for k, v in sampling.as_config().items() if k in ("guidance_interval", "guidance_rescale")}
+            rows.append({"model": label, "guidance_scale": sampling.guidance_scale, **shaping, "fingerprint": fp,
                          "vae_psnr": vae["psnr"], "vae_ssim": vae["ssim"], **row,
                          "cas_mean": float(np.mean(accs)) if accs else np.nan, "cas_seeds": len(accs),
                          "seconds": time.time() - t0})

@@ -46,29 +46,32 @@ def main(argv=None):
     models = dict(_named(m) for m in args.models)
     ref, ref_name = _named(args.reference)
     models[ref] = ref_name
-    draws = [Path(run).name or str(run) for run in args.runs]  # each draw is named by its folder (seed0, ...)
+    def draw_names(runs) -> list[str]:  # each draw is named by its folder (seed0, ...)
+        return [Path(run).name or str(run) for run in runs]
+
+    draws = draw_names(args.runs)
     if len(set(draws)) < len(draws):
         raise SystemExit(f"bench/kid_means.py: --runs folders need distinct names, got {', '.join(draws)}")
     ref_runs = args.reference_runs or args.runs
-    if [Path(run).name or str(run) for run in ref_runs] != draws:
+    if draw_names(ref_runs) != draws:
         raise SystemExit("bench/kid_means.py: --reference-runs must name the same draws as --runs, in order: got "
                          f"{', '.join(map(str, ref_runs))} for {', '.join(draws)}")
 
-    def read(run) -> pd.DataFrame:
+    def read(run) -> tuple[pd.DataFrame, Path]:
         path = Path(run) / "per_class.csv"
         if not path.is_file():
             raise SystemExit(f"bench/kid_means.py: {path} is missing: run bench/fidelity.py --out {run} first")
-        return pd.read_csv(path)
+        return pd.read_csv(path), path
 
     frames, with_brightness = [], []
     for run, ref_run, draw in zip(args.runs, ref_runs, draws):
-        frame, path = read(run), Path(run) / "per_class.csv"
+        frame, path = read(run)
         with_brightness.append("brightness_sd" in frame)
         wanted = (set(models) - ({ref} if args.reference_runs else set())) | {REAL}
         checks = [(frame, path, wanted)]
         if args.reference_runs:
-            other = read(ref_run)
-            checks.append((other, Path(ref_run) / "per_class.csv", {ref}))
+            other, other_path = read(ref_run)
+            checks.append((other, other_path, {ref}))
             frame = pd.concat([frame[frame.model != ref], other[other.model == ref]])
         for table_, where, need in checks:
             missing = sorted(need - set(table_.model))

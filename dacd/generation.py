@@ -455,7 +455,8 @@ def _calibration_record(pipe, sampling: SamplingSettings, anchoring) -> dict:
         curve = pipe.calibration
         differences = pipe.calibration_differences(
             guidance_scale=sampling.guidance_scale, difficulty_guidance_scale=sampling.difficulty_guidance_scale,
-            num_inference_steps=sampling.num_inference_steps, scheduler=sampling.scheduler)
+            num_inference_steps=sampling.num_inference_steps, scheduler=sampling.scheduler,
+            guidance_interval=sampling.guidance_interval, guidance_rescale=sampling.guidance_rescale)
     else:  # edits: the curve of their strength (checked to exist before this), fitted at their step count
         curve = getattr(pipe, "img2img_calibrations", {}).get(round(float(anchoring.strength), 6))
         differences = []

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .data import MAX_IMAGE_BYTES, load_image
 from .defaults import EDIT_STRENGTH, SAMPLING
-from .pipeline import DifficultyControlledPipeline, _is_number, check_guidance_shape
+from .pipeline import DifficultyControlledPipeline, _is_number
 
 DEFAULT_STRENGTH = EDIT_STRENGTH  # chosen by bench/edits.py (see dacd.defaults)
 
@@ -179,7 +179,6 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
         `strength` in (0, 1]: the share of the denoising schedule that is rerun (the image is
         noised to that point first). Everything else as in `DifficultyControlledPipeline.__call__`;
         `calibrated=True` needs a curve fitted for edits at this strength."""
-        check_guidance_shape(guidance_interval, guidance_rescale)
         images = []
 
         def widen(n):  # the image checks need the label count; an edit may have more images than labels
@@ -188,7 +187,8 @@ class DifficultyControlledImg2ImgPipeline(DifficultyControlledPipeline):
 
         call = self._prepare_call(class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
                                   difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches,
-                                  widen=widen, curve_args=(strength, num_inference_steps))
+                                  widen=widen, curve_args=(strength, num_inference_steps),
+                                  shaping=(guidance_interval, guidance_rescale))
         n, device, sched = call.n, call.device, call.scheduler
 
         # the part of the schedule that strength reruns

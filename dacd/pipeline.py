@@ -43,6 +43,7 @@ from .calibration import Calibration, CalibrationSettingsWarning, load_img2img_c
 from .data import resolve_class
 from .defaults import LAYOUT, LIMITS, PROMPT_TEMPLATE, SAMPLING
 from .encoder import DifficultyEncoder
+from .sampling import check_guidance_shape
 from .weights import check_folder
 
 _TOKENIZER_LOCK = threading.Lock()
@@ -101,9 +102,10 @@ def _as_list(x, n: int | None = None) -> list:
 
 
 def noise_level(sched, t) -> float:
-    """sigma(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t) of the training schedule at timestep `t`
-    (the EDM noise level; infinite at a zero-terminal-SNR schedule's last step)."""
-    ab = float(sched.alphas_cumprod[int(t)])
+    """sigma(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t) of the scheduler's alphas_cumprod at timestep
+    `t` (the EDM noise level; very large at a zero-terminal-SNR schedule's last step, infinite where
+    the scheduler leaves alpha_bar at 0 there)."""
+    ab = float(sched.alphas_cumprod[int(round(float(t)))])
     return math.inf if ab <= 0 else math.sqrt((1.0 - ab) / ab)
 
 
@@ -124,17 +126,6 @@ def rescaled(guided: torch.Tensor, conditional: torch.Tensor, phi: float) -> tor
     dims = tuple(range(1, guided.ndim))
     ratio = conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-12)
     return phi * guided * ratio + (1.0 - phi) * guided
-
-
-def check_guidance_shape(guidance_interval, guidance_rescale) -> None:
-    """Clear errors for the two optional guidance-shaping arguments."""
-    if guidance_interval is not None:
-        iv = _as_list(guidance_interval)
-        if len(iv) != 2 or not all(_is_number(v) or v == math.inf for v in iv) or not 0 <= iv[0] < iv[1]:
-            raise ValueError(f"guidance_interval must be None or (lo, hi) noise levels with 0 <= lo < hi "
-                             f"(hi may be inf), got {guidance_interval!r}")
-    if not _is_number(guidance_rescale) or not 0.0 <= float(guidance_rescale) <= 1.0:
-        raise ValueError(f"guidance_rescale must be a number in [0, 1] (0: off), got {guidance_rescale!r}")
 
 
 class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
@@ -301,7 +292,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
     def calibration_differences(self, *, guidance_scale=SAMPLING.guidance_scale,
                                 difficulty_guidance_scale=SAMPLING.difficulty_guidance_scale,
                                 num_inference_steps=SAMPLING.num_inference_steps, scheduler=SAMPLING.scheduler,
-                                difficulty_only: bool = False) -> list[str]:
+                                difficulty_only: bool = False, guidance_interval=None,
+                                guidance_rescale: float = 0.0) -> list[str]:
         """The sampling settings that differ from those the text-to-image curve was fitted at, as
         text (empty without a curve). The curve only holds at its own settings: calibrated sampling
         elsewhere still runs, with a `CalibrationSettingsWarning` (a warning, not an error: nearby
@@ -319,6 +311,10 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             difficulty_guidance_scale=g_d if self.has_difficulty else None)
         if difficulty_only:
             out.insert(0, "difficulty only (curve: with the class prompt)")
+        if guidance_interval is not None:  # curves are fitted with plain guidance
+            out.append(f"guidance interval ({guidance_interval[0]:g}, {guidance_interval[1]:g}] (curve: every step)")
+        if guidance_rescale:
+            out.append(f"guidance rescale {guidance_rescale:g} (curve: none)")
         return out
 
     def guidance_contexts(self, prompts, labels, cond_s, guidance_scale, difficulty_guidance_scale,
@@ -401,10 +397,10 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
         phi in [0, 1] rescales the guided prediction towards the conditional one's spread. Both off
         by default (the shipped sampling).
         """
-        check_guidance_shape(guidance_interval, guidance_rescale)
         # 1-2. check and broadcast inputs; conditioning sequences per guidance branch
         call = self._prepare_call(class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
-                                  difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches)
+                                  difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches,
+                                  shaping=(guidance_interval, guidance_rescale))
         sched = call.scheduler
 
         # 3. latents and timesteps
@@ -422,11 +418,13 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
 
     def _prepare_call(self, class_labels, difficulty, prompt, difficulty_only, calibrated, guidance_scale,
                       difficulty_guidance_scale, num_inference_steps, scheduler, guidance_branches,
-                      widen=None, curve_args=()) -> _CallSetup:
+                      widen=None, curve_args=(), shaping=(None, 0.0)) -> _CallSetup:
         """What every call does before its latents: check and broadcast the inputs, map requested to
         conditioning difficulties, pick the scheduler, build the guidance branches. `widen(n)` may
         raise the batch size after the shared checks (an edit with more images than labels);
-        `curve_args` go to `conditioning_difficulties` (an edit's strength and step count)."""
+        `curve_args` go to `conditioning_difficulties` (an edit's strength and step count); `shaping`:
+        (guidance_interval, guidance_rescale)."""
+        check_guidance_shape(*shaping)
         if guidance_branches not in ("auto", "three"):
             raise ValueError(f"guidance_branches must be 'auto' or 'three', got {guidance_branches!r}")
         n = self.check_inputs(class_labels, difficulty, prompt, guidance_scale, difficulty_guidance_scale,
@@ -439,7 +437,8 @@ class DifficultyControlledPipeline(DiffusionPipeline, StableDiffusionLoraLoaderM
             diffs = self.calibration_differences(guidance_scale=guidance_scale,
                                                  difficulty_guidance_scale=difficulty_guidance_scale,
                                                  num_inference_steps=num_inference_steps, scheduler=scheduler,
-                                                 difficulty_only=difficulty_only)
+                                                 difficulty_only=difficulty_only, guidance_interval=shaping[0],
+                                                 guidance_rescale=shaping[1])
             if diffs:  # stacklevel: _prepare_call <- __call__ <- torch.no_grad's wrapper <- the caller
                 warnings.warn("calibrated sampling at settings the calibration curve was not fitted at: "
                               + ", ".join(diffs) + ". Measured difficulty may not match the request; sample "

@@ -18,6 +18,7 @@ Two kinds of work plug in here:
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -27,6 +28,21 @@ import numpy as np
 import torch
 
 from .defaults import SAMPLING
+
+
+def check_guidance_shape(guidance_interval, guidance_rescale) -> None:
+    """Clear errors for the two optional guidance-shaping settings (see `DifficultyControlledPipeline`)."""
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and not math.isnan(v)
+
+    if guidance_interval is not None:
+        iv = list(guidance_interval) if isinstance(guidance_interval, (list, tuple, np.ndarray)) else [guidance_interval]
+        if len(iv) != 2 or not all(map(number, iv)) or not 0 <= iv[0] < iv[1]:
+            raise ValueError(f"guidance_interval must be None or (lo, hi) noise levels with 0 <= lo < hi "
+                             f"(hi may be inf), got {guidance_interval!r}")
+    if not number(guidance_rescale) or not 0.0 <= float(guidance_rescale) <= 1.0:
+        raise ValueError(f"guidance_rescale must be a number in [0, 1] (0: off), got {guidance_rescale!r}")
 
 
 @dataclass
@@ -46,8 +62,10 @@ class SamplingSettings:
         for name in ("num_inference_steps", "scheduler", "guidance_scale", "difficulty_guidance_scale"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(SAMPLING, name))
+        check_guidance_shape(self.guidance_interval, self.guidance_rescale)
         if self.guidance_interval is not None:
             self.guidance_interval = tuple(float(v) for v in self.guidance_interval)
+        self.guidance_rescale = float(self.guidance_rescale)  # 1 and 1.0: one identity
 
     def as_config(self) -> dict:
         """The settings as a JSON-able dict: what sets, caches and views record as their sampling.
@@ -65,9 +83,9 @@ class SamplingSettings:
     def pipeline_kwargs(self, has_difficulty: bool) -> dict:
         """Keyword arguments for the pipeline; a model without a difficulty encoder (the baseline)
         gets only what applies to it."""
-        kw = {k: v for k, v in self.as_config().items() if v is not None}
-        if "guidance_interval" in kw:
-            kw["guidance_interval"] = tuple(kw["guidance_interval"])
+        kw = {k: v for k, v in asdict(self).items() if v is not None}
+        if not kw["guidance_rescale"]:
+            del kw["guidance_rescale"]
         if not has_difficulty:
             for k in ("difficulty_guidance_scale", "calibrated"):
                 kw.pop(k, None)

@@ -124,6 +124,8 @@ def test_fidelity_labels_its_guidance_shaping():
                               guidance_rescale=args.guidance_rescale)
     assert fidelity.shaping_label(shaped) == ", interval (0.28, 5.42], rescale 0.7"
     assert fidelity.shaping_label(SamplingSettings(guidance_scale=2.0)) == ""
+    with pytest.raises(SystemExit):  # refused before any work
+        fidelity.parse_args(["--guidance-interval", "5", "1"])
 
 
 def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp_path, capsys):

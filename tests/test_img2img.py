@@ -114,6 +114,17 @@ def test_deterministic_and_low_strength_stays_closer_to_the_source(edit):
     assert dist[0.2] < dist[0.5] < dist[1.0]
 
 
+def test_edits_take_the_guidance_shaping(edit):
+    kw = dict(strength=0.8, guidance_scale=4.0, difficulty_guidance_scale=6.0)
+    plain = run(edit, **kw).images
+    np.testing.assert_allclose(run(edit, guidance_interval=(0.0, float("inf")), **kw).images, plain, atol=1e-6)
+    unguided = run(edit, strength=0.8, guidance_scale=1.0, difficulty_guidance_scale=1.0).images
+    np.testing.assert_allclose(run(edit, guidance_interval=(1e6, 1e7), **kw).images, unguided, atol=1e-5)
+    assert np.abs(run(edit, guidance_rescale=0.7, **kw).images - plain).max() > 1e-4
+    with pytest.raises(ValueError, match="guidance_rescale"):
+        run(edit, guidance_rescale=-0.1, **kw)
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm++", "euler"])
 def test_every_scheduler_starts_at_the_strengths_timestep_from_the_noised_image(edit, scheduler):
     """The U-Net's first call sees the image noised to the first rerun timestep, and the loop runs

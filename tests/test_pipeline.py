@@ -95,19 +95,21 @@ def test_guidance_interval_switches_guidance_off_outside_its_noise_levels(pipe):
     leaves the conditional prediction alone, which is guidance 1; one covering some steps is neither."""
     from dacd.pipeline import noise_level
 
-    kw = dict(guidance_scale=4.0, difficulty_guidance_scale=6.0, num_inference_steps=4)
-    plain = run(pipe, **kw).images
-    np.testing.assert_allclose(run(pipe, guidance_interval=(0.0, math.inf), **kw).images, plain, atol=1e-6)
-    unguided = run(pipe, guidance_scale=1.0, difficulty_guidance_scale=1.0, num_inference_steps=4).images
-    for branches in ("auto", "three"):
-        off = run(pipe, guidance_interval=(1e6, 1e7), guidance_branches=branches, **kw).images
-        np.testing.assert_allclose(off, unguided, atol=1e-5)
     sched = pipe.get_scheduler("ddim")
     sched.set_timesteps(4)
     sigmas = sorted(noise_level(sched, t) for t in sched.timesteps)
     assert sigmas[0] < sigmas[-1]
-    middle = run(pipe, guidance_interval=(0.0, sigmas[-2]), **kw).images  # every step but the noisiest
-    assert np.abs(middle - plain).max() > 1e-4 and np.abs(middle - unguided).max() > 1e-4
+    unguided = run(pipe, guidance_scale=1.0, difficulty_guidance_scale=1.0, num_inference_steps=4).images
+    # two branches (equal scales: classic CFG, the baseline's path) and three (separate scales)
+    for g_d, branches in ((4.0, "auto"), (4.0, "three"), (6.0, "auto")):
+        kw = dict(guidance_scale=4.0, difficulty_guidance_scale=g_d, guidance_branches=branches,
+                  num_inference_steps=4)
+        plain = run(pipe, **kw).images
+        np.testing.assert_allclose(run(pipe, guidance_interval=(0.0, math.inf), **kw).images, plain, atol=1e-6)
+        off = run(pipe, guidance_interval=(1e6, 1e7), **kw).images
+        np.testing.assert_allclose(off, unguided, atol=1e-5)
+        middle = run(pipe, guidance_interval=(0.0, sigmas[-2]), **kw).images  # every step but the noisiest
+        assert np.abs(middle - plain).max() > 1e-4 and np.abs(middle - unguided).max() > 1e-4
 
 
 def test_guidance_rescale_matches_the_conditional_spread():
@@ -122,8 +124,9 @@ def test_guidance_rescale_matches_the_conditional_spread():
 
 
 def test_guidance_rescale_changes_guided_images_only(pipe):
-    kw = dict(guidance_scale=4.0, difficulty_guidance_scale=6.0)
-    assert np.abs(run(pipe, guidance_rescale=0.7, **kw).images - run(pipe, **kw).images).max() > 1e-4
+    for g_d in (4.0, 6.0):  # two branches, three branches
+        kw = dict(guidance_scale=4.0, difficulty_guidance_scale=g_d)
+        assert np.abs(run(pipe, guidance_rescale=0.7, **kw).images - run(pipe, **kw).images).max() > 1e-4
     one = dict(guidance_scale=1.0, difficulty_guidance_scale=1.0)  # nothing to rescale without guidance
     np.testing.assert_allclose(run(pipe, guidance_rescale=0.7, **one).images, run(pipe, **one).images, atol=1e-6)
 
@@ -273,6 +276,10 @@ def test_calibrated_sampling_warns_at_settings_its_curve_was_not_fitted_at():
             out = p(**{**call, **change})
         assert out.conditioning_difficulties == pytest.approx([0.6])  # still sampled, through the curve
         assert [w.filename for w in record if w.category is CalibrationSettingsWarning] == [__file__]  # the caller
+    for change, match in ((dict(guidance_interval=(0.3, 5.0)), r"guidance interval \(0.3, 5\] \(curve: every step\)"),
+                          (dict(guidance_rescale=0.7), r"guidance rescale 0.7 \(curve: none\)")):
+        with pytest.warns(CalibrationSettingsWarning, match=match):
+            p(**{**call, **change})
     only = r"fitted at: difficulty only \(curve: with the class prompt\)\. "
     with pytest.warns(CalibrationSettingsWarning, match=only):
         p(**{**call, "difficulty_only": True, "guidance_scale": 2.0})  # text guidance unused: not named

@@ -41,9 +41,13 @@ def test_guidance_shaping_reaches_the_pipeline_and_keeps_old_identities(pipe):
     shaped = SamplingSettings(2, "ddim", 2.0, 3.0, guidance_interval=[0.5, 3], guidance_rescale=0.5)
     assert shaped.as_config()["guidance_interval"] == [0.5, 3.0] and shaped.as_config()["guidance_rescale"] == 0.5
     assert shaped.pipeline_kwargs(True)["guidance_interval"] == (0.5, 3.0)
+    assert SamplingSettings(guidance_rescale=1).as_config() == SamplingSettings(guidance_rescale=1.0).as_config()
     a = sample(pipe, [0, 1], [0.2, 0.8], [1, 2], plain)
     b = sample(pipe, [0, 1], [0.2, 0.8], [1, 2], shaped)
     assert np.abs(a.images - b.images).max() > 1e-4
+    for bad in (dict(guidance_interval=2.0), dict(guidance_interval=(3, 1)), dict(guidance_rescale=2)):
+        with pytest.raises(ValueError, match=next(iter(bad))):  # refused when the settings are made
+            SamplingSettings(**bad)
 
 
 def test_per_row_prompts_and_progress(pipe):

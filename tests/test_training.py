@@ -449,6 +449,9 @@ def test_sd2_shaped_base_trains_and_generates(fake_fmnist, tiny_scores, tmp_path
     with torch.no_grad():
         post = vae.encode(torch.rand(2, 1, 32, 32) * 2 - 1).latent_dist
     assert post.std.max() < 1e-6 and vae.config.scaling_factor == pytest.approx(metrics["vae_scaling_factor"])
+    # recomputed for the means: not the factor of the noisy samples the VAE stage saved
+    stochastic = json.loads((tmp_path / "run2" / "vae_final" / "config.json").read_text())["scaling_factor"]
+    assert abs(vae.config.scaling_factor - stochastic) > 1e-3
     out, _, proc = train(tmp_path, "dacd2", tmp_path / "base2", fake_fmnist, tiny_scores)
     assert proc.returncode == 0, proc.stderr[-3000:]
     pipe = DifficultyControlledPipeline.from_pretrained(out)
@@ -487,6 +490,8 @@ def test_a_base_run_folder_refuses_other_model_settings(tmp_path):
     with pytest.raises(SystemExit, match="unet_channels"):
         base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction", unet_channels=(64, 128)))
     saved = json.loads((tmp_path / "tiny_sd_config.json").read_text())
-    del saved["zero_terminal_snr"]  # a folder from before the option: what it does not record is not checked
+    del saved["deterministic_encoder"]  # a folder from before the option ran with its default
     (tmp_path / "tiny_sd_config.json").write_text(json.dumps(saved))
-    base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction", zero_terminal_snr=True))
+    base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction"))
+    with pytest.raises(SystemExit, match="deterministic_encoder: False then, True now"):
+        base.check_run_shape(tmp_path, TinySDConfig(prediction_type="v_prediction", deterministic_encoder=True))

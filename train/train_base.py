@@ -85,7 +85,8 @@ def check_run_shape(run: Path, tiny: TinySDConfig) -> None:
         path.write_text(json.dumps(now, indent=2) + "\n")
         return
     saved = json.loads(path.read_text())
-    differ = {k: (saved[k], v) for k, v in now.items() if k in saved and saved[k] != v}
+    default = json.loads(json.dumps(asdict(TinySDConfig())))  # what a folder from before a setting existed ran with
+    differ = {k: (saved.get(k, default[k]), v) for k, v in now.items() if saved.get(k, default[k]) != v}
     if differ:
         said = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in differ.items())
         raise SystemExit(f"train_base.py: {run} was started with other model settings ({said}): pass the same "
