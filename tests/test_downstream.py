@@ -405,13 +405,11 @@ def test_pooled_sets_share_one_pool_or_have_one_per_mu(tmp_path, capsys):
         assert why in capsys.readouterr().err
     # donors: a finished pool of the kind beside it, made by the same weights (its folder hash is
     # recomputed from its generation.json), not one of another model, kind or unfinished
-    from dataclasses import asdict
-
     from dacd.generation import plan_fingerprint
 
     folder = d["pool"]["folder"]
     folder.mkdir(parents=True)
-    (folder / "generation.json").write_text(json.dumps({"sampling": asdict(d["settings"]),
+    (folder / "generation.json").write_text(json.dumps({"sampling": d["settings"].as_config(),
                                                         "plan_fingerprint": plan_fingerprint(d["pool"]["plan"])}))
     fp = ds.model_identity(tmp_path / "dacd")
     assert ds.pool_donors(c["pool"]["folder"], fp) == []  # not finished yet
