@@ -188,3 +188,28 @@ def test_kid_means_averages_draws_and_compares_each_class_with_the_reference(tmp
         means.main(["--runs", *runs, "--models", "a", "--reference", "zzz", "--reference-runs", *other])
     with pytest.raises(SystemExit, match="same draws"):
         means.main(["--runs", *runs, "--models", "a", "--reference", "ref", "--reference-runs", other[0]])
+
+
+def test_vae_latents_reports_what_each_channel_carries(tiny_base, fake_fmnist, tmp_path):
+    """bench/vae_latents.py: a channel the decoder ignores costs no PSNR; the spreads are the scaled
+    posterior's own."""
+    from diffusers import AutoencoderKL
+
+    bench = load_module(ROOT / "bench" / "vae_latents.py")
+    table = bench.main(["--base", str(tiny_base), "--data-dir", str(fake_fmnist), "--class", "Bag", "--n", "8",
+                        "--out", str(tmp_path)])
+    vae = AutoencoderKL.from_pretrained(tiny_base, subfolder="vae").eval()
+    assert list(table.channel) == list(range(vae.config.latent_channels))
+    assert "PSNR with every channel" in (tmp_path / "vae_latents.md").read_text()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 1, 32, 32), dtype=np.uint8))
+    with torch.no_grad():
+        vae.post_quant_conv.weight[:, 1] = 0.0  # the decoder no longer reads channel 1
+        post = vae.encode(images.float() / 127.5 - 1).latent_dist
+    table, full = bench.channel_report(vae, images)
+    assert table.loc[1, "PSNR lost (dB)"] == pytest.approx(0.0, abs=1e-4) and np.isfinite(full)
+    assert (table.drop(index=1)["PSNR lost (dB)"].abs() > 0).any()
+    sf = vae.config.scaling_factor
+    assert table.loc[0, "spread of means"] == pytest.approx(float(post.mean[:, 0].std()) * sf, rel=1e-5)
+    assert table.loc[2, "posterior std"] == pytest.approx(float(post.std[:, 2].mean()) * sf, rel=1e-5)
+    with pytest.raises(SystemExit, match="no images"):
+        bench.main(["--base", str(tiny_base), "--data-dir", str(fake_fmnist), "--n", "0"])
